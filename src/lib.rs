@@ -1,0 +1,16 @@
+//! Ryzanstein: an LLM inference engine and server for quantized GGUF models on the CPU.
+//!
+//! Brief overview, from the bottom layer up (see `docs/ARCHITECTURE.md`):
+//! - [`gguf`] — a capped, validated reader of GGUF files over mmap ([`gguf::GgufFile`]).
+//! - [`kernels`] — pure kernels on slices: block formats, dequantization, activation
+//!   quantization, dot products (scalar reference + AVX2), the batched matrix multiply.
+//! - [`tensor`] — a typed view of one weight tensor that picks the kernel.
+//! - [`model`] — architectures (Gemma 3), KV cache, tokenizer, sampler, the generation loop.
+//!
+//! Nothing in this crate below the (future) engine layer spawns threads, blocks or locks; the
+//! only parallelism is rayon inside the kernels and the forward pass.
+
+pub mod gguf;
+pub mod kernels;
+pub mod model;
+pub mod tensor;

@@ -1,0 +1,5 @@
+//! Model layer: architectures, KV cache, tokenizer, sampler. Single-threaded logic (rayon only
+//! inside the forward pass), no channels, no locks.
+
+pub mod sampler;
+pub mod tokenizer;

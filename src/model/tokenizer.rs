@@ -1,0 +1,1 @@
+//! SentencePiece-style tokenizer built from GGUF metadata (in progress).

@@ -1,0 +1,1 @@
+//! Typed tensor views (in progress).
