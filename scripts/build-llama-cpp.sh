@@ -25,7 +25,7 @@ fi
 
 if [ ! -f "$PEER_DIR/src/CMakeLists.txt" ]; then
   tmp=$(mktemp -d)
-  "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+  "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
     -d "$tmp" "llama-cpp-python==$VERSION" >&2
   tar xzf "$tmp"/llama_cpp_python-"$VERSION".tar.gz -C "$tmp"
   rm -rf "$PEER_DIR/src"
