@@ -4,6 +4,7 @@
 //! Boundary: this module knows nothing of files, models or threads other than the rayon pool
 //! it is called inside; it never allocates in `vec_dot` or `matmul`.
 
+pub mod f16;
 pub mod types;
 
 pub use types::{GgmlType, QK, QK_K};

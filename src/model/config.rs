@@ -123,6 +123,10 @@ impl ModelConfig {
                 ));
             }
         }
+        if self.head_dim.max(self.head_dim_v) > super::kv_cache::HEAD_DIM_MAX {
+            let why = format!("head size {} is over {}", self.head_dim.max(self.head_dim_v), super::kv_cache::HEAD_DIM_MAX);
+            return Err(invalid(file, &format!("{}.attention.key_length", self.arch), why));
+        }
         if self.n_layers == 0 || self.n_layers > LAYERS_MAX {
             return Err(invalid(
                 file,

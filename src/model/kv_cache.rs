@@ -3,12 +3,16 @@
 //! Full-attention layers keep every position up to `n_ctx`. Sliding-window layers keep a ring of
 //! `window + max_batch_tokens` positions: enough for the oldest token of a batch to still see its
 //! whole window after the newest token of that batch has been written.
-//! Values are stored as f32 rounded to f16 precision, so attention sees what an f16 cache (as
-//! llama.cpp keeps) would hold while the dot products stay plain f32.
+//! Keys and values are stored as f16, as llama.cpp stores them; attention follows llama.cpp's
+//! CPU flash attention (f16 query, f16 running sum of values, online softmax in f32) so greedy
+//! tokens match its tokens.
 
 use rayon::prelude::*;
 
-use super::ops;
+use crate::kernels::f16;
+
+/// Widest attention head the stack buffers of [`attention`] hold.
+pub const HEAD_DIM_MAX: usize = 1024;
 
 /// One token of a batch: which sequence slot it belongs to and its position there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,8 +31,10 @@ pub struct LayerCache {
     window: Option<usize>,
     k_width: usize,
     v_width: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    /// f16 bits, `[n_seq][capacity][k_width]`.
+    k: Vec<u16>,
+    /// f16 bits, `[n_seq][capacity][v_width]`.
+    v: Vec<u16>,
 }
 
 impl LayerCache {
@@ -44,8 +50,8 @@ impl LayerCache {
             window,
             k_width,
             v_width,
-            k: vec![0.0; n_seq * capacity * k_width],
-            v: vec![0.0; n_seq * capacity * v_width],
+            k: vec![0; n_seq * capacity * k_width],
+            v: vec![0; n_seq * capacity * v_width],
         }
     }
 
@@ -56,12 +62,8 @@ impl LayerCache {
     /// Stores the key and value of `seq` at `pos`.
     pub fn write(&mut self, seq: usize, pos: usize, k: &[f32], v: &[f32]) {
         let s = self.slot(seq, pos);
-        let kr = &mut self.k[s * self.k_width..(s + 1) * self.k_width];
-        kr.copy_from_slice(k);
-        ops::round_to_f16(kr);
-        let vr = &mut self.v[s * self.v_width..(s + 1) * self.v_width];
-        vr.copy_from_slice(v);
-        ops::round_to_f16(vr);
+        f16::from_f32_row(k, &mut self.k[s * self.k_width..(s + 1) * self.k_width]);
+        f16::from_f32_row(v, &mut self.v[s * self.v_width..(s + 1) * self.v_width]);
     }
 
     /// First position a query at `pos` may attend to.
@@ -73,7 +75,7 @@ impl LayerCache {
     }
 
     fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+        (self.k.len() + self.v.len()) * std::mem::size_of::<u16>()
     }
 }
 
@@ -115,37 +117,34 @@ pub fn attention(
         });
 }
 
-/// Online-softmax attention of one query head over its visible positions.
-fn attend_one(
-    cache: &LayerCache,
-    tok: BatchToken,
-    kv_head: usize,
-    q: &[f32],
-    out: &mut [f32],
-    hd: usize,
-    hd_v: usize,
-) {
-    out.fill(0.0);
+/// Online-softmax attention of one query head over its visible positions, in llama.cpp's order:
+/// the query rounded to f16, `s = q·k`, and on a new maximum the f16 value sum rescaled.
+fn attend_one(cache: &LayerCache, tok: BatchToken, kv_head: usize, q: &[f32], out: &mut [f32], hd: usize, hd_v: usize) {
+    let mut q16 = [0u16; HEAD_DIM_MAX];
+    let mut acc16 = [0u16; HEAD_DIM_MAX];
+    let (q16, acc16) = (&mut q16[..hd], &mut acc16[..hd_v]);
+    f16::from_f32_row(q, q16);
     let mut max = f32::NEG_INFINITY;
     let mut sum = 0.0f32;
     for p in cache.first_visible(tok.pos)..=tok.pos {
         let s = cache.slot(tok.seq, p);
         let k = &cache.k[s * cache.k_width + kv_head * hd..][..hd];
-        let score = ops::dot(q, k);
+        let score = f16::dot(k, q16);
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if score > max {
-            let rescale = (max - score).exp();
-            for o in out.iter_mut() {
-                *o *= rescale;
-            }
-            sum *= rescale;
+            let old = max;
             max = score;
+            ms = (old - max).exp();
+            f16::scale(acc16, ms);
+        } else {
+            vs = (score - max).exp();
         }
-        let w = (score - max).exp();
-        sum += w;
         let v = &cache.v[s * cache.v_width + kv_head * hd_v..][..hd_v];
-        ops::axpy(out, w, v);
+        f16::mad(acc16, v, vs);
+        sum = sum * ms + vs;
     }
-    let inv = 1.0 / sum;
+    f16::to_f32_row(acc16, out);
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     for o in out.iter_mut() {
         *o *= inv;
     }
