@@ -718,6 +718,8 @@ mod tests {
             ("▁a", -6.0),
             ("abc", -7.0),
             ("é", -8.0),
+            ("xy", -5.0),
+            ("yz", -5.0),
         ] {
             tokens.push(t.to_string());
             types.push(1);
@@ -760,10 +762,13 @@ mod tests {
     #[test]
     fn merges_follow_scores_and_ties_go_left() {
         let t = tiny();
-        // "ab" and "bc" have equal scores: the leftmost pair merges first, then "abc"? No:
-        // "abc" needs "ab"+"c" which exists, so the result is one token.
+        // "xy" and "yz" have equal scores: the leftmost pair merges first; "z" alone is not a
+        // token and falls back to its byte.
+        assert_eq!(
+            t.encode("xyz", false, false),
+            vec![id(&t, "xy"), id(&t, "<0x7A>")]
+        );
         assert_eq!(t.encode("abc", false, false), vec![id(&t, "abc")]);
-        // "bcb": "bc" (left) beats "b"+"c"... only pair tokens are "bc" at 0 and none at 1.
         assert_eq!(
             t.encode("bcb", false, false),
             vec![id(&t, "bc"), id(&t, "b")]
