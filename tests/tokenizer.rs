@@ -4,12 +4,54 @@
 
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 use ryzanstein::gguf::GgufFile;
 use ryzanstein::model::detokenizer::IncrementalDecoder;
+use ryzanstein::model::sampler::{Sampler, SamplingParams};
+use ryzanstein::model::stop::StopStrings;
 use ryzanstein::model::tokenizer::Tokenizer;
 use serde_json::Value;
+
+/// Counts heap allocations per thread, so the hot paths can be checked allocation-free while
+/// other tests run on other threads.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_alloc() {
+    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
+
+fn allocs() -> u64 {
+    ALLOCS.try_with(Cell::get).unwrap_or(0)
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_alloc();
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_alloc();
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_alloc();
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 const GREEDY: &str = include_str!("data/reference/gemma-3-270m-q4_k_m/greedy.jsonl");
 
@@ -114,13 +156,75 @@ fn round_trips_and_special_text() {
 }
 
 #[test]
-fn long_prompt_is_fast() {
+fn long_prompts_are_fast() {
     let t = tokenizer();
     let unit = "The quick brown fox — jumps over 13 lazy dogs; <start_of_turn> 東京\n\n";
-    let text = unit.repeat(100_000 / unit.len() + 1);
-    let start = std::time::Instant::now();
-    let ids = t.encode(&text, true, true);
-    let secs = start.elapsed().as_secs_f64();
-    assert!(secs < 1.0, "100 KB took {secs:.3} s");
-    assert!(ids.len() > 10_000);
+    let mut distinct = String::new();
+    for i in 0..6000 {
+        distinct.push_str(&format!("x<unused{i}>"));
+    }
+    // Ordinary text, then worst cases for the special-token partition: long runs of
+    // USER_DEFINED whitespace tokens (31 overlapping lengths), many '<', thousands of distinct
+    // CONTROL tokens.
+    for text in [
+        unit.repeat(100_000 / unit.len() + 1),
+        " ".repeat(100_000),
+        "\n".repeat(100_000),
+        "<".repeat(100_000),
+        distinct,
+    ] {
+        let start = std::time::Instant::now();
+        let ids = t.encode(&text, true, true);
+        let secs = start.elapsed().as_secs_f64();
+        assert!(secs < 1.0, "{} KB took {secs:.3} s", text.len() / 1000);
+        eprintln!("{} KB: {secs:.3} s", text.len() / 1000);
+        assert!(ids.len() > 1000);
+        assert_eq!(t.decode_with(&ids[1..], true), text);
+    }
+}
+
+#[test]
+fn hot_paths_do_not_allocate() {
+    let t = tokenizer();
+    let n = t.n_vocab();
+    let logits: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
+    let history: Vec<u32> = (0..200).collect();
+    for params in [
+        SamplingParams::greedy(),
+        SamplingParams::default(),
+        SamplingParams {
+            repetition_penalty: 1.1,
+            frequency_penalty: 0.2,
+            presence_penalty: 0.1,
+            top_k: 0,
+            n_logprobs: 5,
+            logit_bias: vec![(5, -1.0)],
+            ..SamplingParams::default()
+        },
+    ] {
+        let mut s = Sampler::new(params.clone(), n).expect("valid params");
+        s.sample(&logits, &history).expect("warm-up sample");
+        let before = allocs();
+        for _ in 0..5 {
+            s.sample(&logits, &history).expect("sample");
+        }
+        assert_eq!(allocs() - before, 0, "sampler allocated with {params:?}");
+    }
+
+    let ids = t.encode(
+        "Hello there, 東京 🚀 — stop here. And more text",
+        false,
+        false,
+    );
+    let mut d = IncrementalDecoder::new(false);
+    let mut stops = StopStrings::new(&["never", "<end>"], 4, 64).expect("valid stops");
+    // Warm-up grows the buffers to their working size.
+    for &id in &ids {
+        let _ = stops.push(d.push(t, id));
+    }
+    let before = allocs();
+    for &id in &ids {
+        let _ = stops.push(d.push(t, id));
+    }
+    assert_eq!(allocs() - before, 0, "decoder or stop matcher allocated");
 }

@@ -111,12 +111,13 @@ pub struct Tokenizer {
     /// Decoded bytes of every token (specials hold their text; the type decides if it shows).
     pieces: Vec<Box<[u8]>>,
     token_to_id: HashMap<String, u32>,
-    /// Special-token texts (CONTROL, USER_DEFINED, UNKNOWN) to the lowest id with that text.
-    special_by_text: HashMap<String, u32>,
-    /// Distinct byte lengths of special texts, longest first.
-    special_lens: Vec<usize>,
-    /// Which bytes start some special text (a cheap pre-filter for the partition scan).
-    special_first_byte: [bool; 256],
+    /// Special tokens (CONTROL, USER_DEFINED, UNKNOWN; non-empty text) in partition order:
+    /// longest text first, equal lengths by id. Indexed by "rank".
+    specials: Vec<u32>,
+    /// Special text to its rank (the lowest rank if texts repeat).
+    special_by_text: HashMap<String, usize>,
+    /// For each first byte, the distinct lengths of special texts starting with it.
+    special_lens_by_first: Vec<Vec<usize>>,
     /// The "<0xXX>" token for each byte.
     byte_tokens: [Option<u32>; 256],
     bos_id: Option<u32>,
@@ -228,23 +229,25 @@ impl Tokenizer {
             pieces.push(piece);
         }
 
-        let mut special_by_text = HashMap::new();
-        let mut special_first_byte = [false; 256];
-        let mut special_lens = Vec::new();
-        for (i, t) in v.tokens.iter().enumerate() {
-            let is_special = matches!(
-                types[i],
-                TokenType::Control | TokenType::UserDefined | TokenType::Unknown
-            );
-            if !is_special || t.is_empty() {
-                continue;
+        let mut specials: Vec<u32> = (0..n as u32)
+            .filter(|&i| {
+                matches!(
+                    types[i as usize],
+                    TokenType::Control | TokenType::UserDefined | TokenType::Unknown
+                ) && !v.tokens[i as usize].is_empty()
+            })
+            .collect();
+        specials.sort_by_key(|&i| (std::cmp::Reverse(v.tokens[i as usize].len()), i));
+        let mut special_by_text = HashMap::with_capacity(specials.len());
+        let mut special_lens_by_first = vec![Vec::new(); 256];
+        for (rank, &id) in specials.iter().enumerate() {
+            let t = &v.tokens[id as usize];
+            special_by_text.entry(t.clone()).or_insert(rank);
+            let lens: &mut Vec<usize> = &mut special_lens_by_first[t.as_bytes()[0] as usize];
+            if !lens.contains(&t.len()) {
+                lens.push(t.len());
             }
-            special_by_text.entry(t.clone()).or_insert(i as u32);
-            special_first_byte[t.as_bytes()[0] as usize] = true;
-            special_lens.push(t.len());
         }
-        special_lens.sort_unstable_by(|a, b| b.cmp(a));
-        special_lens.dedup();
 
         Ok(Tokenizer {
             tokens: v.tokens,
@@ -252,9 +255,9 @@ impl Tokenizer {
             types,
             pieces,
             token_to_id,
+            specials,
             special_by_text,
-            special_lens,
-            special_first_byte,
+            special_lens_by_first,
             byte_tokens,
             bos_id: v.bos_id,
             eos_id: v.eos_id,
@@ -482,53 +485,68 @@ impl Tokenizer {
 
     /// Split `text` into raw-text fragments and special tokens, as llama.cpp's
     /// `tokenizer_st_partition`: special candidates longest first (equal lengths by id); each
-    /// takes its leftmost non-overlapping occurrences in the text not yet claimed.
+    /// takes its leftmost non-overlapping occurrences in the text not yet claimed by a longer
+    /// one.
     ///
-    /// Instead of scanning the text once per candidate (6414 candidates for Gemma 3), one pass
-    /// collects every occurrence of every candidate, then occurrences are accepted in candidate
-    /// order if none of their bytes is already claimed; this picks exactly the same tokens.
+    /// llama.cpp searches for every special token (6414 for Gemma 3); here one pass over the
+    /// text first finds which candidates occur at all, and only those are searched. Claimed
+    /// bytes record the end of the token that claimed them, so a search that hits a claimed
+    /// region jumps past it; this gives the same tokens as searching each fragment separately.
     fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Fragment<'t>> {
         let bytes = text.as_bytes();
-        // (length, id, position) of every occurrence.
-        let mut occ: Vec<(usize, u32, usize)> = Vec::new();
-        if !self.special_by_text.is_empty() {
-            for (i, &b) in bytes.iter().enumerate() {
-                if !self.special_first_byte[b as usize] {
+        let mut seen = vec![false; self.specials.len()];
+        let mut present: Vec<usize> = Vec::new();
+        for (i, &b) in bytes.iter().enumerate() {
+            for &len in &self.special_lens_by_first[b as usize] {
+                let Some(s) = text.get(i..i + len) else {
+                    continue;
+                };
+                let Some(&rank) = self.special_by_text.get(s) else {
+                    continue;
+                };
+                if seen[rank] {
                     continue;
                 }
-                for &len in &self.special_lens {
-                    let Some(s) = text.get(i..i + len) else {
-                        continue;
-                    };
-                    if let Some(&id) = self.special_by_text.get(s) {
-                        let allowed = parse_special
-                            || !matches!(
-                                self.types[id as usize],
-                                TokenType::Control | TokenType::Unknown
-                            );
-                        if allowed {
-                            occ.push((len, id, i));
-                        }
-                    }
+                seen[rank] = true;
+                let id = self.specials[rank];
+                let allowed = parse_special
+                    || !matches!(
+                        self.types[id as usize],
+                        TokenType::Control | TokenType::Unknown
+                    );
+                if allowed {
+                    present.push(rank);
                 }
             }
         }
-        if occ.is_empty() {
+        if present.is_empty() {
             return if text.is_empty() {
                 Vec::new()
             } else {
                 vec![Fragment::Text(text)]
             };
         }
-        occ.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        let mut claimed = vec![false; bytes.len()];
+        present.sort_unstable();
+        // For a claimed byte, the end of the token that claimed it; 0 = free (ends are > 0).
+        let mut claim_end = vec![0usize; bytes.len()];
         let mut accepted: Vec<(usize, usize, u32)> = Vec::new();
-        for &(len, id, pos) in &occ {
-            if claimed[pos..pos + len].iter().any(|&c| c) {
-                continue;
+        for rank in present {
+            let id = self.specials[rank];
+            let pat = self.tokens[id as usize].as_str();
+            let len = pat.len();
+            // `from` is always a char boundary: a match end or a claimed token's end.
+            let mut from = 0;
+            while let Some(off) = text.get(from..).and_then(|rest| rest.find(pat)) {
+                let p = from + off;
+                if let Some(q) = (p..p + len).find(|&i| claim_end[i] != 0) {
+                    // Any later match starting before that token's end overlaps it.
+                    from = claim_end[q];
+                    continue;
+                }
+                claim_end[p..p + len].iter_mut().for_each(|c| *c = p + len);
+                accepted.push((p, len, id));
+                from = p + len;
             }
-            claimed[pos..pos + len].iter_mut().for_each(|c| *c = true);
-            accepted.push((pos, len, id));
         }
         accepted.sort_unstable();
         let mut frags = Vec::with_capacity(accepted.len() * 2 + 1);
