@@ -17,6 +17,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::gguf::{GgufError, GgufFile};
 
@@ -110,12 +111,12 @@ pub struct Tokenizer {
     types: Vec<TokenType>,
     /// Decoded bytes of every token (specials hold their text; the type decides if it shows).
     pieces: Vec<Box<[u8]>>,
-    token_to_id: HashMap<String, u32>,
+    token_to_id: FastMap<u32>,
     /// Special tokens (CONTROL, USER_DEFINED, UNKNOWN; non-empty text) in partition order:
     /// longest text first, equal lengths by id. Indexed by "rank".
     specials: Vec<u32>,
     /// Special text to its rank (the lowest rank if texts repeat).
-    special_by_text: HashMap<String, usize>,
+    special_by_text: FastMap<usize>,
     /// For each first byte, the distinct lengths of special texts starting with it.
     special_lens_by_first: Vec<Vec<usize>>,
     /// The "<0xXX>" token for each byte.
@@ -191,7 +192,7 @@ impl Tokenizer {
             .iter()
             .map(|&t| TokenType::from_gguf(t))
             .collect();
-        let mut token_to_id = HashMap::with_capacity(n);
+        let mut token_to_id = FastMap::with_capacity_and_hasher(n, Default::default());
         for (i, t) in v.tokens.iter().enumerate() {
             // Later duplicates win, as in llama.cpp's text-to-id map.
             token_to_id.insert(t.clone(), i as u32);
@@ -238,7 +239,8 @@ impl Tokenizer {
             })
             .collect();
         specials.sort_by_key(|&i| (std::cmp::Reverse(v.tokens[i as usize].len()), i));
-        let mut special_by_text = HashMap::with_capacity(specials.len());
+        let mut special_by_text =
+            FastMap::with_capacity_and_hasher(specials.len(), Default::default());
         let mut special_lens_by_first = vec![Vec::new(); 256];
         for (rank, &id) in specials.iter().enumerate() {
             let t = &v.tokens[id as usize];
@@ -494,7 +496,8 @@ impl Tokenizer {
     /// region jumps past it; this gives the same tokens as searching each fragment separately.
     fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Fragment<'t>> {
         let bytes = text.as_bytes();
-        let mut seen = vec![false; self.specials.len()];
+        // First and last start of each candidate in the text, indexed by rank.
+        let mut span: Vec<Option<(usize, usize)>> = vec![None; self.specials.len()];
         let mut present: Vec<usize> = Vec::new();
         for (i, &b) in bytes.iter().enumerate() {
             for &len in &self.special_lens_by_first[b as usize] {
@@ -504,10 +507,11 @@ impl Tokenizer {
                 let Some(&rank) = self.special_by_text.get(s) else {
                     continue;
                 };
-                if seen[rank] {
+                if let Some((_, last)) = &mut span[rank] {
+                    *last = i;
                     continue;
                 }
-                seen[rank] = true;
+                span[rank] = Some((i, i));
                 let id = self.specials[rank];
                 let allowed = parse_special
                     || !matches!(
@@ -534,9 +538,14 @@ impl Tokenizer {
             let id = self.specials[rank];
             let pat = self.tokens[id as usize].as_str();
             let len = pat.len();
-            // `from` is always a char boundary: a match end or a claimed token's end.
-            let mut from = 0;
-            while let Some(off) = text.get(from..).and_then(|rest| rest.find(pat)) {
+            let Some((first, last)) = span[rank] else {
+                continue;
+            };
+            // Only search where the candidate occurs at all. `from` is always a char boundary:
+            // an occurrence start, a match end or a claimed token's end.
+            let mut from = first;
+            let end = last + len;
+            while let Some(off) = text.get(from..end).and_then(|rest| rest.find(pat)) {
                 let p = from + off;
                 if let Some(q) = (p..p + len).find(|&i| claim_end[i] != 0) {
                     // Any later match starting before that token's end overlaps it.
@@ -653,6 +662,53 @@ impl Tokenizer {
                 out.push(unk);
             }
         }
+    }
+}
+
+/// Map from token text. The keys are the model's own vocabulary, not attacker-chosen, and the
+/// lookups (one per candidate merge, up to ~30 per byte in the partition scan) dominate encoding,
+/// so a fast multiplicative hash (FxHash) replaces SipHash here.
+type FastMap<V> = HashMap<String, V, BuildHasherDefault<FxHasher>>;
+
+#[derive(Default)]
+struct FxHasher {
+    hash: u64,
+}
+
+impl FxHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
     }
 }
 
