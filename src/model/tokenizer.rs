@@ -911,4 +911,80 @@ mod tests {
         assert!(start.elapsed().as_secs_f64() < 1.0, "{:?}", start.elapsed());
         assert_eq!(t.decode(&ids), text.replace("<start>", ""));
     }
+
+    fn gguf(model: Option<&str>, extra: Vec<(&str, crate::gguf::Value)>) -> GgufFile {
+        use crate::gguf::{writer::GgufWriter, Array, Value};
+        let v = tiny_vocab();
+        let mut w = GgufWriter::new(3)
+            .kv(
+                "tokenizer.ggml.tokens",
+                Value::Array(Array::String(v.tokens)),
+            )
+            .kv("tokenizer.ggml.scores", Value::Array(Array::F32(v.scores)))
+            .kv(
+                "tokenizer.ggml.token_type",
+                Value::Array(Array::I32(v.token_types)),
+            );
+        if let Some(m) = model {
+            w = w.kv("tokenizer.ggml.model", Value::String(m.to_string()));
+        }
+        for (k, val) in extra {
+            w = w.kv(k, val);
+        }
+        GgufFile::from_bytes("test.gguf", w.to_bytes()).expect("valid GGUF image")
+    }
+
+    #[test]
+    fn from_gguf_models_and_defaults() {
+        use crate::gguf::Value;
+        for other in ["gpt2", "bert"] {
+            let err = Tokenizer::from_gguf(&gguf(Some(other), vec![])).expect_err("unsupported");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("tokenizer.ggml.model") && msg.contains(other),
+                "{msg}"
+            );
+        }
+        let err = Tokenizer::from_gguf(&gguf(None, vec![])).expect_err("missing model");
+        assert!(err.to_string().contains("tokenizer.ggml.model"));
+
+        // llama.cpp's SPM defaults: bos 1, eos 2, unk 0, add_bos, add_space_prefix.
+        let t = Tokenizer::from_gguf(&gguf(Some("llama"), vec![])).expect("llama vocab");
+        assert_eq!(
+            (t.bos_id(), t.eos_id(), t.unk_id()),
+            (Some(1), Some(2), Some(0))
+        );
+        assert!(t.add_bos() && !t.add_eos() && t.add_space_prefix());
+        // The space prefix goes at the start and after each special token.
+        let ids = t.encode("a<start>a", false, true);
+        assert_eq!(ids, vec![id(&t, "▁a"), 4, id(&t, "▁a")]);
+        // Decoding drops the first piece's leading space only.
+        assert_eq!(t.decode(&ids), "a a");
+
+        let t = Tokenizer::from_gguf(&gguf(
+            Some("llama"),
+            vec![
+                ("tokenizer.ggml.bos_token_id", Value::U32(2)),
+                ("tokenizer.ggml.eos_token_id", Value::U32(1)),
+                ("tokenizer.ggml.eot_token_id", Value::U32(4)),
+                ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
+                ("tokenizer.ggml.add_eos_token", Value::Bool(true)),
+                ("tokenizer.ggml.add_space_prefix", Value::Bool(false)),
+            ],
+        ))
+        .expect("llama vocab");
+        assert_eq!(t.encode("a", true, false), vec![id(&t, "a"), 1]);
+        assert_eq!(t.eog_ids(), &[1, 4, 5]);
+        // Wrong types and out-of-range ids are errors, not panics.
+        assert!(Tokenizer::from_gguf(&gguf(
+            Some("llama"),
+            vec![("tokenizer.ggml.bos_token_id", Value::U32(1 << 20))]
+        ))
+        .is_err());
+        assert!(Tokenizer::from_gguf(&gguf(
+            Some("llama"),
+            vec![("tokenizer.ggml.add_bos_token", Value::U32(1))]
+        ))
+        .is_err());
+    }
 }
