@@ -418,14 +418,19 @@ impl Sampler {
         }
         // The max-logit token survives every filter, so the list is never empty.
         let inv_t = 1.0 / p.temperature;
-        let total: f64 = self
-            .cand
-            .iter()
-            .map(|c| f64::from(((c.logit - max) * inv_t).exp()))
-            .sum();
+        // A tiny temperature makes inv_t infinite: 0 × inf would be NaN for the best token.
+        let weight = |logit: f32| {
+            let d = logit - max;
+            if d == 0.0 {
+                1.0
+            } else {
+                f64::from((d * inv_t).exp())
+            }
+        };
+        let total: f64 = self.cand.iter().map(|c| weight(c.logit)).sum();
         let mut u = self.rng.next_f64() * total;
         for c in &self.cand {
-            let w = f64::from(((c.logit - max) * inv_t).exp());
+            let w = weight(c.logit);
             if u < w {
                 return c.id;
             }
@@ -708,6 +713,23 @@ mod tests {
         let share = h[0] as f64 / 2000.0;
         assert!((share - 0.935).abs() < 0.02, "{h:?}");
         assert!(h[2] <= 2, "{h:?}");
+    }
+
+    #[test]
+    fn tiny_temperature_is_greedy() {
+        let l = logits(1000, 4);
+        let mut g = sampler(SamplingParams::greedy(), 1000);
+        let want = g.sample(&l, &[]).expect("sample").token;
+        let mut s = sampler(
+            SamplingParams {
+                temperature: 1e-40,
+                ..SamplingParams::default()
+            },
+            1000,
+        );
+        for _ in 0..10 {
+            assert_eq!(s.sample(&l, &[]).expect("sample").token, want);
+        }
     }
 
     #[test]

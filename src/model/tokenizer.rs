@@ -799,6 +799,12 @@ mod tests {
             types.push(1);
             scores.push(s);
         }
+        // Overlapping specials: the partition must prefer the longest text over the leftmost.
+        for (t, ty) in [("<a><b>", 4), ("x<a>", 4), ("<a>", 3)] {
+            tokens.push(t.to_string());
+            types.push(ty);
+            scores.push(0.0);
+        }
         Vocab {
             tokens,
             scores,
@@ -875,6 +881,23 @@ mod tests {
         assert_eq!(t.decode_with(&[4, id(&t, "a")], true), "<start>a");
         assert!(t.encode("", false, true).is_empty());
         assert_eq!(t.encode("", true, true), vec![2]);
+    }
+
+    #[test]
+    fn partition_is_longest_first_not_leftmost() {
+        let t = tiny();
+        let (ab, xa, a) = (id(&t, "<a><b>"), id(&t, "x<a>"), id(&t, "<a>"));
+        let x = id(&t, "<0x78>");
+        // Leftmost-first would take "x<a>" and strand "<b>".
+        assert_eq!(t.encode("x<a><b>", false, true), vec![x, ab]);
+        assert_eq!(t.encode("x<a><a><b>", false, true), vec![xa, ab]);
+        assert_eq!(t.encode("<a>x<a><a>", false, true), vec![a, xa, a]);
+        // Without parse_special the CONTROL "<a>" stays text, USER_DEFINED ones still split.
+        let ids = t.encode("<a>x<a>", false, false);
+        assert_eq!(ids.last(), Some(&xa));
+        assert!(!ids.contains(&a));
+        // Repeated, adjacent and overlapping occurrences of one special.
+        assert_eq!(t.encode("<a><a><a>", false, true), vec![a, a, a]);
     }
 
     #[test]
