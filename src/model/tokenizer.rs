@@ -104,7 +104,6 @@ pub struct Vocab {
 }
 
 /// A validated SPM tokenizer. Immutable and `Sync`: share it across requests.
-#[derive(Debug)]
 pub struct Tokenizer {
     tokens: Vec<String>,
     scores: Vec<f32>,
@@ -130,6 +129,24 @@ pub struct Tokenizer {
     add_space_prefix: bool,
     /// End-of-generation ids, sorted and deduplicated.
     eog: Vec<u32>,
+}
+
+/// A summary: the full vocabulary would be megabytes of log.
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("n_vocab", &self.tokens.len())
+            .field("n_special", &self.specials.len())
+            .field("bos_id", &self.bos_id)
+            .field("eos_id", &self.eos_id)
+            .field("unk_id", &self.unk_id)
+            .field("pad_id", &self.pad_id)
+            .field("add_bos", &self.add_bos)
+            .field("add_eos", &self.add_eos)
+            .field("add_space_prefix", &self.add_space_prefix)
+            .field("eog", &self.eog)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Parse "<0xXX>" (uppercase or lowercase hex) to its byte.
