@@ -46,3 +46,45 @@ impl Rng {
         (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 }
+
+/// One row of llama.cpp's reference outputs (`tests/data/reference/.../greedy.jsonl`).
+pub struct ReferenceRow {
+    pub endpoint: String,
+    pub label: String,
+    pub prompt_token_ids: Vec<u32>,
+    pub output_token_ids: Vec<u32>,
+    /// Log-probability margin between the top two tokens at each step.
+    pub top2_margin: Vec<f32>,
+    pub json: serde_json::Value,
+}
+
+pub fn reference_rows() -> Vec<ReferenceRow> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reference/gemma-3-270m-q4_k_m/greedy.jsonl");
+    let text = std::fs::read_to_string(path).expect("reference file");
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    };
+    text.lines()
+        .map(|line| {
+            let json: serde_json::Value = serde_json::from_str(line).expect("reference row");
+            let margin = json["output_top2"]
+                .as_array()
+                .expect("top2")
+                .iter()
+                .map(|step| (step[0][1].as_f64().expect("lp") - step[1][1].as_f64().expect("lp")) as f32)
+                .collect();
+            let label = match json.get("prompt") {
+                Some(serde_json::Value::String(p)) => p.clone(),
+                _ => json["request"]["messages"].to_string(),
+            };
+            ReferenceRow {
+                endpoint: json["endpoint"].as_str().expect("endpoint").to_string(),
+                label,
+                prompt_token_ids: ids(&json["prompt_token_ids"]),
+                output_token_ids: ids(&json["output_token_ids"]),
+                top2_margin: margin,
+                json,
+            }
+        })
+        .collect()
+}

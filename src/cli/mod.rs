@@ -1,0 +1,67 @@
+//! Command-line commands: `generate`, `inspect`, `bench-model`.
+
+mod bench_model;
+mod generate;
+mod inspect;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Ryzanstein: run quantized GGUF language models on the CPU.
+#[derive(Parser, Debug)]
+#[command(name = "ryzanstein", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text from a prompt, streamed to stdout as it is produced.
+    Generate(generate::GenerateArgs),
+    /// Print a GGUF file's metadata and tensor table.
+    Inspect(inspect::InspectArgs),
+    /// Measure prefill and decode speed (tokens/s) the way llama-bench does.
+    BenchModel(bench_model::BenchArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::BenchModel(a) => bench_model::run(a),
+    }
+}
+
+/// The model path: the flag, else `RYZANSTEIN_MODEL`, else the default model in the cache.
+fn model_path(flag: Option<PathBuf>) -> Result<PathBuf> {
+    let path = match flag.or_else(|| std::env::var_os("RYZANSTEIN_MODEL").map(PathBuf::from)) {
+        Some(p) => p,
+        None => {
+            let cache = match std::env::var_os("RYZANSTEIN_CACHE") {
+                Some(c) => PathBuf::from(c),
+                None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
+                    .join(".cache/ryzanstein"),
+            };
+            cache.join("models/gemma-3-270m-q4_k_m.gguf")
+        }
+    };
+    if !path.is_file() {
+        bail!(
+            "model file {} not found (scripts/fetch-model.sh fetches the default model)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A rayon pool of `threads` compute threads (0 = one per core).
+fn compute_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("compute-{i}"))
+        .build()
+        .context("could not start the compute threads")
+}

@@ -1,0 +1,203 @@
+//! The KV cache: per layer, per sequence slot, the keys and values of past positions.
+//!
+//! Full-attention layers keep every position up to `n_ctx`. Sliding-window layers keep a ring of
+//! `window + max_batch_tokens` positions: enough for the oldest token of a batch to still see its
+//! whole window after the newest token of that batch has been written.
+//! Values are stored as f32 rounded to f16 precision, so attention sees what an f16 cache (as
+//! llama.cpp keeps) would hold while the dot products stay plain f32.
+
+use rayon::prelude::*;
+
+use super::ops;
+
+/// One token of a batch: which sequence slot it belongs to and its position there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchToken {
+    pub token: u32,
+    pub pos: usize,
+    pub seq: usize,
+    /// Whether the caller wants logits for this token.
+    pub logits: bool,
+}
+
+/// Keys and values of one layer for every sequence slot.
+pub struct LayerCache {
+    /// Positions held per sequence.
+    capacity: usize,
+    window: Option<usize>,
+    k_width: usize,
+    v_width: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl LayerCache {
+    fn new(
+        n_seq: usize,
+        capacity: usize,
+        window: Option<usize>,
+        k_width: usize,
+        v_width: usize,
+    ) -> LayerCache {
+        LayerCache {
+            capacity,
+            window,
+            k_width,
+            v_width,
+            k: vec![0.0; n_seq * capacity * k_width],
+            v: vec![0.0; n_seq * capacity * v_width],
+        }
+    }
+
+    fn slot(&self, seq: usize, pos: usize) -> usize {
+        seq * self.capacity + pos % self.capacity
+    }
+
+    /// Stores the key and value of `seq` at `pos`.
+    pub fn write(&mut self, seq: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let s = self.slot(seq, pos);
+        let kr = &mut self.k[s * self.k_width..(s + 1) * self.k_width];
+        kr.copy_from_slice(k);
+        ops::round_to_f16(kr);
+        let vr = &mut self.v[s * self.v_width..(s + 1) * self.v_width];
+        vr.copy_from_slice(v);
+        ops::round_to_f16(vr);
+    }
+
+    /// First position a query at `pos` may attend to.
+    fn first_visible(&self, pos: usize) -> usize {
+        match self.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+    }
+}
+
+/// The shape of the attention computation.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub head_dim_v: usize,
+}
+
+/// Causal attention for every token and head of a batch, parallel over (token, head) pairs.
+/// `q` is `[n_tokens][n_head * head_dim]`, already normed, rotated and scaled; `out` is
+/// `[n_tokens][n_head * head_dim_v]`. The keys and values of the batch must already be written.
+/// Each (token, head) is computed alone, so a token's output never depends on the batch.
+pub fn attention(
+    cache: &LayerCache,
+    shape: AttnShape,
+    tokens: &[BatchToken],
+    q: &[f32],
+    out: &mut [f32],
+) {
+    let AttnShape {
+        n_head,
+        n_head_kv,
+        head_dim,
+        head_dim_v,
+    } = shape;
+    let group = n_head / n_head_kv;
+    out[..tokens.len() * n_head * head_dim_v]
+        .par_chunks_mut(head_dim_v)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let (t, h) = (i / n_head, i % n_head);
+            let tok = tokens[t];
+            let qh = &q[(t * n_head + h) * head_dim..][..head_dim];
+            attend_one(cache, tok, h / group, qh, o, head_dim, head_dim_v);
+        });
+}
+
+/// Online-softmax attention of one query head over its visible positions.
+fn attend_one(
+    cache: &LayerCache,
+    tok: BatchToken,
+    kv_head: usize,
+    q: &[f32],
+    out: &mut [f32],
+    hd: usize,
+    hd_v: usize,
+) {
+    out.fill(0.0);
+    let mut max = f32::NEG_INFINITY;
+    let mut sum = 0.0f32;
+    for p in cache.first_visible(tok.pos)..=tok.pos {
+        let s = cache.slot(tok.seq, p);
+        let k = &cache.k[s * cache.k_width + kv_head * hd..][..hd];
+        let score = ops::dot(q, k);
+        if score > max {
+            let rescale = (max - score).exp();
+            for o in out.iter_mut() {
+                *o *= rescale;
+            }
+            sum *= rescale;
+            max = score;
+        }
+        let w = (score - max).exp();
+        sum += w;
+        let v = &cache.v[s * cache.v_width + kv_head * hd_v..][..hd_v];
+        ops::axpy(out, w, v);
+    }
+    let inv = 1.0 / sum;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// The whole cache: one [`LayerCache`] per layer.
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    n_seq: usize,
+    n_ctx: usize,
+}
+
+/// What a cache must hold, decided at load.
+#[derive(Clone, Copy, Debug)]
+pub struct KvShape {
+    pub n_seq: usize,
+    pub n_ctx: usize,
+    pub max_batch_tokens: usize,
+    pub k_width: usize,
+    pub v_width: usize,
+}
+
+impl KvCache {
+    /// A cache for `shape`; `windows[l]` is layer l's sliding window (`None` = full attention).
+    pub fn new(shape: KvShape, windows: &[Option<usize>]) -> KvCache {
+        let layers = windows
+            .iter()
+            .map(|&w| {
+                let cap = match w {
+                    Some(w) => (w + shape.max_batch_tokens).min(shape.n_ctx),
+                    None => shape.n_ctx,
+                };
+                LayerCache::new(shape.n_seq, cap, w, shape.k_width, shape.v_width)
+            })
+            .collect();
+        KvCache {
+            layers,
+            n_seq: shape.n_seq,
+            n_ctx: shape.n_ctx,
+        }
+    }
+
+    pub fn n_seq(&self) -> usize {
+        self.n_seq
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Bytes held by keys and values.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(LayerCache::bytes).sum()
+    }
+}

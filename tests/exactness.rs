@@ -1,0 +1,73 @@
+//! Greedy generation reproduces llama.cpp's tokens on the default model: every one of the 48
+//! reference tokens, or, where the reference's top-2 margin is a near-tie (under 0.05 nats), the
+//! same ids up to that step.
+
+mod common;
+
+use ryzanstein::model::{BatchToken, Gemma3, ModelOptions, State};
+
+/// A top-2 log-probability margin under this is a near-tie: float rounding may flip it.
+const NEAR_TIE_NATS: f32 = 0.05;
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Prefills `prompt` in one batch and decodes `n` tokens greedily.
+fn greedy(model: &Gemma3, state: &mut State, prompt: &[u32], n: usize) -> Vec<u32> {
+    let batch: Vec<BatchToken> = prompt
+        .iter()
+        .enumerate()
+        .map(|(pos, &token)| BatchToken { token, pos, seq: 0, logits: pos + 1 == prompt.len() })
+        .collect();
+    let mut next = argmax(model.forward(state, &batch).unwrap());
+    let mut out = vec![next];
+    for pos in prompt.len()..prompt.len() + n - 1 {
+        let b = [BatchToken { token: next, pos, seq: 0, logits: true }];
+        next = argmax(model.forward(state, &b).unwrap());
+        out.push(next);
+    }
+    out
+}
+
+#[test]
+fn greedy_matches_llama_cpp_reference() {
+    let opts = ModelOptions { n_ctx: 256, n_seq: 1, max_batch_tokens: 64, max_logit_rows: 1 };
+    let model = Gemma3::load(&common::default_model_path(), opts).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let mut failures = Vec::new();
+    let mut n_completion_rows = 0;
+    for row in common::reference_rows() {
+        n_completion_rows += usize::from(row.endpoint == "/completion");
+        let mut state = model.new_state();
+        let got = pool.install(|| greedy(&model, &mut state, &row.prompt_token_ids, row.output_token_ids.len()));
+        let want = &row.output_token_ids;
+        let Some(first_diff) = got.iter().zip(want).position(|(a, b)| a != b) else {
+            println!("{} {:?}: all {} tokens match", row.endpoint, row.label, want.len());
+            continue;
+        };
+        let tie = row.top2_margin[..=first_diff].iter().position(|&m| m < NEAR_TIE_NATS);
+        match tie {
+            Some(step) => println!(
+                "{} {:?}: same ids up to step {first_diff}; the reference has a near-tie at step {step}",
+                row.endpoint, row.label
+            ),
+            None => failures.push(format!(
+                "{} {:?}: differs at step {first_diff} (margin there {:.3}): got {:?}, want {:?}",
+                row.endpoint,
+                row.label,
+                row.top2_margin[first_diff],
+                &got[..=first_diff],
+                &want[..=first_diff]
+            )),
+        }
+    }
+    assert_eq!(n_completion_rows, 4, "the reference file has four completion prompts");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
