@@ -2,12 +2,14 @@
 //! inside the forward pass), no channels, no locks.
 
 pub mod config;
+pub mod detokenizer;
 pub mod error;
 pub mod gemma3;
 pub mod kv_cache;
 pub mod ops;
 pub mod sampler;
 pub mod scratch;
+pub mod stop;
 pub mod tokenizer;
 
 pub use config::ModelConfig;
