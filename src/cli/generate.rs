@@ -1,5 +1,129 @@
-pub fn run(_a: GenerateArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+//! `ryzanstein generate`: stream a completion to stdout, speeds to stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use ryzanstein::model::generate::{generate, GenerateParams};
+use ryzanstein::model::sampler::SamplingParams;
+use ryzanstein::model::tokenizer::Tokenizer;
+use ryzanstein::model::{Gemma3, ModelOptions};
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The GGUF file (default: $RYZANSTEIN_MODEL, else the default model in the cache).
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// The prompt text.
+    #[arg(short, long)]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    /// Keep the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Keep the smallest set of tokens whose probabilities add up to p.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than min_p times the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalty for tokens among the last --repeat-last-n (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Tokens of history the penalties look at.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Bias a token's logit: TOKEN_ID=BIAS (repeatable).
+    #[arg(long = "logit-bias", value_parser = parse_bias)]
+    logit_bias: Vec<(u32, f32)>,
+    /// Random seed: the same seed and settings give the same tokens.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when this text is produced (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print the N most likely tokens of each step to stderr.
+    #[arg(long, default_value_t = 0)]
+    logprobs: usize,
+    /// Keep generating past end-of-generation tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Compute threads (0 = one per core).
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    /// Context length in tokens.
+    #[arg(short, long, default_value_t = 4096)]
+    ctx: usize,
 }
-#[derive(clap::Args, Debug)]
-pub struct GenerateArgs {}
+
+fn parse_bias(s: &str) -> Result<(u32, f32), String> {
+    let (id, bias) = s.split_once('=').ok_or("expected TOKEN_ID=BIAS")?;
+    let id = id.trim().parse().map_err(|e| format!("token id {id:?}: {e}"))?;
+    let bias = bias.trim().parse().map_err(|e| format!("bias {bias:?}: {e}"))?;
+    Ok((id, bias))
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let path = super::model_path(a.model.clone())?;
+    if a.prompt.is_empty() {
+        bail!("--prompt is empty");
+    }
+    let sampling = SamplingParams {
+        temperature: a.temp,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repetition_penalty: a.repeat_penalty,
+        frequency_penalty: a.frequency_penalty,
+        presence_penalty: a.presence_penalty,
+        penalty_last_n: a.repeat_last_n,
+        logit_bias: a.logit_bias.clone(),
+        seed: a.seed,
+        n_logprobs: a.logprobs,
+    };
+    sampling.validate()?;
+    let opts = ModelOptions { n_ctx: a.ctx, ..ModelOptions::default() };
+    let model = Gemma3::load(&path, opts)?;
+    let tok = Tokenizer::from_gguf(model.file())?;
+    let prompt = tok.encode(&a.prompt, true, true);
+    let params = GenerateParams { max_tokens: a.max_tokens, sampling, stop: a.stop.clone(), ignore_eos: a.ignore_eos };
+    let pool = super::compute_pool(a.threads)?;
+    let mut state = model.new_state();
+    let mut stdout = std::io::stdout();
+    let g = pool.install(|| {
+        generate(&model, &mut state, &tok, &prompt, &params, |text| {
+            // A closed stdout (e.g. `| head`) ends generation quietly.
+            stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).is_ok()
+        })
+    })?;
+    let _ = writeln!(stdout);
+    if a.logprobs > 0 {
+        for t in &g.tokens {
+            let top: Vec<String> = t.top.iter().map(|c| format!("{}:{:.3}", c.token, c.logprob)).collect();
+            eprintln!("token {} logprob {:.4} top [{}]", t.id, t.logprob, top.join(" "));
+        }
+    }
+    let n_gen = g.tokens.len();
+    eprintln!(
+        "prompt: {} tokens in {:.3} s ({:.1} tokens/s); decode: {} tokens in {:.3} s ({:.1} tokens/s); finish: {:?}",
+        g.n_prompt,
+        g.prefill_time.as_secs_f64(),
+        g.n_prompt as f64 / g.prefill_time.as_secs_f64(),
+        n_gen,
+        g.decode_time.as_secs_f64(),
+        n_gen as f64 / g.decode_time.as_secs_f64().max(1e-9),
+        g.finish
+    );
+    Ok(())
+}

@@ -5,6 +5,7 @@ pub mod config;
 pub mod detokenizer;
 pub mod error;
 pub mod gemma3;
+pub mod generate;
 pub mod kv_cache;
 pub mod ops;
 pub mod sampler;
