@@ -88,7 +88,17 @@ fn bench_matmul(c: &mut Criterion) {
         let a = acts(&mut rng, ty, n_in, batch);
         let mut out = vec![0f32; batch * n_out];
         g.bench_function(BenchmarkId::from_parameter(batch), |b| {
-            b.iter(|| matmul(ty, black_box(&w), n_in, n_out, black_box(&a), batch, &mut out))
+            b.iter(|| {
+                matmul(
+                    ty,
+                    black_box(&w),
+                    n_in,
+                    n_out,
+                    black_box(&a),
+                    batch,
+                    &mut out,
+                )
+            })
         });
     }
     g.finish();

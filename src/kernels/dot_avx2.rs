@@ -7,7 +7,7 @@
 //! function of its two rows.
 
 use super::types::GgmlType;
-use super::DotFn;
+use super::{Dot4Fn, DotFn};
 
 #[cfg(target_arch = "x86_64")]
 pub use imp::*;
@@ -24,13 +24,19 @@ pub fn kernel(_wty: GgmlType) -> Option<DotFn> {
     None
 }
 
+/// No SIMD kernels off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn kernel4(_wty: GgmlType) -> Option<Dot4Fn> {
+    None
+}
+
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::super::blocks::{
         as_blocks, unpack_k4_scales, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
         BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     };
-    use super::{DotFn, GgmlType};
+    use super::{Dot4Fn, DotFn, GgmlType};
     use std::arch::x86_64::*;
 
     /// True when the CPU has AVX2, FMA and F16C (std caches the CPUID probe).
@@ -56,6 +62,32 @@ mod imp {
         s_q5_1 => vec_dot_q5_1, s_q8_0 => vec_dot_q8_0, s_q4_k => vec_dot_q4_k,
         s_q5_k => vec_dot_q5_k, s_q6_k => vec_dot_q6_k,
     );
+
+    macro_rules! safe_wrappers_x4 {
+        ($($safe:ident => $raw:ident),* $(,)?) => {$(
+            fn $safe(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+                // SAFETY: reachable only through `kernel4`, which checks `available()`.
+                unsafe { $raw(n, w, a) }
+            }
+        )*};
+    }
+    safe_wrappers_x4!(
+        s4_q8_0 => vec_dot_q8_0_x4, s4_q4_0 => vec_dot_q4_0_x4, s4_q5_0 => vec_dot_q5_0_x4,
+    );
+
+    /// The 4-activation-row AVX2 kernel for `wty` (bit-identical per row to `kernel(wty)`),
+    /// or `None` if there is none for this type or the CPU lacks the features.
+    pub fn kernel4(wty: GgmlType) -> Option<Dot4Fn> {
+        if !available() {
+            return None;
+        }
+        match wty {
+            GgmlType::Q8_0 => Some(s4_q8_0),
+            GgmlType::Q4_0 => Some(s4_q4_0),
+            GgmlType::Q5_0 => Some(s4_q5_0),
+            _ => None,
+        }
+    }
 
     /// The AVX2 kernel for `wty`, or `None` if the CPU lacks the features.
     pub fn kernel(wty: GgmlType) -> Option<DotFn> {
@@ -87,8 +119,18 @@ mod imp {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn h2f(b: [u8; 2]) -> f32 {
-        let v = _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32);
-        _mm_cvtss_f32(_mm_cvtph_ps(v))
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(b))))
+    }
+
+    /// Both f16 scales decoded and multiplied, broadcast to 8 lanes. The broadcast load
+    /// writes the whole register: inserting into a lane instead made LLVM merge into the
+    /// accumulator register, a false dependency that serialised the block loop.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scale2(a: [u8; 2], b: [u8; 2]) -> __m256 {
+        let x = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(a)));
+        let y = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(b)));
+        _mm256_mul_ps(x, y)
     }
 
     #[inline]
@@ -105,15 +147,6 @@ mod imp {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256i {
         _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
-    }
-
-    /// 8 × i32 partial sums of i8 × i8 products: |x| · (y with x's sign) makes the first
-    /// operand unsigned for `maddubs`; y never holds -128 (activation quantizers stay in
-    /// ±127), so 2·128·127 fits in i16.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
-        dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
     }
 
     /// The 32 nibbles of 16 bytes as bytes: low nibbles (elements 0..16) then high (16..32).
@@ -259,32 +292,80 @@ mod imp {
         dot_16bit(n, w, a, true)
     }
 
-    /// Q8_0 · Q8_0 (the hot path: token embeddings / output). Two accumulators so the FMA
-    /// latency is hidden; the kernel is memory-bound on large matrices.
+    /// Defines `$rows::<R>`: R activation rows (Q8_0) dotted with one weight row whose blocks
+    /// decode to 32 signed bytes via `$values`. The weight block is decoded once and reused
+    /// for all R rows; each row's arithmetic is the same sequence of operations whatever R
+    /// is, so `R = 4` results are bit-identical to `R = 1`. Two accumulators per row
+    /// (even / odd blocks) hide the FMA latency. Signed × signed uses the sign trick:
+    /// |x| · (y with x's sign) makes `maddubs`'s first operand unsigned; y never holds -128
+    /// (activation quantizers stay in ±127), so 2·128·127 fits in i16.
+    macro_rules! signed_q8_0_rows {
+        ($rows:ident, $blk:ty, |$x:ident| $values:expr) => {
+            #[inline]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $rows<const R: usize>(w: &[u8], acts: [&[u8]; R]) -> [f32; R] {
+                let xs = as_blocks::<$blk>(w);
+                let nb = xs.len();
+                let mut ys: [&[BlockQ8_0]; R] = [&[]; R];
+                for r in 0..R {
+                    ys[r] = &as_blocks::<BlockQ8_0>(acts[r])[..nb];
+                }
+                let mut acc = [[_mm256_setzero_ps(); 2]; R];
+                let mut i = 0;
+                while i < nb {
+                    for k in 0..2 {
+                        if i + k >= nb {
+                            break;
+                        }
+                        let $x = &xs[i + k];
+                        let qx: __m256i = $values;
+                        let ax = _mm256_sign_epi8(qx, qx);
+                        let dx = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes($x.d)));
+                        for r in 0..R {
+                            let y = &ys[r][i + k];
+                            let sy = _mm256_sign_epi8(load32(&y.qs), qx);
+                            let p = _mm256_cvtepi32_ps(dot_u8_i8(ax, sy));
+                            let dy = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(y.d)));
+                            acc[r][k] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy), p, acc[r][k]);
+                        }
+                    }
+                    i += 2;
+                }
+                let mut out = [0f32; R];
+                for r in 0..R {
+                    out[r] = hsum_ps(_mm256_add_ps(acc[r][0], acc[r][1]));
+                }
+                out
+            }
+        };
+    }
+
+    signed_q8_0_rows!(q8_0_rows, BlockQ8_0, |x| load32(&x.qs));
+    signed_q8_0_rows!(q4_0_rows, BlockQ4_0, |x| _mm256_sub_epi8(
+        nibbles_32(&x.qs),
+        _mm256_set1_epi8(8)
+    ));
+    signed_q8_0_rows!(q5_0_rows, BlockQ5_0, |x| _mm256_sub_epi8(
+        _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh)),
+        _mm256_set1_epi8(16)
+    ));
+
+    /// Q8_0 · Q8_0 (the hot path: token embeddings / output; memory-bound on big matrices).
     ///
     /// # Safety
     /// The CPU must support avx2, fma and f16c.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn vec_dot_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        let (xs, ys) = (as_blocks::<BlockQ8_0>(w), as_blocks::<BlockQ8_0>(a));
-        let nb = xs.len().min(ys.len());
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 2 <= nb {
-            let (x0, y0, x1, y1) = (&xs[i], &ys[i], &xs[i + 1], &ys[i + 1]);
-            let p0 = _mm256_cvtepi32_ps(dot_i8(load32(&x0.qs), load32(&y0.qs)));
-            let p1 = _mm256_cvtepi32_ps(dot_i8(load32(&x1.qs), load32(&y1.qs)));
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x0.d) * h2f(y0.d)), p0, acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x1.d) * h2f(y1.d)), p1, acc1);
-            i += 2;
-        }
-        if i < nb {
-            let (x, y) = (&xs[i], &ys[i]);
-            let p = _mm256_cvtepi32_ps(dot_i8(load32(&x.qs), load32(&y.qs)));
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x.d) * h2f(y.d)), p, acc0);
-        }
-        hsum_ps(_mm256_add_ps(acc0, acc1))
+        q8_0_rows::<1>(w, [a])[0]
+    }
+
+    /// Q8_0 · 4 Q8_0 rows; bit-identical to four `vec_dot_q8_0` calls.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q8_0_x4(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+        q8_0_rows::<4>(w, a)
     }
 
     /// Q4_0 · Q8_0.
@@ -293,14 +374,34 @@ mod imp {
     /// The CPU must support avx2, fma and f16c.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn vec_dot_q4_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        let (xs, ys) = (as_blocks::<BlockQ4_0>(w), as_blocks::<BlockQ8_0>(a));
-        let mut acc = _mm256_setzero_ps();
-        for (x, y) in xs.iter().zip(ys) {
-            let qx = _mm256_sub_epi8(nibbles_32(&x.qs), _mm256_set1_epi8(8));
-            let p = _mm256_cvtepi32_ps(dot_i8(qx, load32(&y.qs)));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x.d) * h2f(y.d)), p, acc);
-        }
-        hsum_ps(acc)
+        q4_0_rows::<1>(w, [a])[0]
+    }
+
+    /// Q4_0 · 4 Q8_0 rows; bit-identical to four `vec_dot_q4_0` calls.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q4_0_x4(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+        q4_0_rows::<4>(w, a)
+    }
+
+    /// Q5_0 · Q8_0.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q5_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+        q5_0_rows::<1>(w, [a])[0]
+    }
+
+    /// Q5_0 · 4 Q8_0 rows; bit-identical to four `vec_dot_q5_0` calls.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q5_0_x4(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+        q5_0_rows::<4>(w, a)
     }
 
     /// Q4_1 · Q8_1.
@@ -314,27 +415,10 @@ mod imp {
         let mut accm = 0.0f32;
         for (x, y) in xs.iter().zip(ys) {
             let p = _mm256_cvtepi32_ps(dot_u8_i8(nibbles_32(&x.qs), load32(&y.qs)));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x.d) * h2f(y.d)), p, acc);
+            acc = _mm256_fmadd_ps(scale2(x.d, y.d), p, acc);
             accm += h2f(x.m) * h2f(y.s);
         }
         hsum_ps(acc) + accm
-    }
-
-    /// Q5_0 · Q8_0.
-    ///
-    /// # Safety
-    /// The CPU must support avx2, fma and f16c.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn vec_dot_q5_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        let (xs, ys) = (as_blocks::<BlockQ5_0>(w), as_blocks::<BlockQ8_0>(a));
-        let mut acc = _mm256_setzero_ps();
-        for (x, y) in xs.iter().zip(ys) {
-            let q = _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh));
-            let qx = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
-            let p = _mm256_cvtepi32_ps(dot_i8(qx, load32(&y.qs)));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x.d) * h2f(y.d)), p, acc);
-        }
-        hsum_ps(acc)
     }
 
     /// Q5_1 · Q8_1.
@@ -349,7 +433,7 @@ mod imp {
         for (x, y) in xs.iter().zip(ys) {
             let q = _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh));
             let p = _mm256_cvtepi32_ps(dot_u8_i8(q, load32(&y.qs)));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x.d) * h2f(y.d)), p, acc);
+            acc = _mm256_fmadd_ps(scale2(x.d, y.d), p, acc);
             accm += h2f(x.m) * h2f(y.s);
         }
         hsum_ps(acc) + accm
@@ -516,6 +600,27 @@ mod tests {
                         (v - s).abs() <= 1e-5 * mag + 1e-6,
                         "{ty} n={n} seed={seed}: avx2 {v} vs scalar {s} (mag {mag})"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn x4_kernels_are_bit_identical_to_single_row() {
+        if !super::available() {
+            return;
+        }
+        for ty in GgmlType::WEIGHT_TYPES {
+            let Some(k4) = super::kernel4(ty) else {
+                continue;
+            };
+            let k1 = super::kernel(ty).expect("avx2 available");
+            for n in sizes(ty) {
+                let cs: Vec<_> = (0..4).map(|s| make_case(ty, n, 200 + s)).collect();
+                let w = &cs[0].w;
+                let v = k4(n, w, [&cs[0].qa, &cs[1].qa, &cs[2].qa, &cs[3].qa]);
+                for (c, v) in cs.iter().zip(v) {
+                    assert_eq!(v.to_bits(), k1(n, w, &c.qa).to_bits(), "{ty} n={n}");
                 }
             }
         }

@@ -49,7 +49,7 @@ pub fn matmul(
         out.fill(0.0);
         return;
     }
-    let dot = super::dot_kernel(wty);
+    let (dot, dot4) = super::kernels_for(wty);
     let ptr = OutPtr(out.as_mut_ptr());
     let n_tasks = n_out.div_ceil(ROWS_PER_TASK);
     (0..n_tasks).into_par_iter().for_each(move |t| {
@@ -57,11 +57,25 @@ pub fn matmul(
         let r_end = ((t + 1) * ROWS_PER_TASK).min(n_out);
         for r in t * ROWS_PER_TASK..r_end {
             let wr = &w[r * wrb..(r + 1) * wrb];
-            for (b, a) in acts.chunks_exact(arb).enumerate() {
-                let v = dot(n_in, wr, a);
-                // SAFETY: b < n_rows and r < n_out, so the index is in bounds of `out`
-                // (length n_rows * n_out, asserted); only this task writes row r.
-                unsafe { *ptr.0.add(b * n_out + r) = v };
+            let act = |b: usize| &acts[b * arb..(b + 1) * arb];
+            // SAFETY: b < n_rows and r < n_out, so the index is in bounds of `out` (length
+            // n_rows * n_out, asserted); only this task writes output row r.
+            let store = |b: usize, v: f32| unsafe { *ptr.0.add(b * n_out + r) = v };
+            let mut b = 0;
+            // Groups of 4 share the weight decoding; the 4-row kernel is bit-identical per
+            // row to `dot`, so how the batch splits into groups never changes a result.
+            if let Some(dot4) = dot4 {
+                while b + 4 <= n_rows {
+                    let v = dot4(n_in, wr, [act(b), act(b + 1), act(b + 2), act(b + 3)]);
+                    for (k, v) in v.into_iter().enumerate() {
+                        store(b + k, v);
+                    }
+                    b += 4;
+                }
+            }
+            while b < n_rows {
+                store(b, dot(n_in, wr, act(b)));
+                b += 1;
             }
         }
     });

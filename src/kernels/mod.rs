@@ -27,6 +27,10 @@ use std::sync::OnceLock;
 /// A dot kernel: `(n, weight row bytes, activation row bytes) -> dot`.
 pub type DotFn = fn(usize, &[u8], &[u8]) -> f32;
 
+/// A kernel dotting one weight row with 4 activation rows at once, bit-identical per row to
+/// the single-row kernel of the same type (it only shares the weight decoding).
+pub type Dot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
+
 /// Scalar reference kernels, for tests and benches.
 pub mod scalar {
     pub use super::dot_scalar::*;
@@ -57,12 +61,23 @@ fn simd_allowed() -> bool {
 
 /// The kernel `vec_dot` and `matmul` use for `wty` right now.
 pub fn dot_kernel(wty: GgmlType) -> DotFn {
+    kernels_for(wty).0
+}
+
+/// The 4-row kernel matching [`dot_kernel`] for `wty`, if there is one.
+pub fn dot_kernel4(wty: GgmlType) -> Option<Dot4Fn> {
+    kernels_for(wty).1
+}
+
+/// The single-row kernel and (if any) the matching 4-row kernel, chosen with one reading of
+/// the SIMD switch so a caller never mixes scalar and AVX2 results.
+pub(crate) fn kernels_for(wty: GgmlType) -> (DotFn, Option<Dot4Fn>) {
     if simd_allowed() {
         if let Some(f) = dot_avx2::kernel(wty) {
-            return f;
+            return (f, dot_avx2::kernel4(wty));
         }
     }
-    dot_scalar::kernel(wty)
+    (dot_scalar::kernel(wty), None)
 }
 
 /// Asserts that `w` and `a` are rows of `n` elements of `wty` and its vec_dot_type.
