@@ -3,29 +3,121 @@
 //!
 //! Boundary: this module knows nothing of files, models or threads other than the rayon pool
 //! it is called inside; it never allocates in `vec_dot` or `matmul`.
+//!
+//! Dispatch: the CPU is probed once (AVX2 + FMA + F16C); `RYZANSTEIN_NO_SIMD=1` (read once) or
+//! [`set_force_scalar`] selects the scalar kernels. Every kernel is a pure function of its
+//! (weight row, activation row), so results never depend on batch size or thread count.
 
+pub mod blocks;
+pub mod dequant;
+pub mod dot_avx2;
+pub mod dot_scalar;
 pub mod f16;
+pub mod matmul;
+pub mod quantize;
 pub mod types;
+
+#[cfg(test)]
+mod testutil;
 
 pub use types::{GgmlType, QK, QK_K};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// A dot kernel: `(n, weight row bytes, activation row bytes) -> dot`.
+pub type DotFn = fn(usize, &[u8], &[u8]) -> f32;
+
+/// A kernel dotting one weight row with 4 activation rows at once, bit-identical per row to
+/// the single-row kernel of the same type (it only shares the weight decoding).
+pub type Dot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
+
+/// Scalar reference kernels, for tests and benches.
+pub mod scalar {
+    pub use super::dot_scalar::*;
+}
+
+/// AVX2 kernels, for tests and benches (x86_64 only).
+pub mod avx2 {
+    #[cfg(target_arch = "x86_64")]
+    pub use super::dot_avx2::*;
+}
+
+static FORCE_SCALAR: AtomicBool = AtomicBool::new(false);
+
+/// Forces (or stops forcing) the scalar kernels for all later calls.
+pub fn set_force_scalar(force: bool) {
+    FORCE_SCALAR.store(force, Ordering::Relaxed);
+}
+
+/// True when the AVX2 kernels can run here and are not disabled by `RYZANSTEIN_NO_SIMD=1`.
+fn simd_allowed() -> bool {
+    static SIMD: OnceLock<bool> = OnceLock::new();
+    let ok = *SIMD.get_or_init(|| {
+        let disabled = std::env::var("RYZANSTEIN_NO_SIMD").is_ok_and(|v| v == "1");
+        !disabled && dot_avx2::available()
+    });
+    ok && !FORCE_SCALAR.load(Ordering::Relaxed)
+}
+
+/// The kernel `vec_dot` and `matmul` use for `wty` right now.
+pub fn dot_kernel(wty: GgmlType) -> DotFn {
+    kernels_for(wty).0
+}
+
+/// The 4-row kernel matching [`dot_kernel`] for `wty`, if there is one.
+pub fn dot_kernel4(wty: GgmlType) -> Option<Dot4Fn> {
+    kernels_for(wty).1
+}
+
+/// The single-row kernel and (if any) the matching 4-row kernel, chosen with one reading of
+/// the SIMD switch so a caller never mixes scalar and AVX2 results.
+pub(crate) fn kernels_for(wty: GgmlType) -> (DotFn, Option<Dot4Fn>) {
+    if simd_allowed() {
+        if let Some(f) = dot_avx2::kernel(wty) {
+            return (f, dot_avx2::kernel4(wty));
+        }
+    }
+    (dot_scalar::kernel(wty), None)
+}
+
+/// Asserts that `w` and `a` are rows of `n` elements of `wty` and its vec_dot_type.
+pub(crate) fn check_rows(wty: GgmlType, n: usize, w: &[u8], a: &[u8]) {
+    assert!(wty.is_weight_type(), "{wty} is not a weight type");
+    assert_eq!(wty.row_bytes(n), Some(w.len()), "{wty} weight row of {n}");
+    let at = wty.vec_dot_type();
+    assert_eq!(at.row_bytes(n), Some(a.len()), "{at} activation row of {n}");
+}
+
 /// Dequantizes one row of `dst.len()` elements of type `ty` from `src`.
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
-    let _ = (ty, src, dst);
-    todo!("kernels: dequantize_row")
+    dequant::dequantize_row(ty, src, dst)
 }
 
 /// Quantizes `src` into `dst` as activation type `ty` (F32, F16, BF16, Q8_0, Q8_1 or Q8_K).
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
-    let _ = (ty, src, dst);
-    todo!("kernels: quantize_row")
+    assert_eq!(
+        ty.row_bytes(src.len()),
+        Some(dst.len()),
+        "{ty} row of {}",
+        src.len()
+    );
+    match ty {
+        GgmlType::F32 => quantize::quantize_row_f32(src, dst),
+        GgmlType::F16 => quantize::quantize_row_f16(src, dst),
+        GgmlType::BF16 => quantize::quantize_row_bf16(src, dst),
+        GgmlType::Q8_0 => quantize::quantize_row_q8_0(src, dst),
+        GgmlType::Q8_1 => quantize::quantize_row_q8_1(src, dst),
+        GgmlType::Q8_K => quantize::quantize_row_q8_k(src, dst),
+        _ => panic!("quantize_row: {ty} is not an activation type"),
+    }
 }
 
 /// Dot product of one weight row of type `wty` with one activation row already quantized to
 /// `wty.vec_dot_type()`, both of `n` elements.
 pub fn vec_dot(wty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let _ = (wty, n, w, act);
-    todo!("kernels: vec_dot")
+    check_rows(wty, n, w, act);
+    dot_kernel(wty)(n, w, act)
 }
 
 /// `out[b * n_out + r] = dot(weight row r, activation row b)` for `n_rows` activation rows,
@@ -39,6 +131,5 @@ pub fn matmul(
     n_rows: usize,
     out: &mut [f32],
 ) {
-    let _ = (wty, w, n_in, n_out, acts, n_rows, out);
-    todo!("kernels: matmul")
+    matmul::matmul(wty, w, n_in, n_out, acts, n_rows, out)
 }

@@ -1,0 +1,659 @@
+//! AVX2 + FMA (+ F16C) twins of the scalar dot kernels, selected at run time.
+//!
+//! Quantized kernels: `maddubs` (u8 × i8 → pairwise i16) then `madd` (→ i32) give exact
+//! integer sums per block; one float FMA per block (K-quants: per super-block) folds them
+//! into 8 f32 lanes that are summed at the end. The summation order differs from the scalar
+//! kernels, so results agree to float rounding, not bit for bit; each kernel is still a pure
+//! function of its two rows.
+
+use super::types::GgmlType;
+use super::{Dot4Fn, DotFn};
+
+#[cfg(target_arch = "x86_64")]
+pub use imp::*;
+
+/// True when the CPU has AVX2, FMA and F16C.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn available() -> bool {
+    false
+}
+
+/// No SIMD kernels off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn kernel(_wty: GgmlType) -> Option<DotFn> {
+    None
+}
+
+/// No SIMD kernels off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn kernel4(_wty: GgmlType) -> Option<Dot4Fn> {
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use super::super::blocks::{
+        as_blocks, unpack_k4_scales, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
+        BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    };
+    use super::{Dot4Fn, DotFn, GgmlType};
+    use std::arch::x86_64::*;
+
+    /// True when the CPU has AVX2, FMA and F16C (std caches the CPUID probe).
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
+    /// Safe wrappers: only handed out by `kernel`, which checks `available()` first.
+    macro_rules! safe_wrappers {
+        ($($safe:ident => $raw:ident),* $(,)?) => {$(
+            fn $safe(n: usize, w: &[u8], a: &[u8]) -> f32 {
+                // SAFETY: reachable only through `kernel`, which returned it after checking
+                // that the CPU supports avx2, fma and f16c.
+                unsafe { $raw(n, w, a) }
+            }
+        )*};
+    }
+    safe_wrappers!(
+        s_f32 => vec_dot_f32, s_f16 => vec_dot_f16, s_bf16 => vec_dot_bf16,
+        s_q4_0 => vec_dot_q4_0, s_q4_1 => vec_dot_q4_1, s_q5_0 => vec_dot_q5_0,
+        s_q5_1 => vec_dot_q5_1, s_q8_0 => vec_dot_q8_0, s_q4_k => vec_dot_q4_k,
+        s_q5_k => vec_dot_q5_k, s_q6_k => vec_dot_q6_k,
+    );
+
+    macro_rules! safe_wrappers_x4 {
+        ($($safe:ident => $raw:ident),* $(,)?) => {$(
+            fn $safe(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+                // SAFETY: reachable only through `kernel4`, which checks `available()`.
+                unsafe { $raw(n, w, a) }
+            }
+        )*};
+    }
+    safe_wrappers_x4!(
+        s4_q8_0 => vec_dot_q8_0_x4, s4_q4_0 => vec_dot_q4_0_x4, s4_q5_0 => vec_dot_q5_0_x4,
+    );
+
+    /// The 4-activation-row AVX2 kernel for `wty` (bit-identical per row to `kernel(wty)`),
+    /// or `None` if there is none for this type or the CPU lacks the features.
+    pub fn kernel4(wty: GgmlType) -> Option<Dot4Fn> {
+        if !available() {
+            return None;
+        }
+        match wty {
+            GgmlType::Q8_0 => Some(s4_q8_0),
+            GgmlType::Q4_0 => Some(s4_q4_0),
+            GgmlType::Q5_0 => Some(s4_q5_0),
+            _ => None,
+        }
+    }
+
+    /// The AVX2 kernel for `wty`, or `None` if the CPU lacks the features.
+    pub fn kernel(wty: GgmlType) -> Option<DotFn> {
+        if !available() {
+            return None;
+        }
+        Some(match wty {
+            GgmlType::F32 => s_f32,
+            GgmlType::F16 => s_f16,
+            GgmlType::BF16 => s_bf16,
+            GgmlType::Q4_0 => s_q4_0,
+            GgmlType::Q4_1 => s_q4_1,
+            GgmlType::Q5_0 => s_q5_0,
+            GgmlType::Q5_1 => s_q5_1,
+            GgmlType::Q8_0 => s_q8_0,
+            GgmlType::Q4_K => s_q4_k,
+            GgmlType::Q5_K => s_q5_k,
+            GgmlType::Q6_K => s_q6_k,
+            GgmlType::Q8_1 | GgmlType::Q8_K => return None,
+        })
+    }
+
+    /// AVX2 `vec_dot` (lengths checked), or `None` if the CPU lacks the features.
+    pub fn vec_dot(wty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Option<f32> {
+        super::super::check_rows(wty, n, w, a);
+        kernel(wty).map(|f| f(n, w, a))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn h2f(b: [u8; 2]) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(b))))
+    }
+
+    /// Both f16 scales decoded and multiplied, broadcast to 8 lanes. The broadcast load
+    /// writes the whole register: inserting into a lane instead made LLVM merge into the
+    /// accumulator register, a false dependency that serialised the block loop.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scale2(a: [u8; 2], b: [u8; 2]) -> __m256 {
+        let x = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(a)));
+        let y = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(b)));
+        _mm256_mul_ps(x, y)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum_ps(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// 8 × i32 partial sums of u8 × i8 products. Callers keep x ≤ 128 and |y| ≤ 127, so the
+    /// `maddubs` i16 pair sums (≤ 2·128·127) never saturate.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
+    }
+
+    /// The 32 nibbles of 16 bytes as bytes: low nibbles (elements 0..16) then high (16..32).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn nibbles_32(qs: &[u8; 16]) -> __m256i {
+        let q = _mm_loadu_si128(qs.as_ptr().cast());
+        let m4 = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(q, m4);
+        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// Byte j = 0x10 if bit j of the little-endian u32 `qh` is set, else 0.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn high_bits_32(qh: [u8; 4]) -> __m256i {
+        let h = _mm256_set1_epi32(i32::from_le_bytes(qh));
+        // Byte j takes byte j/8 of h (shuffle works per 128-bit lane; h is in both).
+        let idx = _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        );
+        let bytes = _mm256_shuffle_epi8(h, idx);
+        // Byte j tests bit j % 8.
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load32(p: &[i8]) -> __m256i {
+        debug_assert!(p.len() >= 32);
+        _mm256_loadu_si256(p.as_ptr().cast())
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load32u(p: &[u8]) -> __m256i {
+        debug_assert!(p.len() >= 32);
+        _mm256_loadu_si256(p.as_ptr().cast())
+    }
+
+    /// F32 · F32.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+        let n = n.min(w.len() / 4).min(a.len() / 4);
+        let (pw, pa) = (w.as_ptr().cast::<f32>(), a.as_ptr().cast::<f32>());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let x = _mm256_loadu_ps(pw.add(i + 8 * k));
+                *acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(pa.add(i + 8 * k)), *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pw.add(i)),
+                _mm256_loadu_ps(pa.add(i)),
+                acc[0],
+            );
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = hsum_ps(v);
+        while i < n {
+            s += pw.add(i).read_unaligned() * pa.add(i).read_unaligned();
+            i += 1;
+        }
+        s
+    }
+
+    /// Loads 8 halves at element `i` as f32 (bf16: shift into the top 16 bits).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8_f16(p: *const u8, i: usize, bf16: bool) -> __m256 {
+        let h = _mm_loadu_si128(p.add(2 * i).cast());
+        if bf16 {
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        } else {
+            _mm256_cvtph_ps(h)
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_16bit(n: usize, w: &[u8], a: &[u8], bf16: bool) -> f32 {
+        let n = n.min(w.len() / 2).min(a.len() / 2);
+        let (pw, pa) = (w.as_ptr(), a.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let x = load8_f16(pw, i + 8 * k, bf16);
+                *acc = _mm256_fmadd_ps(x, load8_f16(pa, i + 8 * k, bf16), *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(load8_f16(pw, i, bf16), load8_f16(pa, i, bf16), acc[0]);
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = hsum_ps(v);
+        let one = |p: *const u8, i: usize| {
+            let b = [*p.add(2 * i), *p.add(2 * i + 1)];
+            if bf16 {
+                f32::from_bits((u16::from_le_bytes(b) as u32) << 16)
+            } else {
+                half::f16::from_bits(u16::from_le_bytes(b)).to_f32()
+            }
+        };
+        while i < n {
+            s += one(pw, i) * one(pa, i);
+            i += 1;
+        }
+        s
+    }
+
+    /// F16 · F16.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
+        dot_16bit(n, w, a, false)
+    }
+
+    /// BF16 · BF16.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
+        dot_16bit(n, w, a, true)
+    }
+
+    /// Defines `$rows::<R>`: R activation rows (Q8_0) dotted with one weight row whose blocks
+    /// decode to 32 signed bytes via `$values`. The weight block is decoded once and reused
+    /// for all R rows; each row's arithmetic is the same sequence of operations whatever R
+    /// is, so `R = 4` results are bit-identical to `R = 1`. Two accumulators per row
+    /// (even / odd blocks) hide the FMA latency. Signed × signed uses the sign trick:
+    /// |x| · (y with x's sign) makes `maddubs`'s first operand unsigned; y never holds -128
+    /// (activation quantizers stay in ±127), so 2·128·127 fits in i16.
+    macro_rules! signed_q8_0_rows {
+        ($rows:ident, $blk:ty, |$x:ident| $values:expr) => {
+            #[inline]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $rows<const R: usize>(w: &[u8], acts: [&[u8]; R]) -> [f32; R] {
+                let xs = as_blocks::<$blk>(w);
+                let nb = xs.len();
+                let mut ys: [&[BlockQ8_0]; R] = [&[]; R];
+                for r in 0..R {
+                    ys[r] = &as_blocks::<BlockQ8_0>(acts[r])[..nb];
+                }
+                let mut acc = [[_mm256_setzero_ps(); 2]; R];
+                let mut i = 0;
+                while i < nb {
+                    for k in 0..2 {
+                        if i + k >= nb {
+                            break;
+                        }
+                        let $x = &xs[i + k];
+                        let qx: __m256i = $values;
+                        let ax = _mm256_sign_epi8(qx, qx);
+                        let dx = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes($x.d)));
+                        for r in 0..R {
+                            let y = &ys[r][i + k];
+                            let sy = _mm256_sign_epi8(load32(&y.qs), qx);
+                            let p = _mm256_cvtepi32_ps(dot_u8_i8(ax, sy));
+                            let dy = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(y.d)));
+                            acc[r][k] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy), p, acc[r][k]);
+                        }
+                    }
+                    i += 2;
+                }
+                let mut out = [0f32; R];
+                for r in 0..R {
+                    out[r] = hsum_ps(_mm256_add_ps(acc[r][0], acc[r][1]));
+                }
+                out
+            }
+        };
+    }
+
+    signed_q8_0_rows!(q8_0_rows, BlockQ8_0, |x| load32(&x.qs));
+    signed_q8_0_rows!(q4_0_rows, BlockQ4_0, |x| _mm256_sub_epi8(
+        nibbles_32(&x.qs),
+        _mm256_set1_epi8(8)
+    ));
+    signed_q8_0_rows!(q5_0_rows, BlockQ5_0, |x| _mm256_sub_epi8(
+        _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh)),
+        _mm256_set1_epi8(16)
+    ));
+
+    /// Q8_0 · Q8_0 (the hot path: token embeddings / output; memory-bound on big matrices).
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+        q8_0_rows::<1>(w, [a])[0]
+    }
+
+    /// Q8_0 · 4 Q8_0 rows; bit-identical to four `vec_dot_q8_0` calls.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q8_0_x4(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+        q8_0_rows::<4>(w, a)
+    }
+
+    /// Q4_0 · Q8_0.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q4_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+        q4_0_rows::<1>(w, [a])[0]
+    }
+
+    /// Q4_0 · 4 Q8_0 rows; bit-identical to four `vec_dot_q4_0` calls.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q4_0_x4(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+        q4_0_rows::<4>(w, a)
+    }
+
+    /// Q5_0 · Q8_0.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q5_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+        q5_0_rows::<1>(w, [a])[0]
+    }
+
+    /// Q5_0 · 4 Q8_0 rows; bit-identical to four `vec_dot_q5_0` calls.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q5_0_x4(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+        q5_0_rows::<4>(w, a)
+    }
+
+    /// Q4_1 · Q8_1.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q4_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+        let (xs, ys) = (as_blocks::<BlockQ4_1>(w), as_blocks::<BlockQ8_1>(a));
+        let mut acc = _mm256_setzero_ps();
+        let mut accm = 0.0f32;
+        for (x, y) in xs.iter().zip(ys) {
+            let p = _mm256_cvtepi32_ps(dot_u8_i8(nibbles_32(&x.qs), load32(&y.qs)));
+            acc = _mm256_fmadd_ps(scale2(x.d, y.d), p, acc);
+            accm += h2f(x.m) * h2f(y.s);
+        }
+        hsum_ps(acc) + accm
+    }
+
+    /// Q5_1 · Q8_1.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q5_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+        let (xs, ys) = (as_blocks::<BlockQ5_1>(w), as_blocks::<BlockQ8_1>(a));
+        let mut acc = _mm256_setzero_ps();
+        let mut accm = 0.0f32;
+        for (x, y) in xs.iter().zip(ys) {
+            let q = _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh));
+            let p = _mm256_cvtepi32_ps(dot_u8_i8(q, load32(&y.qs)));
+            acc = _mm256_fmadd_ps(scale2(x.d, y.d), p, acc);
+            accm += h2f(x.m) * h2f(y.s);
+        }
+        hsum_ps(acc) + accm
+    }
+
+    /// 8 × i32 lanes whose sum is Σ_k mn[k] · (bsums[2k] + bsums[2k+1]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn k4_mins(mn: &[u8; 8], y: &BlockQ8K) -> __m256i {
+        let m = _mm_loadl_epi64(mn.as_ptr().cast());
+        // [mn0, mn0, mn1, mn1, …] so each mn multiplies the two group sums of its sub-block.
+        let dup = _mm_unpacklo_epi8(m, m);
+        let m16 = _mm256_cvtepu8_epi16(dup);
+        _mm256_madd_epi16(load32u(&y.bsums), m16)
+    }
+
+    /// Q4_K · Q8_K.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q4_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+        let (xs, ys) = (as_blocks::<BlockQ4K>(w), as_blocks::<BlockQ8K>(a));
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut accm = _mm256_setzero_ps();
+        for (x, y) in xs.iter().zip(ys) {
+            let (sc, mn) = unpack_k4_scales(&x.scales);
+            let mut sumi = _mm256_setzero_si256();
+            for c in 0..4 {
+                let q4 = load32u(&x.qs[32 * c..]);
+                let lo = _mm256_and_si256(q4, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+                let plo = _mm256_maddubs_epi16(lo, load32(&y.qs[64 * c..]));
+                let phi = _mm256_maddubs_epi16(hi, load32(&y.qs[64 * c + 32..]));
+                let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c] as i16));
+                let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1] as i16));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+            }
+            let yd = y.d();
+            let d = _mm256_set1_ps(yd * h2f(x.d));
+            let dmin = _mm256_set1_ps(yd * h2f(x.dmin));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+            accm = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(k4_mins(&mn, y)), accm);
+        }
+        hsum_ps(_mm256_sub_ps(acc, accm))
+    }
+
+    /// Q5_K · Q8_K.
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q5_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+        let (xs, ys) = (as_blocks::<BlockQ5K>(w), as_blocks::<BlockQ8K>(a));
+        let m4 = _mm256_set1_epi8(0x0F);
+        let b4 = _mm256_set1_epi8(0x10);
+        let mut acc = _mm256_setzero_ps();
+        let mut accm = _mm256_setzero_ps();
+        for (x, y) in xs.iter().zip(ys) {
+            let (sc, mn) = unpack_k4_scales(&x.scales);
+            let qh = load32u(&x.qh);
+            let mut sumi = _mm256_setzero_si256();
+            for c in 0..4 {
+                let q4 = load32u(&x.qs[32 * c..]);
+                let mlo = _mm256_set1_epi8((1u8 << (2 * c)) as i8);
+                let mhi = _mm256_set1_epi8((1u8 << (2 * c + 1)) as i8);
+                let hlo = _mm256_cmpeq_epi8(_mm256_and_si256(qh, mlo), mlo);
+                let hhi = _mm256_cmpeq_epi8(_mm256_and_si256(qh, mhi), mhi);
+                let lo = _mm256_or_si256(_mm256_and_si256(q4, m4), _mm256_and_si256(hlo, b4));
+                let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+                let hi = _mm256_or_si256(hi, _mm256_and_si256(hhi, b4));
+                let plo = _mm256_maddubs_epi16(lo, load32(&y.qs[64 * c..]));
+                let phi = _mm256_maddubs_epi16(hi, load32(&y.qs[64 * c + 32..]));
+                let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c] as i16));
+                let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1] as i16));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+            }
+            let yd = y.d();
+            let d = _mm256_set1_ps(yd * h2f(x.d));
+            let dmin = _mm256_set1_ps(yd * h2f(x.dmin));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+            accm = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(k4_mins(&mn, y)), accm);
+        }
+        hsum_ps(_mm256_sub_ps(acc, accm))
+    }
+
+    /// Q6_K · Q8_K. The 6-bit values go into `maddubs` unsigned (0..63); the −32 offset is
+    /// removed exactly in integers as 32 · Σ_k sc_k · bsums_k (sub-block k = group k of 16).
+    ///
+    /// # Safety
+    /// The CPU must support avx2, fma and f16c.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_q6_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+        let (xs, ys) = (as_blocks::<BlockQ6K>(w), as_blocks::<BlockQ8K>(a));
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        let mut acc = _mm256_setzero_ps();
+        for (x, y) in xs.iter().zip(ys) {
+            let scales = _mm_loadu_si128(x.scales.as_ptr().cast());
+            let sc16 = _mm256_cvtepi8_epi16(scales);
+            let offset = _mm256_madd_epi16(load32u(&y.bsums), sc16);
+            let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5));
+            for h in 0..2 {
+                let ql0 = load32u(&x.ql[64 * h..]);
+                let ql1 = load32u(&x.ql[64 * h + 32..]);
+                let qh = load32u(&x.qh[32 * h..]);
+                let q = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+                    ),
+                ];
+                for (g, &qg) in q.iter().enumerate() {
+                    let k = 8 * h + 2 * g;
+                    // Lane 0 (16 values) uses scale k, lane 1 scale k + 1.
+                    let s = _mm256_set_m128i(
+                        _mm_set1_epi16(x.scales[k + 1] as i16),
+                        _mm_set1_epi16(x.scales[k] as i16),
+                    );
+                    let p = _mm256_maddubs_epi16(qg, load32(&y.qs[128 * h + 32 * g..]));
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+                }
+            }
+            let d = _mm256_set1_ps(h2f(x.d) * y.d());
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        }
+        hsum_ps(acc)
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::super::dot_scalar::tests::{make_case, sizes};
+    use super::super::testutil::ref_dot;
+    use super::super::{dot_scalar, GgmlType};
+
+    #[test]
+    fn avx2_matches_scalar() {
+        if !super::available() {
+            eprintln!("note: CPU lacks AVX2/FMA/F16C, AVX2 kernels not tested");
+            return;
+        }
+        for ty in GgmlType::WEIGHT_TYPES {
+            for n in sizes(ty) {
+                for seed in 0..4 {
+                    let c = make_case(ty, n, seed + 100);
+                    let s = dot_scalar::vec_dot(ty, n, &c.w, &c.qa) as f64;
+                    let v = super::vec_dot(ty, n, &c.w, &c.qa).expect("avx2 available") as f64;
+                    let (_, mag) = ref_dot(&c.wf, &c.xq);
+                    assert!(
+                        (v - s).abs() <= 1e-5 * mag + 1e-6,
+                        "{ty} n={n} seed={seed}: avx2 {v} vs scalar {s} (mag {mag})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn x4_kernels_are_bit_identical_to_single_row() {
+        if !super::available() {
+            return;
+        }
+        for ty in GgmlType::WEIGHT_TYPES {
+            let Some(k4) = super::kernel4(ty) else {
+                continue;
+            };
+            let k1 = super::kernel(ty).expect("avx2 available");
+            for n in sizes(ty) {
+                let cs: Vec<_> = (0..4).map(|s| make_case(ty, n, 200 + s)).collect();
+                let w = &cs[0].w;
+                let v = k4(n, w, [&cs[0].qa, &cs[1].qa, &cs[2].qa, &cs[3].qa]);
+                for (c, v) in cs.iter().zip(v) {
+                    assert_eq!(v.to_bits(), k1(n, w, &c.qa).to_bits(), "{ty} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn avx2_q8_0_extreme_values() {
+        if !super::available() {
+            return;
+        }
+        // Weights at -128 (legal in a file) against activations at ±127.
+        let mut w = vec![0u8; 34 * 3];
+        let mut a = vec![0u8; 34 * 3];
+        for b in 0..3 {
+            w[34 * b..34 * b + 2]
+                .copy_from_slice(&half::f16::from_f32(1.0).to_bits().to_le_bytes());
+            a[34 * b..34 * b + 2]
+                .copy_from_slice(&half::f16::from_f32(1.0).to_bits().to_le_bytes());
+            for j in 0..32 {
+                w[34 * b + 2 + j] = 0x80;
+                a[34 * b + 2 + j] = if j % 2 == 0 { 127 } else { 0x81 };
+            }
+        }
+        let s = dot_scalar::vec_dot(GgmlType::Q8_0, 96, &w, &a);
+        let v = super::vec_dot(GgmlType::Q8_0, 96, &w, &a).expect("avx2");
+        assert_eq!(s, 0.0);
+        assert_eq!(v, 0.0);
+        for j in 0..32 {
+            a[2 + j] = 127;
+        }
+        let s = dot_scalar::vec_dot(GgmlType::Q8_0, 96, &w, &a);
+        let v = super::vec_dot(GgmlType::Q8_0, 96, &w, &a).expect("avx2");
+        assert_eq!(s, (-128 * 127 * 32) as f32);
+        assert_eq!(v, s);
+    }
+}
