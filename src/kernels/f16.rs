@@ -166,7 +166,7 @@ mod tests {
     use super::*;
 
     fn row(n: usize, seed: u32) -> Vec<u16> {
-        (0..n).map(|i| to_f16(((i as u32 * 2654435761u32 ^ seed) % 2001) as f32 / 1000.0 - 1.0)).collect()
+        (0..n).map(|i| to_f16((((i as u32 * 2654435761u32) ^ seed) % 2001) as f32 / 1000.0 - 1.0)).collect()
     }
 
     #[test]

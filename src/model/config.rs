@@ -52,11 +52,7 @@ impl ModelConfig {
         };
         let n_embd = req_u32("embedding_length")?;
         let n_head = req_u32("attention.head_count")?;
-        let head_dim = opt_u32("attention.key_length")?.unwrap_or(if n_head > 0 {
-            n_embd / n_head
-        } else {
-            0
-        });
+        let head_dim = opt_u32("attention.key_length")?.unwrap_or(n_embd.checked_div(n_head).unwrap_or(0));
         let n_vocab = match md.get_array("tokenizer.ggml.tokens")? {
             Some(a) => a.len(),
             None => md.require(&key("vocab_size"), md.get_u32(&key("vocab_size")))? as usize,
@@ -68,7 +64,7 @@ impl ModelConfig {
         let scaling_type = md.get_str(&key("rope.scaling.type"))?.unwrap_or("linear");
         let rope_freq_scale = match (scaling_type, factor) {
             ("none", _) | (_, None) => 1.0,
-            (_, Some(f)) if f == 0.0 => 1.0,
+            (_, Some(0.0)) => 1.0,
             ("linear", Some(f)) => 1.0 / f,
             (other, Some(_)) => {
                 return Err(unsupported(
