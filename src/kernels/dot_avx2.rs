@@ -454,20 +454,27 @@ mod imp {
         _mm256_madd_epi16(load32u(&y.bsums), m16)
     }
 
-    /// Q4_K / Q5_K core for R activation rows: `decode` yields, per 64-value chunk c, the
-    /// low-half and high-half unsigned values (≤ 31) as 32 bytes each. The weight block is
-    /// decoded once for all R rows; each row's arithmetic is identical whatever R is.
-    #[inline(always)]
-    unsafe fn k4_rows_body<const R: usize>(
-        q: &[[__m256i; 2]; 4],
-        sc: &[u8; 8],
-        mn: &[u8; 8],
+    /// One decoded Q4_K / Q5_K weight block: per 64-value chunk c, the low-half and
+    /// high-half unsigned values (≤ 31) as 32 bytes each, the 6-bit scales/mins, and the
+    /// f16 super-block scales as f32.
+    struct K4Block {
+        q: [[__m256i; 2]; 4],
+        sc: [u8; 8],
+        mn: [u8; 8],
         xd: f32,
         xdmin: f32,
+    }
+
+    /// Q4_K / Q5_K core for R activation rows. The weight block is decoded once for all R
+    /// rows; each row's arithmetic is identical whatever R is.
+    #[inline(always)]
+    unsafe fn k4_rows_body<const R: usize>(
+        x: &K4Block,
         ys: [&BlockQ8K; R],
         acc: &mut [__m256; R],
         accm: &mut [__m256; R],
     ) {
+        let (q, sc, mn, xd, xdmin) = (&x.q, &x.sc, &x.mn, x.xd, x.xdmin);
         for r in 0..R {
             let y = ys[r];
             let mut sumi = _mm256_setzero_si256();
@@ -513,7 +520,14 @@ mod imp {
                 qc[1] = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
             }
             let yb = std::array::from_fn(|r| &ys[r][i]);
-            k4_rows_body(&q, &sc, &mn, h2f(x.d), h2f(x.dmin), yb, &mut acc, &mut accm);
+            let kb = K4Block {
+                q,
+                sc,
+                mn,
+                xd: h2f(x.d),
+                xdmin: h2f(x.dmin),
+            };
+            k4_rows_body(&kb, yb, &mut acc, &mut accm);
         }
         let mut out = [0f32; R];
         for r in 0..R {
@@ -548,7 +562,14 @@ mod imp {
                 qc[1] = _mm256_or_si256(hi, _mm256_and_si256(hhi, b4));
             }
             let yb = std::array::from_fn(|r| &ys[r][i]);
-            k4_rows_body(&q, &sc, &mn, h2f(x.d), h2f(x.dmin), yb, &mut acc, &mut accm);
+            let kb = K4Block {
+                q,
+                sc,
+                mn,
+                xd: h2f(x.d),
+                xdmin: h2f(x.dmin),
+            };
+            k4_rows_body(&kb, yb, &mut acc, &mut accm);
         }
         let mut out = [0f32; R];
         for r in 0..R {
