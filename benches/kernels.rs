@@ -1,6 +1,6 @@
 //! Kernel benchmarks: per-type `vec_dot` on one 4096-element row (the dispatched kernel, i.e.
 //! AVX2 where available) and the Q8_0 matmul at the token-embedding row length (640) for
-//! batch sizes 1, 4 and 16. Throughput is in weight bytes, so criterion prints GB/s.
+//! batch sizes 1, 4 and 16, and three Gemma 3 270M layer shapes. Throughput is in weight bytes, so criterion prints GB/s.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ryzanstein::kernels::{dot_kernel, matmul, quantize_row, GgmlType};
@@ -104,6 +104,41 @@ fn bench_matmul(c: &mut Criterion) {
     g.finish();
 }
 
+/// Gemma 3 270M layer shapes: ffn_up (Q5_0, 640 → 2048), attn_output (Q4_K, 1024 → 640),
+/// ffn_down (Q6_K, 2048 → 640), at decode (B = 1) and a prefill-like batch (B = 16).
+fn bench_layer_matmul(c: &mut Criterion) {
+    let shapes = [
+        (GgmlType::Q5_0, 640, 2048),
+        (GgmlType::Q4_K, 1024, 640),
+        (GgmlType::Q6_K, 2048, 640),
+    ];
+    let mut g = c.benchmark_group("matmul_layer");
+    for (ty, n_in, n_out) in shapes {
+        let mut rng = Rng(ty.id() as u64 + 7);
+        let w = weights(&mut rng, ty, n_in * n_out);
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        for batch in [1usize, 16] {
+            let a = acts(&mut rng, ty, n_in, batch);
+            let mut out = vec![0f32; batch * n_out];
+            let id = format!("{}_{n_in}x{n_out}/B{batch}", ty.name());
+            g.bench_function(id, |b| {
+                b.iter(|| {
+                    matmul(
+                        ty,
+                        black_box(&w),
+                        n_in,
+                        n_out,
+                        black_box(&a),
+                        batch,
+                        &mut out,
+                    )
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .measurement_time(Duration::from_secs(2))
@@ -114,6 +149,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_vec_dot, bench_matmul
+    targets = bench_vec_dot, bench_matmul, bench_layer_matmul
 }
 criterion_main!(benches);
