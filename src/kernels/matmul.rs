@@ -51,6 +51,23 @@ pub fn matmul(
         return;
     }
     let (dot, dot4) = super::kernels_for(wty);
+    run(dot, dot4, w, wrb, n_in, n_out, acts, arb, out);
+}
+
+/// The parallel loop of [`matmul`] with its kernels chosen (and sizes checked) by the caller.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    dot: super::DotFn,
+    dot4: Option<super::Dot4Fn>,
+    w: &[u8],
+    wrb: usize,
+    n_in: usize,
+    n_out: usize,
+    acts: &[u8],
+    arb: usize,
+    out: &mut [f32],
+) {
+    let n_rows = acts.len() / arb;
     let ptr = OutPtr(out.as_mut_ptr());
     let n_tasks = n_out.div_ceil(ROWS_PER_TASK);
     (0..n_tasks).into_par_iter().for_each(move |t| {
@@ -149,6 +166,34 @@ mod tests {
                 bits(&out)
             };
             assert_eq!(run(1), run(2), "{ty}");
+        }
+    }
+
+    /// The scalar kernels through the same parallel loop (the dispatched run above uses AVX2
+    /// on capable CPUs): equal to scalar vec_dot bit for bit, so batch-invariant too.
+    #[test]
+    fn scalar_matmul_matches_scalar_vec_dot() {
+        let (n_in, n_out, n_rows) = (512, 21, 6);
+        for ty in GgmlType::WEIGHT_TYPES {
+            let (w, acts) = setup(ty, n_in, n_out, n_rows);
+            let (wrb, arb) = (w.len() / n_out, acts.len() / n_rows);
+            let mut out = vec![0f32; n_rows * n_out];
+            let dot = super::super::dot_scalar::kernel(ty);
+            super::run(dot, None, &w, wrb, n_in, n_out, &acts, arb, &mut out);
+            for b in 0..n_rows {
+                for r in 0..n_out {
+                    let want = dot(
+                        n_in,
+                        &w[r * wrb..(r + 1) * wrb],
+                        &acts[b * arb..(b + 1) * arb],
+                    );
+                    assert_eq!(
+                        out[b * n_out + r].to_bits(),
+                        want.to_bits(),
+                        "{ty} b={b} r={r}"
+                    );
+                }
+            }
         }
     }
 
