@@ -120,21 +120,13 @@ mod imp {
         kernel(wty).map(|f| f(n, w, a))
     }
 
+    /// One f16 as f32. Scales are always decoded from a broadcast (`_mm_set1_epi16`): the
+    /// broadcast writes the whole register, whereas inserting into lane 0 let LLVM merge into
+    /// the accumulator register, a false dependency that serialised the block loop.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn h2f(b: [u8; 2]) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(b))))
-    }
-
-    /// Both f16 scales decoded and multiplied, broadcast to 8 lanes. The broadcast load
-    /// writes the whole register: inserting into a lane instead made LLVM merge into the
-    /// accumulator register, a false dependency that serialised the block loop.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scale2(a: [u8; 2], b: [u8; 2]) -> __m256 {
-        let x = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(a)));
-        let y = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(b)));
-        _mm256_mul_ps(x, y)
     }
 
     #[inline]
@@ -408,21 +400,68 @@ mod imp {
         q5_0_rows::<4>(w, a)
     }
 
+    /// Defines `$rows::<R>` for weights with an offset (Q4_1, Q5_1) against Q8_1 rows:
+    /// d_x d_y Σ q·q8 + m_x s_y per block, `$values` giving 32 unsigned bytes (≤ 31). Two
+    /// accumulators per row, as in `signed_q8_0_rows`; the m·s term is FMA'd into all 8 lanes
+    /// of its own accumulators and read from lane 0 (vector, to keep the loop free of a
+    /// scalar add chain).
+    macro_rules! offset_q8_1_rows {
+        ($rows:ident, $blk:ty, |$x:ident| $values:expr) => {
+            #[inline]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $rows<const R: usize>(w: &[u8], acts: [&[u8]; R]) -> [f32; R] {
+                let xs = as_blocks::<$blk>(w);
+                let nb = xs.len();
+                let mut ys: [&[BlockQ8_1]; R] = [&[]; R];
+                for r in 0..R {
+                    ys[r] = &as_blocks::<BlockQ8_1>(acts[r])[..nb];
+                }
+                let mut acc = [[_mm256_setzero_ps(); 2]; R];
+                let mut accm = [[_mm256_setzero_ps(); 2]; R];
+                let mut i = 0;
+                while i < nb {
+                    for k in 0..2 {
+                        if i + k >= nb {
+                            break;
+                        }
+                        let $x = &xs[i + k];
+                        let qx: __m256i = $values;
+                        let dx = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes($x.d)));
+                        let mx = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes($x.m)));
+                        for r in 0..R {
+                            let y = &ys[r][i + k];
+                            let p = _mm256_cvtepi32_ps(dot_u8_i8(qx, load32(&y.qs)));
+                            let dy = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(y.d)));
+                            let sy = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(y.s)));
+                            acc[r][k] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy), p, acc[r][k]);
+                            accm[r][k] = _mm256_fmadd_ps(mx, sy, accm[r][k]);
+                        }
+                    }
+                    i += 2;
+                }
+                let mut out = [0f32; R];
+                for r in 0..R {
+                    let m = _mm256_add_ps(accm[r][0], accm[r][1]);
+                    out[r] = hsum_ps(_mm256_add_ps(acc[r][0], acc[r][1])) + _mm256_cvtss_f32(m);
+                }
+                out
+            }
+        };
+    }
+
+    offset_q8_1_rows!(q4_1_rows, BlockQ4_1, |x| nibbles_32(&x.qs));
+    offset_q8_1_rows!(q5_1_rows, BlockQ5_1, |x| _mm256_or_si256(
+        nibbles_32(&x.qs),
+        high_bits_32(x.qh)
+    ));
+
     /// Q4_1 · Q8_1.
     ///
     /// # Safety
     /// The CPU must support avx2, fma and f16c.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn vec_dot_q4_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        let (xs, ys) = (as_blocks::<BlockQ4_1>(w), as_blocks::<BlockQ8_1>(a));
-        let mut acc = _mm256_setzero_ps();
-        let mut accm = 0.0f32;
-        for (x, y) in xs.iter().zip(ys) {
-            let p = _mm256_cvtepi32_ps(dot_u8_i8(nibbles_32(&x.qs), load32(&y.qs)));
-            acc = _mm256_fmadd_ps(scale2(x.d, y.d), p, acc);
-            accm += h2f(x.m) * h2f(y.s);
-        }
-        hsum_ps(acc) + accm
+        q4_1_rows::<1>(w, [a])[0]
     }
 
     /// Q5_1 · Q8_1.
@@ -431,16 +470,7 @@ mod imp {
     /// The CPU must support avx2, fma and f16c.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn vec_dot_q5_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        let (xs, ys) = (as_blocks::<BlockQ5_1>(w), as_blocks::<BlockQ8_1>(a));
-        let mut acc = _mm256_setzero_ps();
-        let mut accm = 0.0f32;
-        for (x, y) in xs.iter().zip(ys) {
-            let q = _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh));
-            let p = _mm256_cvtepi32_ps(dot_u8_i8(q, load32(&y.qs)));
-            acc = _mm256_fmadd_ps(scale2(x.d, y.d), p, acc);
-            accm += h2f(x.m) * h2f(y.s);
-        }
-        hsum_ps(acc) + accm
+        q5_1_rows::<1>(w, [a])[0]
     }
 
     /// 8 × i32 lanes whose sum is Σ_k mn[k] · (bsums[2k] + bsums[2k+1]).
