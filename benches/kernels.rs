@@ -3,7 +3,7 @@
 //! batch sizes 1, 4 and 16, and three Gemma 3 270M layer shapes. Throughput is in weight bytes, so criterion prints GB/s.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ryzanstein::kernels::{dot_kernel, matmul, quantize_row, GgmlType};
+use ryzanstein::kernels::{dot_kernel, dot_kernel4, matmul, quantize_row, GgmlType};
 use std::time::Duration;
 
 /// SplitMix64, so inputs are reproducible without extra dependencies.
@@ -72,6 +72,32 @@ fn bench_vec_dot(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(w.len() as u64));
         g.bench_function(BenchmarkId::from_parameter(ty.name()), |b| {
             b.iter(|| dot(black_box(n), black_box(&w), black_box(&a)))
+        });
+    }
+    g.finish();
+}
+
+/// One weight row against 4 activation rows: four single-row calls vs the 4-row kernel
+/// (which decodes each weight block once). Throughput counts the weight row once.
+fn bench_vec_dot_x4(c: &mut Criterion) {
+    let n = 4096;
+    let mut g = c.benchmark_group("vec_dot_4rows");
+    for ty in GgmlType::WEIGHT_TYPES {
+        let Some(dot4) = dot_kernel4(ty) else {
+            continue;
+        };
+        let mut rng = Rng(ty.id() as u64 + 1);
+        let w = weights(&mut rng, ty, n);
+        let a = acts(&mut rng, ty, n, 4);
+        let rows: Vec<&[u8]> = a.chunks_exact(a.len() / 4).collect();
+        let rows4 = [rows[0], rows[1], rows[2], rows[3]];
+        let dot = dot_kernel(ty);
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        g.bench_function(format!("{}/1x4", ty.name()), |b| {
+            b.iter(|| rows4.map(|r| dot(black_box(n), black_box(&w), black_box(r))))
+        });
+        g.bench_function(format!("{}/x4", ty.name()), |b| {
+            b.iter(|| dot4(black_box(n), black_box(&w), black_box(rows4)))
         });
     }
     g.finish();
@@ -149,6 +175,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_vec_dot, bench_matmul, bench_layer_matmul
+    targets = bench_vec_dot, bench_vec_dot_x4, bench_matmul, bench_layer_matmul
 }
 criterion_main!(benches);
