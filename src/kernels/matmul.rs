@@ -22,7 +22,7 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above; the pointer is only used for disjoint writes.
 unsafe impl Sync for OutPtr {}
 
-/// See [`super::matmul`].
+/// See [`super::matmul()`].
 pub fn matmul(
     wty: GgmlType,
     w: &[u8],
@@ -68,6 +68,8 @@ fn run(
     out: &mut [f32],
 ) {
     let n_rows = acts.len() / arb;
+    // The SAFETY argument below rests on these; `matmul` checked them already.
+    assert!(w.len() >= wrb * n_out && out.len() == n_rows * n_out);
     let ptr = OutPtr(out.as_mut_ptr());
     let n_tasks = n_out.div_ceil(ROWS_PER_TASK);
     (0..n_tasks).into_par_iter().for_each(move |t| {
@@ -76,9 +78,12 @@ fn run(
         for r in t * ROWS_PER_TASK..r_end {
             let wr = &w[r * wrb..(r + 1) * wrb];
             let act = |b: usize| &acts[b * arb..(b + 1) * arb];
-            // SAFETY: b < n_rows and r < n_out, so the index is in bounds of `out` (length
-            // n_rows * n_out, asserted); only this task writes output row r.
-            let store = |b: usize, v: f32| unsafe { *ptr.0.add(b * n_out + r) = v };
+            let store = |b: usize, v: f32| {
+                debug_assert!(b < n_rows);
+                // SAFETY: b < n_rows and r < n_out, so the index is in bounds of `out`
+                // (length n_rows * n_out, asserted); only this task writes output row r.
+                unsafe { *ptr.0.add(b * n_out + r) = v }
+            };
             let mut b = 0;
             // Groups of 4 share the weight decoding; the 4-row kernel is bit-identical per
             // row to `dot`, so how the batch splits into groups never changes a result.
