@@ -700,7 +700,7 @@ mod imp {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::super::dot_scalar::tests::{make_case, sizes};
-    use super::super::testutil::ref_dot;
+    use super::super::random_rows::ref_dot;
     use super::super::{dot_scalar, GgmlType};
 
     #[test]

@@ -106,7 +106,7 @@ fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{random_acts, random_row, Rng};
+    use super::super::random_rows::{random_acts, random_row, Rng};
     use super::super::{quantize_row, vec_dot, GgmlType};
     use super::matmul;
 

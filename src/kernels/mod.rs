@@ -17,7 +17,7 @@ pub mod quantize;
 pub mod types;
 
 #[cfg(test)]
-mod testutil;
+mod random_rows;
 
 pub use types::{GgmlType, QK, QK_K};
 
