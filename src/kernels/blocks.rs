@@ -221,3 +221,45 @@ pub fn unpack_k4_scales(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     }
     (sc, mn)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::GgmlType;
+
+    #[test]
+    fn struct_sizes_match_type_table() {
+        let table = [
+            (GgmlType::Q4_0, size_of::<BlockQ4_0>()),
+            (GgmlType::Q4_1, size_of::<BlockQ4_1>()),
+            (GgmlType::Q5_0, size_of::<BlockQ5_0>()),
+            (GgmlType::Q5_1, size_of::<BlockQ5_1>()),
+            (GgmlType::Q8_0, size_of::<BlockQ8_0>()),
+            (GgmlType::Q8_1, size_of::<BlockQ8_1>()),
+            (GgmlType::Q4_K, size_of::<BlockQ4K>()),
+            (GgmlType::Q5_K, size_of::<BlockQ5K>()),
+            (GgmlType::Q6_K, size_of::<BlockQ6K>()),
+            (GgmlType::Q8_K, size_of::<BlockQ8K>()),
+        ];
+        for (ty, size) in table {
+            assert_eq!(ty.block_bytes(), size, "{ty}");
+        }
+    }
+
+    #[test]
+    fn blocks_view_unaligned_bytes() {
+        // A Q8_K block at an odd offset: fields decode from bytes, no alignment needed.
+        let mut buf = vec![0u8; 1 + 292];
+        buf[1..5].copy_from_slice(&0.25f32.to_le_bytes());
+        buf[1 + 4 + 256..1 + 4 + 258].copy_from_slice(&(-300i16).to_le_bytes());
+        let b = &as_blocks::<BlockQ8K>(&buf[1..])[0];
+        assert_eq!(b.d(), 0.25);
+        assert_eq!(b.bsum(0), -300);
+    }
+
+    #[test]
+    #[should_panic]
+    fn partial_block_is_rejected() {
+        as_blocks::<BlockQ8_0>(&[0u8; 35]);
+    }
+}

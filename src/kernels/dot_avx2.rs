@@ -73,6 +73,7 @@ mod imp {
     }
     safe_wrappers_x4!(
         s4_q8_0 => vec_dot_q8_0_x4, s4_q4_0 => vec_dot_q4_0_x4, s4_q5_0 => vec_dot_q5_0_x4,
+        s4_q4_k => vec_dot_q4_k_x4, s4_q5_k => vec_dot_q5_k_x4, s4_q6_k => vec_dot_q6_k_x4,
     );
 
     /// The 4-activation-row AVX2 kernel for `wty` (bit-identical per row to `kernel(wty)`),
@@ -85,6 +86,9 @@ mod imp {
             GgmlType::Q8_0 => Some(s4_q8_0),
             GgmlType::Q4_0 => Some(s4_q4_0),
             GgmlType::Q5_0 => Some(s4_q5_0),
+            GgmlType::Q4_K => Some(s4_q4_k),
+            GgmlType::Q5_K => Some(s4_q5_k),
+            GgmlType::Q6_K => Some(s4_q6_k),
             _ => None,
         }
     }
@@ -116,21 +120,13 @@ mod imp {
         kernel(wty).map(|f| f(n, w, a))
     }
 
+    /// One f16 as f32. Scales are always decoded from a broadcast (`_mm_set1_epi16`): the
+    /// broadcast writes the whole register, whereas inserting into lane 0 let LLVM merge into
+    /// the accumulator register, a false dependency that serialised the block loop.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn h2f(b: [u8; 2]) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(b))))
-    }
-
-    /// Both f16 scales decoded and multiplied, broadcast to 8 lanes. The broadcast load
-    /// writes the whole register: inserting into a lane instead made LLVM merge into the
-    /// accumulator register, a false dependency that serialised the block loop.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scale2(a: [u8; 2], b: [u8; 2]) -> __m256 {
-        let x = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(a)));
-        let y = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(b)));
-        _mm256_mul_ps(x, y)
     }
 
     #[inline]
@@ -404,21 +400,68 @@ mod imp {
         q5_0_rows::<4>(w, a)
     }
 
+    /// Defines `$rows::<R>` for weights with an offset (Q4_1, Q5_1) against Q8_1 rows:
+    /// d_x d_y Σ q·q8 + m_x s_y per block, `$values` giving 32 unsigned bytes (≤ 31). Two
+    /// accumulators per row, as in `signed_q8_0_rows`; the m·s term is FMA'd into all 8 lanes
+    /// of its own accumulators and read from lane 0 (vector, to keep the loop free of a
+    /// scalar add chain).
+    macro_rules! offset_q8_1_rows {
+        ($rows:ident, $blk:ty, |$x:ident| $values:expr) => {
+            #[inline]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $rows<const R: usize>(w: &[u8], acts: [&[u8]; R]) -> [f32; R] {
+                let xs = as_blocks::<$blk>(w);
+                let nb = xs.len();
+                let mut ys: [&[BlockQ8_1]; R] = [&[]; R];
+                for r in 0..R {
+                    ys[r] = &as_blocks::<BlockQ8_1>(acts[r])[..nb];
+                }
+                let mut acc = [[_mm256_setzero_ps(); 2]; R];
+                let mut accm = [[_mm256_setzero_ps(); 2]; R];
+                let mut i = 0;
+                while i < nb {
+                    for k in 0..2 {
+                        if i + k >= nb {
+                            break;
+                        }
+                        let $x = &xs[i + k];
+                        let qx: __m256i = $values;
+                        let dx = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes($x.d)));
+                        let mx = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes($x.m)));
+                        for r in 0..R {
+                            let y = &ys[r][i + k];
+                            let p = _mm256_cvtepi32_ps(dot_u8_i8(qx, load32(&y.qs)));
+                            let dy = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(y.d)));
+                            let sy = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(y.s)));
+                            acc[r][k] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy), p, acc[r][k]);
+                            accm[r][k] = _mm256_fmadd_ps(mx, sy, accm[r][k]);
+                        }
+                    }
+                    i += 2;
+                }
+                let mut out = [0f32; R];
+                for r in 0..R {
+                    let m = _mm256_add_ps(accm[r][0], accm[r][1]);
+                    out[r] = hsum_ps(_mm256_add_ps(acc[r][0], acc[r][1])) + _mm256_cvtss_f32(m);
+                }
+                out
+            }
+        };
+    }
+
+    offset_q8_1_rows!(q4_1_rows, BlockQ4_1, |x| nibbles_32(&x.qs));
+    offset_q8_1_rows!(q5_1_rows, BlockQ5_1, |x| _mm256_or_si256(
+        nibbles_32(&x.qs),
+        high_bits_32(x.qh)
+    ));
+
     /// Q4_1 · Q8_1.
     ///
     /// # Safety
     /// The CPU must support avx2, fma and f16c.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn vec_dot_q4_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        let (xs, ys) = (as_blocks::<BlockQ4_1>(w), as_blocks::<BlockQ8_1>(a));
-        let mut acc = _mm256_setzero_ps();
-        let mut accm = 0.0f32;
-        for (x, y) in xs.iter().zip(ys) {
-            let p = _mm256_cvtepi32_ps(dot_u8_i8(nibbles_32(&x.qs), load32(&y.qs)));
-            acc = _mm256_fmadd_ps(scale2(x.d, y.d), p, acc);
-            accm += h2f(x.m) * h2f(y.s);
-        }
-        hsum_ps(acc) + accm
+        q4_1_rows::<1>(w, [a])[0]
     }
 
     /// Q5_1 · Q8_1.
@@ -427,16 +470,7 @@ mod imp {
     /// The CPU must support avx2, fma and f16c.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn vec_dot_q5_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        let (xs, ys) = (as_blocks::<BlockQ5_1>(w), as_blocks::<BlockQ8_1>(a));
-        let mut acc = _mm256_setzero_ps();
-        let mut accm = 0.0f32;
-        for (x, y) in xs.iter().zip(ys) {
-            let q = _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh));
-            let p = _mm256_cvtepi32_ps(dot_u8_i8(q, load32(&y.qs)));
-            acc = _mm256_fmadd_ps(scale2(x.d, y.d), p, acc);
-            accm += h2f(x.m) * h2f(y.s);
-        }
-        hsum_ps(acc) + accm
+        q5_1_rows::<1>(w, [a])[0]
     }
 
     /// 8 × i32 lanes whose sum is Σ_k mn[k] · (bsums[2k] + bsums[2k+1]).
@@ -450,137 +484,223 @@ mod imp {
         _mm256_madd_epi16(load32u(&y.bsums), m16)
     }
 
-    /// Q4_K · Q8_K.
-    ///
-    /// # Safety
-    /// The CPU must support avx2, fma and f16c.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn vec_dot_q4_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        let (xs, ys) = (as_blocks::<BlockQ4K>(w), as_blocks::<BlockQ8K>(a));
-        let m4 = _mm256_set1_epi8(0x0F);
-        let mut acc = _mm256_setzero_ps();
-        let mut accm = _mm256_setzero_ps();
-        for (x, y) in xs.iter().zip(ys) {
-            let (sc, mn) = unpack_k4_scales(&x.scales);
+    /// One decoded Q4_K / Q5_K weight block: per 64-value chunk c, the low-half and
+    /// high-half unsigned values (≤ 31) as 32 bytes each, the 6-bit scales/mins, and the
+    /// f16 super-block scales as f32.
+    struct K4Block {
+        q: [[__m256i; 2]; 4],
+        sc: [u8; 8],
+        mn: [u8; 8],
+        xd: f32,
+        xdmin: f32,
+    }
+
+    /// Q4_K / Q5_K core for R activation rows. The weight block is decoded once for all R
+    /// rows; each row's arithmetic is identical whatever R is.
+    #[inline(always)]
+    unsafe fn k4_rows_body<const R: usize>(
+        x: &K4Block,
+        ys: [&BlockQ8K; R],
+        acc: &mut [__m256; R],
+        accm: &mut [__m256; R],
+    ) {
+        let (q, sc, mn, xd, xdmin) = (&x.q, &x.sc, &x.mn, x.xd, x.xdmin);
+        for r in 0..R {
+            let y = ys[r];
             let mut sumi = _mm256_setzero_si256();
-            for c in 0..4 {
-                let q4 = load32u(&x.qs[32 * c..]);
-                let lo = _mm256_and_si256(q4, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-                let plo = _mm256_maddubs_epi16(lo, load32(&y.qs[64 * c..]));
-                let phi = _mm256_maddubs_epi16(hi, load32(&y.qs[64 * c + 32..]));
+            for (c, qc) in q.iter().enumerate() {
+                let plo = _mm256_maddubs_epi16(qc[0], load32(&y.qs[64 * c..]));
+                let phi = _mm256_maddubs_epi16(qc[1], load32(&y.qs[64 * c + 32..]));
                 let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c] as i16));
                 let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1] as i16));
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
             }
             let yd = y.d();
-            let d = _mm256_set1_ps(yd * h2f(x.d));
-            let dmin = _mm256_set1_ps(yd * h2f(x.dmin));
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
-            accm = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(k4_mins(&mn, y)), accm);
+            let d = _mm256_set1_ps(yd * xd);
+            let dmin = _mm256_set1_ps(yd * xdmin);
+            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[r]);
+            accm[r] = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(k4_mins(mn, y)), accm[r]);
         }
-        hsum_ps(_mm256_sub_ps(acc, accm))
     }
 
-    /// Q5_K · Q8_K.
-    ///
-    /// # Safety
-    /// The CPU must support avx2, fma and f16c.
+    /// Activation rows as Q8_K block slices of exactly `nb` blocks.
+    #[inline(always)]
+    fn q8k_rows<const R: usize>(acts: [&[u8]; R], nb: usize) -> [&[BlockQ8K]; R] {
+        let mut ys: [&[BlockQ8K]; R] = [&[]; R];
+        for r in 0..R {
+            ys[r] = &as_blocks::<BlockQ8K>(acts[r])[..nb];
+        }
+        ys
+    }
+
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn vec_dot_q5_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        let (xs, ys) = (as_blocks::<BlockQ5K>(w), as_blocks::<BlockQ8K>(a));
+    unsafe fn q4_k_rows<const R: usize>(w: &[u8], acts: [&[u8]; R]) -> [f32; R] {
+        let xs = as_blocks::<BlockQ4K>(w);
+        let ys = q8k_rows(acts, xs.len());
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut accm = [_mm256_setzero_ps(); R];
+        for (i, x) in xs.iter().enumerate() {
+            let (sc, mn) = unpack_k4_scales(&x.scales);
+            let mut q = [[_mm256_setzero_si256(); 2]; 4];
+            for (c, qc) in q.iter_mut().enumerate() {
+                let q4 = load32u(&x.qs[32 * c..]);
+                qc[0] = _mm256_and_si256(q4, m4);
+                qc[1] = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            }
+            let yb = std::array::from_fn(|r| &ys[r][i]);
+            let kb = K4Block {
+                q,
+                sc,
+                mn,
+                xd: h2f(x.d),
+                xdmin: h2f(x.dmin),
+            };
+            k4_rows_body(&kb, yb, &mut acc, &mut accm);
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum_ps(_mm256_sub_ps(acc[r], accm[r]));
+        }
+        out
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5_k_rows<const R: usize>(w: &[u8], acts: [&[u8]; R]) -> [f32; R] {
+        let xs = as_blocks::<BlockQ5K>(w);
+        let ys = q8k_rows(acts, xs.len());
         let m4 = _mm256_set1_epi8(0x0F);
         let b4 = _mm256_set1_epi8(0x10);
-        let mut acc = _mm256_setzero_ps();
-        let mut accm = _mm256_setzero_ps();
-        for (x, y) in xs.iter().zip(ys) {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut accm = [_mm256_setzero_ps(); R];
+        for (i, x) in xs.iter().enumerate() {
             let (sc, mn) = unpack_k4_scales(&x.scales);
             let qh = load32u(&x.qh);
-            let mut sumi = _mm256_setzero_si256();
-            for c in 0..4 {
+            let mut q = [[_mm256_setzero_si256(); 2]; 4];
+            for (c, qc) in q.iter_mut().enumerate() {
                 let q4 = load32u(&x.qs[32 * c..]);
+                // Bit 2c of qh[l] is bit 4 of low-half value l, bit 2c+1 of high-half value l.
                 let mlo = _mm256_set1_epi8((1u8 << (2 * c)) as i8);
                 let mhi = _mm256_set1_epi8((1u8 << (2 * c + 1)) as i8);
                 let hlo = _mm256_cmpeq_epi8(_mm256_and_si256(qh, mlo), mlo);
                 let hhi = _mm256_cmpeq_epi8(_mm256_and_si256(qh, mhi), mhi);
-                let lo = _mm256_or_si256(_mm256_and_si256(q4, m4), _mm256_and_si256(hlo, b4));
+                let lo = _mm256_and_si256(q4, m4);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-                let hi = _mm256_or_si256(hi, _mm256_and_si256(hhi, b4));
-                let plo = _mm256_maddubs_epi16(lo, load32(&y.qs[64 * c..]));
-                let phi = _mm256_maddubs_epi16(hi, load32(&y.qs[64 * c + 32..]));
-                let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c] as i16));
-                let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1] as i16));
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+                qc[0] = _mm256_or_si256(lo, _mm256_and_si256(hlo, b4));
+                qc[1] = _mm256_or_si256(hi, _mm256_and_si256(hhi, b4));
             }
-            let yd = y.d();
-            let d = _mm256_set1_ps(yd * h2f(x.d));
-            let dmin = _mm256_set1_ps(yd * h2f(x.dmin));
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
-            accm = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(k4_mins(&mn, y)), accm);
+            let yb = std::array::from_fn(|r| &ys[r][i]);
+            let kb = K4Block {
+                q,
+                sc,
+                mn,
+                xd: h2f(x.d),
+                xdmin: h2f(x.dmin),
+            };
+            k4_rows_body(&kb, yb, &mut acc, &mut accm);
         }
-        hsum_ps(_mm256_sub_ps(acc, accm))
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum_ps(_mm256_sub_ps(acc[r], accm[r]));
+        }
+        out
     }
 
-    /// Q6_K · Q8_K. The 6-bit values go into `maddubs` unsigned (0..63); the −32 offset is
-    /// removed exactly in integers as 32 · Σ_k sc_k · bsums_k (sub-block k = group k of 16).
-    ///
-    /// # Safety
-    /// The CPU must support avx2, fma and f16c.
+    /// Q6_K for R rows. The 6-bit values go into `maddubs` unsigned (0..63); the −32 offset
+    /// is removed exactly in integers as 32 · Σ_k sc_k · bsums_k (sub-block k = group k of
+    /// 16 values).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn vec_dot_q6_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        let (xs, ys) = (as_blocks::<BlockQ6K>(w), as_blocks::<BlockQ8K>(a));
+    unsafe fn q6_k_rows<const R: usize>(w: &[u8], acts: [&[u8]; R]) -> [f32; R] {
+        let xs = as_blocks::<BlockQ6K>(w);
+        let ys = q8k_rows(acts, xs.len());
         let m4 = _mm256_set1_epi8(0x0F);
         let m30 = _mm256_set1_epi8(0x30);
-        let mut acc = _mm256_setzero_ps();
-        for (x, y) in xs.iter().zip(ys) {
-            let scales = _mm_loadu_si128(x.scales.as_ptr().cast());
-            let sc16 = _mm256_cvtepi8_epi16(scales);
-            let offset = _mm256_madd_epi16(load32u(&y.bsums), sc16);
-            let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5));
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (i, x) in xs.iter().enumerate() {
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.scales.as_ptr().cast()));
+            // q[4h + g]: values 128h + 32g .. +32; s[4h + g]: lane 0 scale k, lane 1 k + 1.
+            let mut q = [_mm256_setzero_si256(); 8];
+            let mut s = [_mm256_setzero_si256(); 8];
             for h in 0..2 {
                 let ql0 = load32u(&x.ql[64 * h..]);
                 let ql1 = load32u(&x.ql[64 * h + 32..]);
                 let qh = load32u(&x.qh[32 * h..]);
-                let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                        _mm256_and_si256(qh, m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
-                    ),
-                ];
-                for (g, &qg) in q.iter().enumerate() {
+                let lo0 = _mm256_and_si256(ql0, m4);
+                let lo1 = _mm256_and_si256(ql1, m4);
+                let hi0 = _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4);
+                let hi1 = _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4);
+                let h0 = _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30);
+                let h1 = _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30);
+                let h2 = _mm256_and_si256(qh, m30);
+                let h3 = _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30);
+                q[4 * h] = _mm256_or_si256(lo0, h0);
+                q[4 * h + 1] = _mm256_or_si256(lo1, h1);
+                q[4 * h + 2] = _mm256_or_si256(hi0, h2);
+                q[4 * h + 3] = _mm256_or_si256(hi1, h3);
+                for g in 0..4 {
                     let k = 8 * h + 2 * g;
-                    // Lane 0 (16 values) uses scale k, lane 1 scale k + 1.
-                    let s = _mm256_set_m128i(
+                    s[4 * h + g] = _mm256_set_m128i(
                         _mm_set1_epi16(x.scales[k + 1] as i16),
                         _mm_set1_epi16(x.scales[k] as i16),
                     );
-                    let p = _mm256_maddubs_epi16(qg, load32(&y.qs[128 * h + 32 * g..]));
-                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
                 }
             }
-            let d = _mm256_set1_ps(h2f(x.d) * y.d());
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+            let xd = h2f(x.d);
+            for r in 0..R {
+                let y = &ys[r][i];
+                let offset = _mm256_madd_epi16(load32u(&y.bsums), sc16);
+                let mut sumi =
+                    _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5));
+                for j in 0..8 {
+                    let p = _mm256_maddubs_epi16(q[j], load32(&y.qs[32 * j..]));
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s[j]));
+                }
+                let d = _mm256_set1_ps(xd * y.d());
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[r]);
+            }
         }
-        hsum_ps(acc)
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum_ps(acc[r]);
+        }
+        out
     }
+
+    macro_rules! k_kernels {
+        ($($one:ident, $four:ident => $rows:ident, $name:literal;)*) => {$(
+            #[doc = concat!($name, " · Q8_K.")]
+            ///
+            /// # Safety
+            /// The CPU must support avx2, fma and f16c.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $one(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+                $rows::<1>(w, [a])[0]
+            }
+
+            #[doc = concat!($name, " · 4 Q8_K rows; bit-identical to four single-row calls.")]
+            ///
+            /// # Safety
+            /// The CPU must support avx2, fma and f16c.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $four(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+                $rows::<4>(w, a)
+            }
+        )*};
+    }
+    k_kernels!(
+        vec_dot_q4_k, vec_dot_q4_k_x4 => q4_k_rows, "Q4_K";
+        vec_dot_q5_k, vec_dot_q5_k_x4 => q5_k_rows, "Q5_K";
+        vec_dot_q6_k, vec_dot_q6_k_x4 => q6_k_rows, "Q6_K";
+    );
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::super::dot_scalar::tests::{make_case, sizes};
-    use super::super::testutil::ref_dot;
+    use super::super::random_rows::ref_dot;
     use super::super::{dot_scalar, GgmlType};
 
     #[test]

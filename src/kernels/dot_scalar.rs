@@ -220,7 +220,7 @@ pub fn vec_dot_q6_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::testutil::{random_acts, random_row, ref_dot, Rng};
+    use super::super::random_rows::{random_acts, random_row, ref_dot, Rng};
     use super::super::{dequantize_row, quantize_row, GgmlType};
 
     /// Quantized activations and both dequantized rows for one random case.

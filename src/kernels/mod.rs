@@ -18,7 +18,7 @@ pub mod quantize;
 pub mod types;
 
 #[cfg(test)]
-mod testutil;
+mod random_rows;
 
 pub use types::{GgmlType, QK, QK_K};
 
@@ -45,9 +45,21 @@ pub mod avx2 {
 
 static FORCE_SCALAR: AtomicBool = AtomicBool::new(false);
 
-/// Forces (or stops forcing) the scalar kernels for all later calls.
+/// Forces (or stops forcing) the scalar kernels for all later calls. Scalar and AVX2 results
+/// differ in float rounding, so flip this only between whole computations.
 pub fn set_force_scalar(force: bool) {
     FORCE_SCALAR.store(force, Ordering::Relaxed);
+}
+
+/// Probes the CPU and reads `RYZANSTEIN_NO_SIMD` now. Call once at start-up: otherwise the
+/// first kernel call does it, and reading the environment allocates (once).
+pub fn init() {
+    simd_allowed();
+}
+
+/// True when the AVX2 kernels are in use (CPU support, not disabled).
+pub fn simd_enabled() -> bool {
+    simd_allowed()
 }
 
 /// True when the AVX2 kernels can run here and are not disabled by `RYZANSTEIN_NO_SIMD=1`.

@@ -112,7 +112,7 @@ fn quantize_q8_k_block(x: &[f32], b: &mut BlockQ8K) {
 #[cfg(test)]
 mod tests {
     use super::super::blocks::{as_blocks, f16_le, BlockQ8K, BlockQ8_0, BlockQ8_1};
-    use super::super::testutil::{random_acts, Rng};
+    use super::super::random_rows::{random_acts, Rng};
     use super::super::{dequantize_row, quantize_row, GgmlType};
     use super::*;
 
