@@ -109,6 +109,8 @@ impl Gemma3 {
     }
 
     pub fn from_file(file: Arc<GgufFile>, opts: ModelOptions) -> Result<Gemma3, ModelError> {
+        // Probe the CPU now, not inside the first (allocation-free) forward pass.
+        crate::kernels::init();
         let arch = file
             .metadata()
             .get_str("general.architecture")?
