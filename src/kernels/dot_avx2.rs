@@ -291,10 +291,15 @@ mod imp {
     /// Defines `$rows::<R>`: R activation rows (Q8_0) dotted with one weight row whose blocks
     /// decode to 32 signed bytes via `$values`. The weight block is decoded once and reused
     /// for all R rows; each row's arithmetic is the same sequence of operations whatever R
-    /// is, so `R = 4` results are bit-identical to `R = 1`. Two accumulators per row
-    /// (even / odd blocks) hide the FMA latency. Signed × signed uses the sign trick:
-    /// |x| · (y with x's sign) makes `maddubs`'s first operand unsigned; y never holds -128
-    /// (activation quantizers stay in ±127), so 2·128·127 fits in i16.
+    /// is, so `R = 4` results are bit-identical to `R = 1`.
+    ///
+    /// The float arithmetic is llama.cpp's on AVX2 (its vec_dot and tinyBLAS paths agree):
+    /// lane k of a block holds the integer dot of values 4k..4k+3, one accumulator takes
+    /// `fma(d_x·d_y, lane, acc)` block after block, and the lanes are summed at the end in
+    /// `hsum_ps` order. Matching it bit for bit keeps greedy tokens identical to llama.cpp's.
+    /// Signed × signed uses the sign trick: |x| · (y with x's sign) makes `maddubs`'s first
+    /// operand unsigned; y never holds -128 (activation quantizers stay in ±127), so
+    /// 2·128·127 fits in i16.
     macro_rules! signed_q8_0_rows {
         ($rows:ident, $blk:ty, |$x:ident| $values:expr) => {
             #[inline]
@@ -306,30 +311,22 @@ mod imp {
                 for r in 0..R {
                     ys[r] = &as_blocks::<BlockQ8_0>(acts[r])[..nb];
                 }
-                let mut acc = [[_mm256_setzero_ps(); 2]; R];
-                let mut i = 0;
-                while i < nb {
-                    for k in 0..2 {
-                        if i + k >= nb {
-                            break;
-                        }
-                        let $x = &xs[i + k];
-                        let qx: __m256i = $values;
-                        let ax = _mm256_sign_epi8(qx, qx);
-                        let dx = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes($x.d)));
-                        for r in 0..R {
-                            let y = &ys[r][i + k];
-                            let sy = _mm256_sign_epi8(load32(&y.qs), qx);
-                            let p = _mm256_cvtepi32_ps(dot_u8_i8(ax, sy));
-                            let dy = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(y.d)));
-                            acc[r][k] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy), p, acc[r][k]);
-                        }
+                let mut acc = [_mm256_setzero_ps(); R];
+                for (i, $x) in xs.iter().enumerate() {
+                    let qx: __m256i = $values;
+                    let ax = _mm256_sign_epi8(qx, qx);
+                    let dx = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes($x.d)));
+                    for r in 0..R {
+                        let y = &ys[r][i];
+                        let sy = _mm256_sign_epi8(load32(&y.qs), qx);
+                        let p = _mm256_cvtepi32_ps(dot_u8_i8(ax, sy));
+                        let dy = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(y.d)));
+                        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy), p, acc[r]);
                     }
-                    i += 2;
                 }
                 let mut out = [0f32; R];
                 for r in 0..R {
-                    out[r] = hsum_ps(_mm256_add_ps(acc[r][0], acc[r][1]));
+                    out[r] = hsum_ps(acc[r]);
                 }
                 out
             }
@@ -533,14 +530,18 @@ mod imp {
         ys
     }
 
+    /// Q4_K for R rows, with the float arithmetic of llama.cpp's repacked Q4_K kernels (which
+    /// it uses for every Q4_K matrix on AVX2): per super-block the whole integer sums
+    /// `Σ sc·Σ q·q8` and `Σ mn·bsum` are exact, then `acc = fma(sum, d_x·d_y, acc)` and
+    /// `accm = fma(mins, dmin_x·d_y, accm)` block after block; the result is `acc − accm`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_k_rows<const R: usize>(w: &[u8], acts: [&[u8]; R]) -> [f32; R] {
         let xs = as_blocks::<BlockQ4K>(w);
         let ys = q8k_rows(acts, xs.len());
         let m4 = _mm256_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut accm = [_mm256_setzero_ps(); R];
+        let mut acc = [0f32; R];
+        let mut accm = [0f32; R];
         for (i, x) in xs.iter().enumerate() {
             let (sc, mn) = unpack_k4_scales(&x.scales);
             let mut q = [[_mm256_setzero_si256(); 2]; 4];
@@ -549,21 +550,35 @@ mod imp {
                 qc[0] = _mm256_and_si256(q4, m4);
                 qc[1] = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
             }
-            let yb = std::array::from_fn(|r| &ys[r][i]);
-            let kb = K4Block {
-                q,
-                sc,
-                mn,
-                xd: h2f(x.d),
-                xdmin: h2f(x.dmin),
-            };
-            k4_rows_body(&kb, yb, &mut acc, &mut accm);
+            let (xd, xdmin) = (h2f(x.d), h2f(x.dmin));
+            for r in 0..R {
+                let y = &ys[r][i];
+                let mut sumi = _mm256_setzero_si256();
+                for (c, qc) in q.iter().enumerate() {
+                    let plo = _mm256_maddubs_epi16(qc[0], load32(&y.qs[64 * c..]));
+                    let phi = _mm256_maddubs_epi16(qc[1], load32(&y.qs[64 * c + 32..]));
+                    let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c] as i16));
+                    let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1] as i16));
+                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+                }
+                let yd = y.d();
+                let isum = hsum_epi32(sumi) as f32;
+                let imin = hsum_epi32(k4_mins(&mn, y)) as f32;
+                acc[r] = isum.mul_add(xd * yd, acc[r]);
+                accm[r] = imin.mul_add(xdmin * yd, accm[r]);
+            }
         }
-        let mut out = [0f32; R];
-        for r in 0..R {
-            out[r] = hsum_ps(_mm256_sub_ps(acc[r], accm[r]));
-        }
-        out
+        std::array::from_fn(|r| acc[r] - accm[r])
+    }
+
+    /// Exact sum of 8 i32 lanes (wrapping, as the hardware does).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum_epi32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
     }
 
     #[inline]

@@ -79,10 +79,11 @@ pub mod avx2 {
             }
             i += 32;
         }
+        // The reduction of ggml's f16 dot: pairwise over accumulators, then two hadds.
         let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
         let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+        let h = _mm_hadd_ps(h, h);
+        let h = _mm_hadd_ps(h, h);
         _mm_cvtss_f32(h) + scalar::dot(&a[i..n], &b[i..n])
     }
 
