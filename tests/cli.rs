@@ -59,7 +59,9 @@ fn model() -> String {
 fn greedy(prompt: &str, n: usize, extra: &[&str]) -> Output {
     let m = model();
     let n = n.to_string();
-    let mut args = vec!["generate", "-m", &m, "-p", prompt, "-n", &n, "--temp", "0", "-t", "2"];
+    let mut args = vec![
+        "generate", "-m", &m, "-p", prompt, "-n", &n, "--temp", "0", "-t", "2",
+    ];
     args.extend_from_slice(extra);
     let o = run(&args);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
@@ -72,7 +74,10 @@ fn reference_output_text(prompt: &str) -> String {
         .into_iter()
         .find(|r| r.json.get("prompt").and_then(|p| p.as_str()) == Some(prompt))
         .unwrap_or_else(|| panic!("no reference row for {prompt:?}"));
-    row.json["output_text"].as_str().expect("output_text").to_string()
+    row.json["output_text"]
+        .as_str()
+        .expect("output_text")
+        .to_string()
 }
 
 #[test]
@@ -97,7 +102,17 @@ fn a_missing_model_file_is_one_line_naming_the_path() {
     for args in [
         &["generate", "-m", "/nonexistent.gguf", "-p", "hi"][..],
         &["inspect", "/nonexistent.gguf"][..],
-        &["bench-model", "-m", "/nonexistent.gguf", "-p", "4", "-n", "1", "-r", "1"][..],
+        &[
+            "bench-model",
+            "-m",
+            "/nonexistent.gguf",
+            "-p",
+            "4",
+            "-n",
+            "1",
+            "-r",
+            "1",
+        ][..],
     ] {
         assert_one_line_error(&run(args), path);
     }
@@ -129,7 +144,12 @@ fn another_architecture_is_a_clear_one_line_error() {
         .kv("llama.embedding_length", Value::U32(64))
         .kv("llama.block_count", Value::U32(1))
         .kv("llama.attention.head_count", Value::U32(2))
-        .tensor("token_embd.weight", &[64, 4], GgmlType::F32, vec![0; 64 * 4 * 4])
+        .tensor(
+            "token_embd.weight",
+            &[64, 4],
+            GgmlType::F32,
+            vec![0; 64 * 4 * 4],
+        )
         .to_bytes();
     let f = TempFile::new("llama", &bytes);
     let p = f.0.display().to_string();
@@ -147,11 +167,23 @@ fn inspect_lists_the_default_model() {
     let o = run(&["inspect", &model()]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let out = text(&o.stdout);
-    for want in ["gemma3", "token_embd.weight", "Q8_0", "[640, 262144]", "tensors: 236"] {
+    for want in [
+        "gemma3",
+        "token_embd.weight",
+        "Q8_0",
+        "[640, 262144]",
+        "tensors: 236",
+    ] {
         assert!(out.contains(want), "inspect output lacks {want:?}:\n{out}");
     }
-    let embd = out.lines().find(|l| l.contains("token_embd.weight")).expect("token_embd line");
-    assert!(embd.contains("Q8_0") && embd.contains("[640, 262144]"), "{embd}");
+    let embd = out
+        .lines()
+        .find(|l| l.contains("token_embd.weight"))
+        .expect("token_embd line");
+    assert!(
+        embd.contains("Q8_0") && embd.contains("[640, 262144]"),
+        "{embd}"
+    );
 }
 
 #[test]
@@ -168,26 +200,53 @@ fn greedy_generation_matches_llama_cpp() {
     assert!(prefix.split(' ').count() >= 5, "{prefix:?}");
     let o = greedy(FRANCE, 8, &[]);
     let out = text(&o.stdout);
-    assert!(out.starts_with(prefix), "stdout {out:?} does not start with llama.cpp's {prefix:?}");
+    assert!(
+        out.starts_with(prefix),
+        "stdout {out:?} does not start with llama.cpp's {prefix:?}"
+    );
     // Everything printed is llama.cpp's text (8 tokens of it) plus the final newline.
     let body = out.strip_suffix('\n').expect("stdout ends with a newline");
-    assert!(reference.starts_with(body), "stdout {body:?} is not a prefix of {reference:?}");
+    assert!(
+        reference.starts_with(body),
+        "stdout {body:?} is not a prefix of {reference:?}"
+    );
     let err = text(&o.stderr);
-    assert!(err.lines().any(|l| l.contains("tokens/s")), "no speeds on stderr:\n{err}");
+    assert!(
+        err.lines().any(|l| l.contains("tokens/s")),
+        "no speeds on stderr:\n{err}"
+    );
 }
 
 #[test]
 fn seeded_sampling_is_deterministic() {
     let m = model();
     let args = |seed: &'static str| {
-        vec!["generate", "-m", m.as_str(), "-p", "Once upon a time", "-n", "12", "--temp", "0.9", "--seed", seed, "-t", "2"]
+        vec![
+            "generate",
+            "-m",
+            m.as_str(),
+            "-p",
+            "Once upon a time",
+            "-n",
+            "12",
+            "--temp",
+            "0.9",
+            "--seed",
+            seed,
+            "-t",
+            "2",
+        ]
     };
     let a = run(&args("7"));
     let b = run(&args("7"));
     assert_eq!(a.status.code(), Some(0), "{}", describe(&a));
     assert_eq!(b.status.code(), Some(0), "{}", describe(&b));
     assert!(a.stdout.len() > 1, "nothing generated: {}", describe(&a));
-    assert_eq!(text(&a.stdout), text(&b.stdout), "same seed, different text");
+    assert_eq!(
+        text(&a.stdout),
+        text(&b.stdout),
+        "same seed, different text"
+    );
     // Another seed may or may not give other text; it must just run.
     let c = run(&args("8"));
     assert_eq!(c.status.code(), Some(0), "{}", describe(&c));
@@ -199,36 +258,152 @@ fn a_stop_string_ends_the_output_before_it() {
     let full = text(&full.stdout);
     let full = full.strip_suffix('\n').expect("newline");
     // Stop at the fifth word of the greedy output (" the capital of the country …" → "country").
-    let word = full.split_whitespace().nth(4).expect("five words").to_string();
+    let word = full
+        .split_whitespace()
+        .nth(4)
+        .expect("five words")
+        .to_string();
     let stop = format!(" {word}");
     let at = full.find(&stop).expect("stop string in the output");
     assert!(at > 0);
     let o = greedy(FRANCE, 12, &["--stop", &stop]);
     let out = text(&o.stdout);
     let body = out.strip_suffix('\n').unwrap_or(&out);
-    assert_eq!(body, &full[..at], "stop {stop:?}: stdout should end right before it");
+    assert_eq!(
+        body,
+        &full[..at],
+        "stop {stop:?}: stdout should end right before it"
+    );
     assert!(!out.contains(&stop), "{out:?}");
     // A stop string spanning several tokens, and one that never occurs.
-    let stop2 = full[at..].split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let stop2 = full[at..]
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
     let stop2 = format!(" {stop2}");
     if let Some(at2) = full.find(&stop2) {
         let o = greedy(FRANCE, 12, &["--stop", &stop2]);
-        assert_eq!(text(&o.stdout).strip_suffix('\n'), Some(&full[..at2]), "stop {stop2:?}");
+        assert_eq!(
+            text(&o.stdout).strip_suffix('\n'),
+            Some(&full[..at2]),
+            "stop {stop2:?}"
+        );
     }
     let o = greedy(FRANCE, 12, &["--stop", "zzqx-never"]);
     assert_eq!(text(&o.stdout).strip_suffix('\n'), Some(full));
+    // A stop string whose start matches the output but whose end does not: the text held
+    // back while it might have matched is released in full.
+    let near = format!("{stop} zzqx");
+    let o = greedy(FRANCE, 12, &["--stop", &near]);
+    assert_eq!(
+        text(&o.stdout).strip_suffix('\n'),
+        Some(full),
+        "stop {near:?}"
+    );
 }
 
 #[test]
 fn bench_model_prints_json_speeds() {
-    let o = run(&["bench-model", "-m", &model(), "-p", "16", "-n", "4", "-r", "1", "-t", "2", "--json"]);
+    let o = run(&[
+        "bench-model",
+        "-m",
+        &model(),
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "-t",
+        "2",
+        "--json",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let out = text(&o.stdout);
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"));
     for key in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
-        let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {v}"));
+        let x = v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing: {v}"));
         assert!(x.is_finite() && x > 0.0, "{key} = {x}");
     }
     assert_eq!(v["n_prompt"].as_u64(), Some(16), "{v}");
     assert_eq!(v["n_gen"].as_u64(), Some(4), "{v}");
+}
+
+#[test]
+fn bad_generation_settings_are_one_line_errors() {
+    let m = model();
+    for extra in [
+        &["-c", "4"][..],
+        &["-c", "0"][..],
+        &["-c", "100000"][..],
+        &["--top-p", "0"][..],
+        &["--temp=-1"][..],
+        &["--min-p", "2"][..],
+        &["--stop", ""][..],
+        &["--logit-bias", "999999999=1"][..],
+        &["--logit-bias", "5=inf"][..],
+        &["-n", "100000"][..],
+    ] {
+        let mut args = vec!["generate", "-m", m.as_str(), "-p", FRANCE, "-t", "2"];
+        if !extra.contains(&"-n") {
+            args.extend_from_slice(&["-n", "4"]);
+        }
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {}", describe(&o));
+        assert!(o.stdout.is_empty(), "{extra:?}: {}", describe(&o));
+        let err = text(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{extra:?}: {}", describe(&o));
+    }
+    let o = run(&["generate", "-m", &m, "-p", "", "-n", "4"]);
+    assert_eq!(o.status.code(), Some(1), "empty prompt: {}", describe(&o));
+    assert_eq!(
+        text(&o.stderr).lines().count(),
+        1,
+        "empty prompt: {}",
+        describe(&o)
+    );
+}
+
+#[test]
+fn a_gemma3_file_without_a_usable_tokenizer_is_a_one_line_error() {
+    // The tiny model has token strings only: no tokenizer.ggml.model, scores or types.
+    let f = TempFile::new("tiny", &common::tiny_gemma3(None));
+    let p = f.0.display().to_string();
+    let line = assert_one_line_error(
+        &run(&["generate", "-m", &p, "-p", "hi", "-n", "2", "-c", "16"]),
+        &f.0,
+    );
+    assert!(line.contains("tokenizer.ggml.model"), "{line}");
+    // A tokenizer model we do not support is named.
+    let bytes = common::TinyGemma3::new()
+        .with_key("tokenizer.ggml.model", Value::String("gpt2".into()))
+        .to_bytes();
+    let g = TempFile::new("tiny-gpt2", &bytes);
+    let q = g.0.display().to_string();
+    let line = assert_one_line_error(
+        &run(&["generate", "-m", &q, "-p", "hi", "-n", "2", "-c", "16"]),
+        &g.0,
+    );
+    assert!(line.contains("gpt2"), "{line}");
+    // bench-model needs no tokenizer: it runs the tiny model.
+    let o = run(&[
+        "bench-model",
+        "-m",
+        &p,
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let v: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).expect("json");
+    assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
 }

@@ -33,24 +33,56 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn decode_steps_allocate_nothing() {
-    let opts = ModelOptions { n_ctx: 128, n_seq: 2, max_batch_tokens: 16, max_logit_rows: 2 };
+    let opts = ModelOptions {
+        n_ctx: 128,
+        n_seq: 2,
+        max_batch_tokens: 16,
+        max_logit_rows: 2,
+    };
     let model = Gemma3::load(&common::default_model_path(), opts).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
     let mut state = model.new_state();
-    let prompt: Vec<BatchToken> =
-        (0..8).map(|pos| BatchToken { token: 2 + pos as u32 * 7, pos, seq: 0, logits: pos == 7 }).collect();
+    let prompt: Vec<BatchToken> = (0..8)
+        .map(|pos| BatchToken {
+            token: 2 + pos as u32 * 7,
+            pos,
+            seq: 0,
+            logits: pos == 7,
+        })
+        .collect();
     pool.install(|| model.forward(&mut state, &prompt)).unwrap();
     let step = |pos: usize| {
-        [BatchToken { token: 100, pos, seq: 0, logits: true }, BatchToken { token: 200, pos: pos - 8, seq: 1, logits: true }]
+        [
+            BatchToken {
+                token: 100,
+                pos,
+                seq: 0,
+                logits: true,
+            },
+            BatchToken {
+                token: 200,
+                pos: pos - 8,
+                seq: 1,
+                logits: true,
+            },
+        ]
     };
     // Warm-up: the first steps may let rayon and the thread-locals settle.
     for pos in 8..12 {
-        pool.install(|| model.forward(&mut state, &step(pos)).map(|_| ())).unwrap();
+        pool.install(|| model.forward(&mut state, &step(pos)).map(|_| ()))
+            .unwrap();
     }
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     for pos in 12..44 {
-        pool.install(|| model.forward(&mut state, &step(pos)).map(|_| ())).unwrap();
+        pool.install(|| model.forward(&mut state, &step(pos)).map(|_| ()))
+            .unwrap();
     }
     let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
-    assert_eq!(allocations, 0, "32 decode steps made {allocations} heap allocations");
+    assert_eq!(
+        allocations, 0,
+        "32 decode steps made {allocations} heap allocations"
+    );
 }

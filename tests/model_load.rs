@@ -11,7 +11,12 @@ use ryzanstein::gguf::{GgufFile, Value};
 use ryzanstein::model::{BatchToken, Gemma3, ModelOptions};
 
 fn opts() -> ModelOptions {
-    ModelOptions { n_ctx: TinyGemma3::N_CTX, n_seq: 1, max_batch_tokens: 8, max_logit_rows: 8 }
+    ModelOptions {
+        n_ctx: TinyGemma3::N_CTX,
+        n_seq: 1,
+        max_batch_tokens: 8,
+        max_logit_rows: 8,
+    }
 }
 
 /// Loads `bytes` as a Gemma 3 model labelled `label`; the error message if it fails.
@@ -24,8 +29,14 @@ fn load_err(label: &str, bytes: Vec<u8>) -> String {
     match load(label, bytes) {
         Ok(_) => panic!("{label}: loaded, expected an error"),
         Err(e) => {
-            assert!(!e.starts_with("GGUF reader:"), "{label}: the file itself was rejected: {e}");
-            assert!(e.contains(label), "{label}: error does not name the file: {e}");
+            assert!(
+                !e.starts_with("GGUF reader:"),
+                "{label}: the file itself was rejected: {e}"
+            );
+            assert!(
+                e.contains(label),
+                "{label}: error does not name the file: {e}"
+            );
             assert!(!e.contains('\n'), "{label}: error is not one line: {e:?}");
             e
         }
@@ -39,7 +50,12 @@ fn another_architecture_is_named() {
         .kv("llama.context_length", Value::U32(64))
         .kv("llama.embedding_length", Value::U32(64))
         .kv("llama.block_count", Value::U32(1))
-        .tensor("token_embd.weight", &[8, 4], ryzanstein::kernels::GgmlType::F32, vec![0; 128])
+        .tensor(
+            "token_embd.weight",
+            &[8, 4],
+            ryzanstein::kernels::GgmlType::F32,
+            vec![0; 128],
+        )
         .to_bytes();
     let e = load_err("llama.gguf", bytes);
     assert!(e.contains("llama'") || e.contains("'llama"), "{e}");
@@ -48,14 +64,19 @@ fn another_architecture_is_named() {
 
 #[test]
 fn no_architecture_key_is_an_error() {
-    let bytes = TinyGemma3::new().without_key("general.architecture").to_bytes();
+    let bytes = TinyGemma3::new()
+        .without_key("general.architecture")
+        .to_bytes();
     let e = load_err("noarch.gguf", bytes);
     assert!(e.contains("architecture"), "{e}");
 }
 
 #[test]
 fn a_missing_tensor_is_named() {
-    let e = load_err("tiny-noq.gguf", common::tiny_gemma3(Some("blk.0.attn_q.weight")));
+    let e = load_err(
+        "tiny-noq.gguf",
+        common::tiny_gemma3(Some("blk.0.attn_q.weight")),
+    );
     assert!(e.contains("'blk.0.attn_q.weight'"), "{e}");
     assert!(e.contains("missing"), "{e}");
 }
@@ -74,19 +95,31 @@ fn every_missing_tensor_is_named() {
 fn a_wrong_shape_is_named() {
     // ffn_down is [n_ff, n_embd]; stored transposed it has the right size but the wrong shape.
     let (d, ff) = (TinyGemma3::N_EMBD as u64, TinyGemma3::N_FF as u64);
-    let bytes = TinyGemma3::new().with_dims("blk.1.ffn_down.weight", &[d, ff]).to_bytes();
+    let bytes = TinyGemma3::new()
+        .with_dims("blk.1.ffn_down.weight", &[d, ff])
+        .to_bytes();
     let e = load_err("tiny-shape.gguf", bytes);
     assert!(e.contains("'blk.1.ffn_down.weight'"), "{e}");
     assert!(e.contains("shape"), "{e}");
     // A norm vector stored as a matrix of the same size.
     let hd = TinyGemma3::HEAD_DIM as u64;
-    let bytes = TinyGemma3::new().with_dims("blk.0.attn_k_norm.weight", &[hd / 2, 2]).to_bytes();
+    let bytes = TinyGemma3::new()
+        .with_dims("blk.0.attn_k_norm.weight", &[hd / 2, 2])
+        .to_bytes();
     let e = load_err("tiny-shape2.gguf", bytes);
-    assert!(e.contains("'blk.0.attn_k_norm.weight'") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("'blk.0.attn_k_norm.weight'") && e.contains("shape"),
+        "{e}"
+    );
     // A 3-D tensor whose first two dims multiply out right is still the wrong shape.
-    let bytes = TinyGemma3::new().with_dims("blk.0.ffn_up.weight", &[d, ff / 2, 2]).to_bytes();
+    let bytes = TinyGemma3::new()
+        .with_dims("blk.0.ffn_up.weight", &[d, ff / 2, 2])
+        .to_bytes();
     let e = load_err("tiny-shape3.gguf", bytes);
-    assert!(e.contains("'blk.0.ffn_up.weight'") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("'blk.0.ffn_up.weight'") && e.contains("shape"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -115,8 +148,14 @@ fn bad_hparams_are_errors_not_panics() {
         ("gemma3.attention.head_count_kv", Value::U32(3)),
         ("gemma3.block_count", Value::U32(0)),
         ("gemma3.attention.key_length", Value::U32(1 << 20)),
-        ("gemma3.attention.layer_norm_rms_epsilon", Value::F32(f32::NAN)),
-        ("gemma3.embedding_length", Value::String("sixty-four".into())),
+        (
+            "gemma3.attention.layer_norm_rms_epsilon",
+            Value::F32(f32::NAN),
+        ),
+        (
+            "gemma3.embedding_length",
+            Value::String("sixty-four".into()),
+        ),
         ("gemma3.embedding_length", Value::I32(-64)),
         ("gemma3.feed_forward_length", Value::U32(100)),
         ("gemma3.context_length", Value::U32(16)),
@@ -128,7 +167,10 @@ fn bad_hparams_are_errors_not_panics() {
         match result {
             Err(_) => panic!("{key} = {value:?}: load panicked"),
             Ok(Ok(_)) => panic!("{key} = {value:?}: loaded, expected an error"),
-            Ok(Err(e)) => assert!(e.contains(&label) && !e.contains('\n'), "{key} = {value:?}: {e}"),
+            Ok(Err(e)) => assert!(
+                e.contains(&label) && !e.contains('\n'),
+                "{key} = {value:?}: {e}"
+            ),
         }
     }
 }
@@ -138,7 +180,15 @@ fn the_tiny_model_loads_and_runs() {
     let model = load("tiny.gguf", common::tiny_gemma3(None)).expect("tiny model loads");
     let cfg = model.config();
     assert_eq!(
-        (cfg.n_embd, cfg.n_ff, cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.n_layers, cfg.n_vocab),
+        (
+            cfg.n_embd,
+            cfg.n_ff,
+            cfg.n_head,
+            cfg.n_head_kv,
+            cfg.head_dim,
+            cfg.n_layers,
+            cfg.n_vocab
+        ),
         (64, 128, 2, 1, 32, 2, 32)
     );
     assert_eq!(cfg.sliding_window, Some(8));
@@ -150,13 +200,22 @@ fn the_tiny_model_loads_and_runs() {
     let batch: Vec<BatchToken> = tokens
         .iter()
         .enumerate()
-        .map(|(pos, &token)| BatchToken { token, pos, seq: 0, logits: true })
+        .map(|(pos, &token)| BatchToken {
+            token,
+            pos,
+            seq: 0,
+            logits: true,
+        })
         .collect();
     let all = model.forward(&mut state, &batch).expect("forward").to_vec();
     assert_eq!(all.len(), tokens.len() * n_vocab);
-    assert!(all.iter().all(|x| x.is_finite()), "non-finite logits: {all:?}");
+    assert!(
+        all.iter().all(|x| x.is_finite()),
+        "non-finite logits: {all:?}"
+    );
     let last = &all[(tokens.len() - 1) * n_vocab..];
-    let spread = last.iter().cloned().fold(f32::MIN, f32::max) - last.iter().cloned().fold(f32::MAX, f32::min);
+    let spread = last.iter().cloned().fold(f32::MIN, f32::max)
+        - last.iter().cloned().fold(f32::MAX, f32::min);
     assert!(spread > 1e-3, "logits are flat: {last:?}");
     // Different positions see different contexts: their logits differ.
     assert_ne!(&all[..n_vocab], last);
@@ -165,12 +224,21 @@ fn the_tiny_model_loads_and_runs() {
     // batch-invariant).
     let mut state = model.new_state();
     for (pos, &token) in tokens.iter().enumerate() {
-        let b = [BatchToken { token, pos, seq: 0, logits: true }];
+        let b = [BatchToken {
+            token,
+            pos,
+            seq: 0,
+            logits: true,
+        }];
         let one = model.forward(&mut state, &b).expect("decode step");
         assert_eq!(one.len(), n_vocab);
         let want = &all[pos * n_vocab..(pos + 1) * n_vocab];
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(one), bits(want), "position {pos}: batched and step-by-step logits differ");
+        assert_eq!(
+            bits(one),
+            bits(want),
+            "position {pos}: batched and step-by-step logits differ"
+        );
     }
 }
 
@@ -180,10 +248,32 @@ fn bad_batches_are_errors() {
     let mut state = model.new_state();
     let bad: Vec<Vec<BatchToken>> = vec![
         vec![],
-        vec![BatchToken { token: TinyGemma3::N_VOCAB as u32, pos: 0, seq: 0, logits: true }],
-        vec![BatchToken { token: 1, pos: TinyGemma3::N_CTX, seq: 0, logits: true }],
-        vec![BatchToken { token: 1, pos: 0, seq: 1, logits: true }],
-        (0..9).map(|pos| BatchToken { token: 1, pos, seq: 0, logits: false }).collect(),
+        vec![BatchToken {
+            token: TinyGemma3::N_VOCAB as u32,
+            pos: 0,
+            seq: 0,
+            logits: true,
+        }],
+        vec![BatchToken {
+            token: 1,
+            pos: TinyGemma3::N_CTX,
+            seq: 0,
+            logits: true,
+        }],
+        vec![BatchToken {
+            token: 1,
+            pos: 0,
+            seq: 1,
+            logits: true,
+        }],
+        (0..9)
+            .map(|pos| BatchToken {
+                token: 1,
+                pos,
+                seq: 0,
+                logits: false,
+            })
+            .collect(),
     ];
     for b in bad {
         assert!(model.forward(&mut state, &b).is_err(), "accepted {b:?}");

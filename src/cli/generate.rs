@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use ryzanstein::model::generate::{generate, GenerateParams};
@@ -69,8 +69,14 @@ pub struct GenerateArgs {
 
 fn parse_bias(s: &str) -> Result<(u32, f32), String> {
     let (id, bias) = s.split_once('=').ok_or("expected TOKEN_ID=BIAS")?;
-    let id = id.trim().parse().map_err(|e| format!("token id {id:?}: {e}"))?;
-    let bias = bias.trim().parse().map_err(|e| format!("bias {bias:?}: {e}"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("token id {id:?}: {e}"))?;
+    let bias = bias
+        .trim()
+        .parse()
+        .map_err(|e| format!("bias {bias:?}: {e}"))?;
     Ok((id, bias))
 }
 
@@ -93,25 +99,45 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         n_logprobs: a.logprobs,
     };
     sampling.validate()?;
-    let opts = ModelOptions { n_ctx: a.ctx, ..ModelOptions::default() };
+    let opts = ModelOptions {
+        n_ctx: a.ctx,
+        ..ModelOptions::default()
+    };
     let model = Gemma3::load(&path, opts)?;
-    let tok = Tokenizer::from_gguf(model.file())?;
+    let tok = Tokenizer::from_gguf(model.file()).with_context(|| path.display().to_string())?;
     let prompt = tok.encode(&a.prompt, true, true);
-    let params = GenerateParams { max_tokens: a.max_tokens, sampling, stop: a.stop.clone(), ignore_eos: a.ignore_eos };
+    let params = GenerateParams {
+        max_tokens: a.max_tokens,
+        sampling,
+        stop: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
+    };
     let pool = super::compute_pool(a.threads)?;
     let mut state = model.new_state();
     let mut stdout = std::io::stdout();
     let g = pool.install(|| {
         generate(&model, &mut state, &tok, &prompt, &params, |text| {
             // A closed stdout (e.g. `| head`) ends generation quietly.
-            stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).is_ok()
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_ok()
         })
     })?;
     let _ = writeln!(stdout);
     if a.logprobs > 0 {
         for t in &g.tokens {
-            let top: Vec<String> = t.top.iter().map(|c| format!("{}:{:.3}", c.token, c.logprob)).collect();
-            eprintln!("token {} logprob {:.4} top [{}]", t.id, t.logprob, top.join(" "));
+            let top: Vec<String> = t
+                .top
+                .iter()
+                .map(|c| format!("{}:{:.3}", c.token, c.logprob))
+                .collect();
+            eprintln!(
+                "token {} logprob {:.4} top [{}]",
+                t.id,
+                t.logprob,
+                top.join(" ")
+            );
         }
     }
     let n_gen = g.tokens.len();

@@ -57,8 +57,14 @@ fn model_path(flag: Option<PathBuf>) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Most compute threads a command accepts: more than this is a typo, not a machine.
+const THREADS_MAX: usize = 1024;
+
 /// A rayon pool of `threads` compute threads (0 = one per core).
 fn compute_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    if threads > THREADS_MAX {
+        bail!("--threads {threads} is over the limit of {THREADS_MAX}");
+    }
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("compute-{i}"))

@@ -39,7 +39,10 @@ pub mod scalar {
 
     /// `a · b` with f32 products summed in f64.
     pub fn dot(a: &[u16], b: &[u16]) -> f32 {
-        a.iter().zip(b).map(|(&x, &y)| f64::from(to_f32(x) * to_f32(y))).sum::<f64>() as f32
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| f64::from(to_f32(x) * to_f32(y)))
+            .sum::<f64>() as f32
     }
 
     /// `y = f16(y + x·v)`.
@@ -73,8 +76,10 @@ pub mod avx2 {
         let mut i = 0;
         while i + 32 <= n {
             for (j, acc) in acc.iter_mut().enumerate() {
-                let x = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i + 8 * j) as *const __m128i));
-                let y = _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i + 8 * j) as *const __m128i));
+                let x =
+                    _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i + 8 * j) as *const __m128i));
+                let y =
+                    _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i + 8 * j) as *const __m128i));
                 *acc = _mm256_fmadd_ps(x, y, *acc);
             }
             i += 32;
@@ -98,7 +103,10 @@ pub mod avx2 {
             let yp = y.as_mut_ptr().add(i) as *mut __m128i;
             let yv = _mm256_cvtph_ps(_mm_loadu_si128(yp));
             let xv = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i) as *const __m128i));
-            _mm_storeu_si128(yp, _mm256_cvtps_ph(_mm256_fmadd_ps(xv, vv, yv), _MM_FROUND_TO_NEAREST_INT));
+            _mm_storeu_si128(
+                yp,
+                _mm256_cvtps_ph(_mm256_fmadd_ps(xv, vv, yv), _MM_FROUND_TO_NEAREST_INT),
+            );
             i += 8;
         }
         scalar::mad(&mut y[i..n], &x[i..n], v);
@@ -114,7 +122,10 @@ pub mod avx2 {
         while i + 8 <= n {
             let yp = y.as_mut_ptr().add(i) as *mut __m128i;
             let yv = _mm256_cvtph_ps(_mm_loadu_si128(yp));
-            _mm_storeu_si128(yp, _mm256_cvtps_ph(_mm256_mul_ps(yv, vv), _MM_FROUND_TO_NEAREST_INT));
+            _mm_storeu_si128(
+                yp,
+                _mm256_cvtps_ph(_mm256_mul_ps(yv, vv), _MM_FROUND_TO_NEAREST_INT),
+            );
             i += 8;
         }
         scalar::scale(&mut y[i..n], v);
@@ -126,7 +137,9 @@ fn has_f16c() -> bool {
     use std::sync::OnceLock;
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     })
 }
 
@@ -167,7 +180,13 @@ mod tests {
     use super::*;
 
     fn row(n: usize, seed: u32) -> Vec<u16> {
-        (0..n).map(|i| to_f16((((i as u32 * 2654435761u32) ^ seed) % 2001) as f32 / 1000.0 - 1.0)).collect()
+        (0..n)
+            .map(|i| {
+                to_f16(
+                    (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0,
+                )
+            })
+            .collect()
     }
 
     #[test]

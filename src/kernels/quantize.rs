@@ -178,7 +178,10 @@ mod tests {
             assert_eq!(a.qs, b.qs);
             assert_eq!(a.d, b.d);
             for (&v, &qv) in xs.iter().zip(&a.qs) {
-                assert_eq!(qv as f32, (v * (127.0 / amax)).round_ties_even().clamp(-127.0, 127.0));
+                assert_eq!(
+                    qv as f32,
+                    (v * (127.0 / amax)).round_ties_even().clamp(-127.0, 127.0)
+                );
             }
             let sum: i32 = b.qs.iter().map(|&v| v as i32).sum();
             assert_eq!(b.s, f16_to_le(d * sum as f32));

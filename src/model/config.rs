@@ -52,7 +52,8 @@ impl ModelConfig {
         };
         let n_embd = req_u32("embedding_length")?;
         let n_head = req_u32("attention.head_count")?;
-        let head_dim = opt_u32("attention.key_length")?.unwrap_or(n_embd.checked_div(n_head).unwrap_or(0));
+        let head_dim =
+            opt_u32("attention.key_length")?.unwrap_or(n_embd.checked_div(n_head).unwrap_or(0));
         let n_vocab = match md.get_array("tokenizer.ggml.tokens")? {
             Some(a) => a.len(),
             None => md.require(&key("vocab_size"), md.get_u32(&key("vocab_size")))? as usize,
@@ -120,8 +121,16 @@ impl ModelConfig {
             }
         }
         if self.head_dim.max(self.head_dim_v) > super::kv_cache::HEAD_DIM_MAX {
-            let why = format!("head size {} is over {}", self.head_dim.max(self.head_dim_v), super::kv_cache::HEAD_DIM_MAX);
-            return Err(invalid(file, &format!("{}.attention.key_length", self.arch), why));
+            let why = format!(
+                "head size {} is over {}",
+                self.head_dim.max(self.head_dim_v),
+                super::kv_cache::HEAD_DIM_MAX
+            );
+            return Err(invalid(
+                file,
+                &format!("{}.attention.key_length", self.arch),
+                why,
+            ));
         }
         if self.n_layers == 0 || self.n_layers > LAYERS_MAX {
             return Err(invalid(

@@ -69,7 +69,11 @@ pub enum GenerateError {
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("prompt of {n_prompt} tokens plus {max_tokens} new tokens does not fit the context of {n_ctx}")]
-    ContextFull { n_prompt: usize, max_tokens: usize, n_ctx: usize },
+    ContextFull {
+        n_prompt: usize,
+        max_tokens: usize,
+        n_ctx: usize,
+    },
 }
 
 /// Generates from `prompt` in sequence slot 0 of `state`. `on_text` receives each piece of text
@@ -87,7 +91,11 @@ pub fn generate(
         return Err(GenerateError::EmptyPrompt);
     }
     if prompt.len() + p.max_tokens > n_ctx {
-        return Err(GenerateError::ContextFull { n_prompt: prompt.len(), max_tokens: p.max_tokens, n_ctx });
+        return Err(GenerateError::ContextFull {
+            n_prompt: prompt.len(),
+            max_tokens: p.max_tokens,
+            n_ctx,
+        });
     }
     let mut sampler = Sampler::new(p.sampling.clone(), model.config().n_vocab)?;
     let mut stops = StopStrings::new(&p.stop, STOP_STRINGS_MAX, STOP_STRING_BYTES_MAX)?;
@@ -110,7 +118,11 @@ pub fn generate(
     while out.tokens.len() < p.max_tokens {
         let s = sampler.sample(logits, &history)?;
         let id = s.token;
-        out.tokens.push(GeneratedToken { id, logprob: s.logprob, top: s.top_logprobs.to_vec() });
+        out.tokens.push(GeneratedToken {
+            id,
+            logprob: s.logprob,
+            top: s.top_logprobs.to_vec(),
+        });
         if tok.is_eog(id) && !p.ignore_eos {
             out.finish = FinishReason::Stop;
             break;
@@ -130,7 +142,12 @@ pub fn generate(
         if out.tokens.len() == p.max_tokens {
             break;
         }
-        let b = [BatchToken { token: id, pos: history.len() - 1, seq: 0, logits: true }];
+        let b = [BatchToken {
+            token: id,
+            pos: history.len() - 1,
+            seq: 0,
+            logits: true,
+        }];
         logits = model.forward(state, &b)?;
     }
     if out.finish != FinishReason::Stop || stops.stopped().is_none() {
@@ -144,18 +161,32 @@ pub fn generate(
 
 /// Runs the prompt through the model in chunks of at most `max_batch_tokens`; returns the
 /// logits of its last token.
-fn prefill<'s>(model: &Gemma3, state: &'s mut State, prompt: &[u32]) -> Result<&'s [f32], ModelError> {
+fn prefill<'s>(
+    model: &Gemma3,
+    state: &'s mut State,
+    prompt: &[u32],
+) -> Result<&'s [f32], ModelError> {
     let chunk = model.options().max_batch_tokens;
     let mut batch = Vec::with_capacity(chunk.min(prompt.len()));
     let n = prompt.len();
     let mut start = 0;
     while start + chunk < n {
         batch.clear();
-        batch.extend((start..start + chunk).map(|pos| BatchToken { token: prompt[pos], pos, seq: 0, logits: false }));
+        batch.extend((start..start + chunk).map(|pos| BatchToken {
+            token: prompt[pos],
+            pos,
+            seq: 0,
+            logits: false,
+        }));
         model.forward(state, &batch)?;
         start += chunk;
     }
     batch.clear();
-    batch.extend((start..n).map(|pos| BatchToken { token: prompt[pos], pos, seq: 0, logits: pos + 1 == n }));
+    batch.extend((start..n).map(|pos| BatchToken {
+        token: prompt[pos],
+        pos,
+        seq: 0,
+        logits: pos + 1 == n,
+    }));
     model.forward(state, &batch)
 }

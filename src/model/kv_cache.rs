@@ -119,7 +119,15 @@ pub fn attention(
 
 /// Online-softmax attention of one query head over its visible positions, in llama.cpp's order:
 /// the query rounded to f16, `s = q·k`, and on a new maximum the f16 value sum rescaled.
-fn attend_one(cache: &LayerCache, tok: BatchToken, kv_head: usize, q: &[f32], out: &mut [f32], hd: usize, hd_v: usize) {
+fn attend_one(
+    cache: &LayerCache,
+    tok: BatchToken,
+    kv_head: usize,
+    q: &[f32],
+    out: &mut [f32],
+    hd: usize,
+    hd_v: usize,
+) {
     let mut q16 = [0u16; HEAD_DIM_MAX];
     let mut acc16 = [0u16; HEAD_DIM_MAX];
     let (q16, acc16) = (&mut q16[..hd], &mut acc16[..hd_v]);

@@ -59,10 +59,17 @@ pub struct ReferenceRow {
 }
 
 pub fn reference_rows() -> Vec<ReferenceRow> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reference/gemma-3-270m-q4_k_m/greedy.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/reference/gemma-3-270m-q4_k_m/greedy.jsonl"
+    );
     let text = std::fs::read_to_string(path).expect("reference file");
     let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+        v.as_array()
+            .expect("id array")
+            .iter()
+            .map(|x| x.as_u64().expect("id") as u32)
+            .collect()
     };
     text.lines()
         .map(|line| {
@@ -71,7 +78,9 @@ pub fn reference_rows() -> Vec<ReferenceRow> {
                 .as_array()
                 .expect("top2")
                 .iter()
-                .map(|step| (step[0][1].as_f64().expect("lp") - step[1][1].as_f64().expect("lp")) as f32)
+                .map(|step| {
+                    (step[0][1].as_f64().expect("lp") - step[1][1].as_f64().expect("lp")) as f32
+                })
                 .collect();
             let label = match json.get("prompt") {
                 Some(serde_json::Value::String(p)) => p.clone(),
@@ -113,20 +122,49 @@ impl TinyGemma3 {
         let s = |v: &str| Value::String(v.to_string());
         let kvs: Vec<(String, Value)> = vec![
             ("general.architecture".into(), s("gemma3")),
-            ("gemma3.context_length".into(), Value::U32(Self::N_CTX as u32)),
-            ("gemma3.embedding_length".into(), Value::U32(Self::N_EMBD as u32)),
-            ("gemma3.block_count".into(), Value::U32(Self::N_LAYERS as u32)),
-            ("gemma3.feed_forward_length".into(), Value::U32(Self::N_FF as u32)),
-            ("gemma3.attention.head_count".into(), Value::U32(Self::N_HEAD as u32)),
-            ("gemma3.attention.head_count_kv".into(), Value::U32(Self::N_HEAD_KV as u32)),
-            ("gemma3.attention.key_length".into(), Value::U32(Self::HEAD_DIM as u32)),
-            ("gemma3.attention.value_length".into(), Value::U32(Self::HEAD_DIM as u32)),
+            (
+                "gemma3.context_length".into(),
+                Value::U32(Self::N_CTX as u32),
+            ),
+            (
+                "gemma3.embedding_length".into(),
+                Value::U32(Self::N_EMBD as u32),
+            ),
+            (
+                "gemma3.block_count".into(),
+                Value::U32(Self::N_LAYERS as u32),
+            ),
+            (
+                "gemma3.feed_forward_length".into(),
+                Value::U32(Self::N_FF as u32),
+            ),
+            (
+                "gemma3.attention.head_count".into(),
+                Value::U32(Self::N_HEAD as u32),
+            ),
+            (
+                "gemma3.attention.head_count_kv".into(),
+                Value::U32(Self::N_HEAD_KV as u32),
+            ),
+            (
+                "gemma3.attention.key_length".into(),
+                Value::U32(Self::HEAD_DIM as u32),
+            ),
+            (
+                "gemma3.attention.value_length".into(),
+                Value::U32(Self::HEAD_DIM as u32),
+            ),
             ("gemma3.attention.sliding_window".into(), Value::U32(8)),
-            ("gemma3.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-6)),
+            (
+                "gemma3.attention.layer_norm_rms_epsilon".into(),
+                Value::F32(1e-6),
+            ),
             ("gemma3.rope.freq_base".into(), Value::F32(1_000_000.0)),
             (
                 "tokenizer.ggml.tokens".into(),
-                Value::Array(Array::String((0..Self::N_VOCAB).map(|i| format!("t{i}")).collect())),
+                Value::Array(Array::String(
+                    (0..Self::N_VOCAB).map(|i| format!("t{i}")).collect(),
+                )),
             ),
         ];
         let mut rng = Rng(0x7111_6E33);
@@ -185,8 +223,16 @@ impl TinyGemma3 {
 
     /// Gives a tensor other dims (same element count, so the file itself stays valid).
     pub fn with_dims(mut self, name: &str, dims: &[u64]) -> Self {
-        let t = self.tensors.iter_mut().find(|(t, _, _)| t == name).expect("tensor");
-        assert_eq!(dims.iter().product::<u64>() as usize, t.2.len(), "element count");
+        let t = self
+            .tensors
+            .iter_mut()
+            .find(|(t, _, _)| t == name)
+            .expect("tensor");
+        assert_eq!(
+            dims.iter().product::<u64>() as usize,
+            t.2.len(),
+            "element count"
+        );
         t.1 = dims.to_vec();
         self
     }
