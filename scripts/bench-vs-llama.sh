@@ -33,7 +33,7 @@ for r in range(1, rounds + 1):
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 print(f"CPU: {cpu}; threads: {threads}; rounds: {rounds} (each: llama-bench -r 3, then bench-model -r 3)")
-print(f"ryzanstein commit: {commit}; llama.cpp build: {build}")
+print(f"ryzanstein commit: {commit}; llama.cpp: the copy vendored in llama-cpp-python {__import__('os').environ.get('LLAMA_CPP_PYTHON_VERSION', '0.3.36')} (build id: {build})")
 print()
 print("| test | llama.cpp tokens/s | ryzanstein tokens/s | ratio |")
 print("|---|---:|---:|---:|")
