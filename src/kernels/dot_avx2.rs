@@ -288,6 +288,29 @@ mod imp {
         dot_16bit(n, w, a, true)
     }
 
+    /// Defines the public one-row and four-row kernels over a `$rows::<R>` body.
+    macro_rules! row_kernels {
+        ($($one:ident, $four:ident => $rows:ident, $name:literal;)*) => {$(
+            #[doc = concat!($name, ".")]
+            ///
+            /// # Safety
+            /// The CPU must support avx2, fma and f16c.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $one(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+                $rows::<1>(w, [a])[0]
+            }
+
+            #[doc = concat!($name, ", 4 activation rows; bit-identical to four single-row calls.")]
+            ///
+            /// # Safety
+            /// The CPU must support avx2, fma and f16c.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $four(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+                $rows::<4>(w, a)
+            }
+        )*};
+    }
+
     /// Defines `$rows::<R>`: R activation rows (Q8_0) dotted with one weight row whose blocks
     /// decode to 32 signed bytes via `$values`. The weight block is decoded once and reused
     /// for all R rows; each row's arithmetic is the same sequence of operations whatever R
@@ -343,59 +366,11 @@ mod imp {
         _mm256_set1_epi8(16)
     ));
 
-    /// Q8_0 · Q8_0 (the hot path: token embeddings / output; memory-bound on big matrices).
-    ///
-    /// # Safety
-    /// The CPU must support avx2, fma and f16c.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn vec_dot_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        q8_0_rows::<1>(w, [a])[0]
-    }
-
-    /// Q8_0 · 4 Q8_0 rows; bit-identical to four `vec_dot_q8_0` calls.
-    ///
-    /// # Safety
-    /// The CPU must support avx2, fma and f16c.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn vec_dot_q8_0_x4(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-        q8_0_rows::<4>(w, a)
-    }
-
-    /// Q4_0 · Q8_0.
-    ///
-    /// # Safety
-    /// The CPU must support avx2, fma and f16c.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn vec_dot_q4_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        q4_0_rows::<1>(w, [a])[0]
-    }
-
-    /// Q4_0 · 4 Q8_0 rows; bit-identical to four `vec_dot_q4_0` calls.
-    ///
-    /// # Safety
-    /// The CPU must support avx2, fma and f16c.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn vec_dot_q4_0_x4(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-        q4_0_rows::<4>(w, a)
-    }
-
-    /// Q5_0 · Q8_0.
-    ///
-    /// # Safety
-    /// The CPU must support avx2, fma and f16c.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn vec_dot_q5_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-        q5_0_rows::<1>(w, [a])[0]
-    }
-
-    /// Q5_0 · 4 Q8_0 rows; bit-identical to four `vec_dot_q5_0` calls.
-    ///
-    /// # Safety
-    /// The CPU must support avx2, fma and f16c.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn vec_dot_q5_0_x4(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-        q5_0_rows::<4>(w, a)
-    }
+    row_kernels!(
+        vec_dot_q8_0, vec_dot_q8_0_x4 => q8_0_rows, "Q8_0 · Q8_0 (the hot path: token embeddings / output)";
+        vec_dot_q4_0, vec_dot_q4_0_x4 => q4_0_rows, "Q4_0 · Q8_0";
+        vec_dot_q5_0, vec_dot_q5_0_x4 => q5_0_rows, "Q5_0 · Q8_0";
+    );
 
     /// Defines `$rows::<R>` for weights with an offset (Q4_1, Q5_1) against Q8_1 rows:
     /// d_x d_y Σ q·q8 + m_x s_y per block, `$values` giving 32 unsigned bytes (≤ 31). Two
@@ -684,31 +659,10 @@ mod imp {
         out
     }
 
-    macro_rules! k_kernels {
-        ($($one:ident, $four:ident => $rows:ident, $name:literal;)*) => {$(
-            #[doc = concat!($name, " · Q8_K.")]
-            ///
-            /// # Safety
-            /// The CPU must support avx2, fma and f16c.
-            #[target_feature(enable = "avx2,fma,f16c")]
-            pub unsafe fn $one(_n: usize, w: &[u8], a: &[u8]) -> f32 {
-                $rows::<1>(w, [a])[0]
-            }
-
-            #[doc = concat!($name, " · 4 Q8_K rows; bit-identical to four single-row calls.")]
-            ///
-            /// # Safety
-            /// The CPU must support avx2, fma and f16c.
-            #[target_feature(enable = "avx2,fma,f16c")]
-            pub unsafe fn $four(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-                $rows::<4>(w, a)
-            }
-        )*};
-    }
-    k_kernels!(
-        vec_dot_q4_k, vec_dot_q4_k_x4 => q4_k_rows, "Q4_K";
-        vec_dot_q5_k, vec_dot_q5_k_x4 => q5_k_rows, "Q5_K";
-        vec_dot_q6_k, vec_dot_q6_k_x4 => q6_k_rows, "Q6_K";
+    row_kernels!(
+        vec_dot_q4_k, vec_dot_q4_k_x4 => q4_k_rows, "Q4_K · Q8_K";
+        vec_dot_q5_k, vec_dot_q5_k_x4 => q5_k_rows, "Q5_K · Q8_K";
+        vec_dot_q6_k, vec_dot_q6_k_x4 => q6_k_rows, "Q6_K · Q8_K";
     );
 }
 
