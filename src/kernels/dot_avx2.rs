@@ -7,7 +7,7 @@
 //! function of its two rows.
 
 use super::types::GgmlType;
-use super::{Dot4Fn, DotFn};
+use super::{Dot4Fn, Dot8Fn, DotFn};
 
 #[cfg(target_arch = "x86_64")]
 pub use imp::*;
@@ -30,13 +30,19 @@ pub fn kernel4(_wty: GgmlType) -> Option<Dot4Fn> {
     None
 }
 
+/// No SIMD kernels off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn kernel8(_wty: GgmlType) -> Option<Dot8Fn> {
+    None
+}
+
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::super::blocks::{
         as_blocks, unpack_k4_scales, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
         BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     };
-    use super::{Dot4Fn, DotFn, GgmlType};
+    use super::{Dot4Fn, Dot8Fn, DotFn, GgmlType};
     use std::arch::x86_64::*;
 
     /// True when the CPU has AVX2, FMA and F16C (std caches the CPUID probe).
@@ -75,6 +81,35 @@ mod imp {
         s4_q8_0 => vec_dot_q8_0_x4, s4_q4_0 => vec_dot_q4_0_x4, s4_q5_0 => vec_dot_q5_0_x4,
         s4_q4_k => vec_dot_q4_k_x4, s4_q5_k => vec_dot_q5_k_x4, s4_q6_k => vec_dot_q6_k_x4,
     );
+
+    macro_rules! safe_wrappers_x8 {
+        ($($safe:ident => $raw:ident),* $(,)?) => {$(
+            fn $safe(n: usize, w: &[u8], a: [&[u8]; 8]) -> [f32; 8] {
+                // SAFETY: reachable only through `kernel8`, which checks `available()`.
+                unsafe { $raw(n, w, a) }
+            }
+        )*};
+    }
+    safe_wrappers_x8!(
+        s8_q8_0 => vec_dot_q8_0_x8, s8_q4_0 => vec_dot_q4_0_x8, s8_q5_0 => vec_dot_q5_0_x8,
+        s8_q4_k => vec_dot_q4_k_x8, s8_q5_k => vec_dot_q5_k_x8, s8_q6_k => vec_dot_q6_k_x8,
+    );
+
+    /// The 8-activation-row AVX2 kernel for `wty` (bit-identical per row to `kernel(wty)`).
+    pub fn kernel8(wty: GgmlType) -> Option<Dot8Fn> {
+        if !available() {
+            return None;
+        }
+        match wty {
+            GgmlType::Q8_0 => Some(s8_q8_0),
+            GgmlType::Q4_0 => Some(s8_q4_0),
+            GgmlType::Q5_0 => Some(s8_q5_0),
+            GgmlType::Q4_K => Some(s8_q4_k),
+            GgmlType::Q5_K => Some(s8_q5_k),
+            GgmlType::Q6_K => Some(s8_q6_k),
+            _ => None,
+        }
+    }
 
     /// The 4-activation-row AVX2 kernel for `wty` (bit-identical per row to `kernel(wty)`),
     /// or `None` if there is none for this type or the CPU lacks the features.
@@ -290,7 +325,7 @@ mod imp {
 
     /// Defines the public one-row and four-row kernels over a `$rows::<R>` body.
     macro_rules! row_kernels {
-        ($($one:ident, $four:ident => $rows:ident, $name:literal;)*) => {$(
+        ($($one:ident, $four:ident, $eight:ident => $rows:ident, $name:literal;)*) => {$(
             #[doc = concat!($name, ".")]
             ///
             /// # Safety
@@ -307,6 +342,15 @@ mod imp {
             #[target_feature(enable = "avx2,fma,f16c")]
             pub unsafe fn $four(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
                 $rows::<4>(w, a)
+            }
+
+            #[doc = concat!($name, ", 8 activation rows; bit-identical to eight single-row calls.")]
+            ///
+            /// # Safety
+            /// The CPU must support avx2, fma and f16c.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $eight(_n: usize, w: &[u8], a: [&[u8]; 8]) -> [f32; 8] {
+                $rows::<8>(w, a)
             }
         )*};
     }
@@ -367,9 +411,9 @@ mod imp {
     ));
 
     row_kernels!(
-        vec_dot_q8_0, vec_dot_q8_0_x4 => q8_0_rows, "Q8_0 · Q8_0 (the hot path: token embeddings / output)";
-        vec_dot_q4_0, vec_dot_q4_0_x4 => q4_0_rows, "Q4_0 · Q8_0";
-        vec_dot_q5_0, vec_dot_q5_0_x4 => q5_0_rows, "Q5_0 · Q8_0";
+        vec_dot_q8_0, vec_dot_q8_0_x4, vec_dot_q8_0_x8 => q8_0_rows, "Q8_0 · Q8_0 (the hot path: token embeddings / output)";
+        vec_dot_q4_0, vec_dot_q4_0_x4, vec_dot_q4_0_x8 => q4_0_rows, "Q4_0 · Q8_0";
+        vec_dot_q5_0, vec_dot_q5_0_x4, vec_dot_q5_0_x8 => q5_0_rows, "Q5_0 · Q8_0";
     );
 
     /// Defines `$rows::<R>` for weights with an offset (Q4_1, Q5_1) against Q8_1 rows:
@@ -660,9 +704,9 @@ mod imp {
     }
 
     row_kernels!(
-        vec_dot_q4_k, vec_dot_q4_k_x4 => q4_k_rows, "Q4_K · Q8_K";
-        vec_dot_q5_k, vec_dot_q5_k_x4 => q5_k_rows, "Q5_K · Q8_K";
-        vec_dot_q6_k, vec_dot_q6_k_x4 => q6_k_rows, "Q6_K · Q8_K";
+        vec_dot_q4_k, vec_dot_q4_k_x4, vec_dot_q4_k_x8 => q4_k_rows, "Q4_K · Q8_K";
+        vec_dot_q5_k, vec_dot_q5_k_x4, vec_dot_q5_k_x8 => q5_k_rows, "Q5_K · Q8_K";
+        vec_dot_q6_k, vec_dot_q6_k_x4, vec_dot_q6_k_x8 => q6_k_rows, "Q6_K · Q8_K";
     );
 }
 
@@ -708,6 +752,27 @@ mod tests {
                 let cs: Vec<_> = (0..4).map(|s| make_case(ty, n, 200 + s)).collect();
                 let w = &cs[0].w;
                 let v = k4(n, w, [&cs[0].qa, &cs[1].qa, &cs[2].qa, &cs[3].qa]);
+                for (c, v) in cs.iter().zip(v) {
+                    assert_eq!(v.to_bits(), k1(n, w, &c.qa).to_bits(), "{ty} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn x8_kernels_are_bit_identical_to_single_row() {
+        if !super::available() {
+            return;
+        }
+        for ty in GgmlType::WEIGHT_TYPES {
+            let Some(k8) = super::kernel8(ty) else {
+                continue;
+            };
+            let k1 = super::kernel(ty).expect("avx2 available");
+            for n in sizes(ty) {
+                let cs: Vec<_> = (0..8).map(|s| make_case(ty, n, 300 + s)).collect();
+                let w = &cs[0].w;
+                let v = k8(n, w, std::array::from_fn(|k| cs[k].qa.as_slice()));
                 for (c, v) in cs.iter().zip(v) {
                     assert_eq!(v.to_bits(), k1(n, w, &c.qa).to_bits(), "{ty} n={n}");
                 }

@@ -50,8 +50,8 @@ pub fn matmul(
         out.fill(0.0);
         return;
     }
-    let (dot, dot4) = super::kernels_for(wty);
-    run(dot, dot4, w, wrb, n_in, n_out, acts, arb, out);
+    let (dot, dot4, dot8) = super::kernels_for_all(wty);
+    run(dot, dot4, dot8, w, wrb, n_in, n_out, acts, arb, out);
 }
 
 /// The parallel loop of [`matmul`] with its kernels chosen (and sizes checked) by the caller.
@@ -59,6 +59,7 @@ pub fn matmul(
 fn run(
     dot: super::DotFn,
     dot4: Option<super::Dot4Fn>,
+    dot8: Option<super::Dot8Fn>,
     w: &[u8],
     wrb: usize,
     n_in: usize,
@@ -85,8 +86,17 @@ fn run(
                 unsafe { *ptr.0.add(b * n_out + r) = v }
             };
             let mut b = 0;
-            // Groups of 4 share the weight decoding; the 4-row kernel is bit-identical per
+            // Groups of 8 and 4 share the weight decoding; those kernels are bit-identical per
             // row to `dot`, so how the batch splits into groups never changes a result.
+            if let Some(dot8) = dot8 {
+                while b + 8 <= n_rows {
+                    let v = dot8(n_in, wr, std::array::from_fn(|k| act(b + k)));
+                    for (k, v) in v.into_iter().enumerate() {
+                        store(b + k, v);
+                    }
+                    b += 8;
+                }
+            }
             if let Some(dot4) = dot4 {
                 while b + 4 <= n_rows {
                     let v = dot4(n_in, wr, [act(b), act(b + 1), act(b + 2), act(b + 3)]);
@@ -184,7 +194,7 @@ mod tests {
             let (wrb, arb) = (w.len() / n_out, acts.len() / n_rows);
             let mut out = vec![0f32; n_rows * n_out];
             let dot = super::super::dot_scalar::kernel(ty);
-            super::run(dot, None, &w, wrb, n_in, n_out, &acts, arb, &mut out);
+            super::run(dot, None, None, &w, wrb, n_in, n_out, &acts, arb, &mut out);
             for b in 0..n_rows {
                 for r in 0..n_out {
                     let want = dot(

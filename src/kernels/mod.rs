@@ -32,6 +32,9 @@ pub type DotFn = fn(usize, &[u8], &[u8]) -> f32;
 /// the single-row kernel of the same type (it only shares the weight decoding).
 pub type Dot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
 
+/// The same with 8 activation rows: during prefill the weight block is decoded half as often.
+pub type Dot8Fn = fn(usize, &[u8], [&[u8]; 8]) -> [f32; 8];
+
 /// Scalar reference kernels, for tests and benches.
 pub mod scalar {
     pub use super::dot_scalar::*;
@@ -85,12 +88,18 @@ pub fn dot_kernel4(wty: GgmlType) -> Option<Dot4Fn> {
 /// The single-row kernel and (if any) the matching 4-row kernel, chosen with one reading of
 /// the SIMD switch so a caller never mixes scalar and AVX2 results.
 pub(crate) fn kernels_for(wty: GgmlType) -> (DotFn, Option<Dot4Fn>) {
+    let (one, four, _) = kernels_for_all(wty);
+    (one, four)
+}
+
+/// Like [`kernels_for`], with the 8-row kernel too.
+pub(crate) fn kernels_for_all(wty: GgmlType) -> (DotFn, Option<Dot4Fn>, Option<Dot8Fn>) {
     if simd_allowed() {
         if let Some(f) = dot_avx2::kernel(wty) {
-            return (f, dot_avx2::kernel4(wty));
+            return (f, dot_avx2::kernel4(wty), dot_avx2::kernel8(wty));
         }
     }
-    (dot_scalar::kernel(wty), None)
+    (dot_scalar::kernel(wty), None, None)
 }
 
 /// Asserts that `w` and `a` are rows of `n` elements of `wty` and its vec_dot_type.
