@@ -12,7 +12,6 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::gguf::GgufFile;
-use crate::kernels::GgmlType;
 use crate::tensor::Tensor;
 
 use super::config::{unsupported, ModelConfig};
@@ -468,12 +467,4 @@ fn check_options(file: &GgufFile, cfg: &ModelConfig, o: &ModelOptions) -> Result
         ));
     }
     Ok(())
-}
-
-/// The ggml types this model's matmuls use, for reports.
-pub fn weight_types(model: &Gemma3) -> Vec<GgmlType> {
-    let mut v: Vec<GgmlType> = model.weights().map(|w| w.ty).collect();
-    v.sort_by_key(|t| t.id());
-    v.dedup();
-    v
 }

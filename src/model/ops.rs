@@ -1,6 +1,6 @@
-//! Element-wise and per-row f32 operations of the forward pass: RMS norm, RoPE, GELU, softcap,
-//! and the small f32 dot / axpy used by attention. Each follows ggml's order of operations where
-//! that order changes the rounding, so our logits track llama.cpp's closely.
+//! Element-wise and per-row f32 operations of the forward pass: RMS norm, RoPE, GELU, softcap.
+//! Each follows ggml's order of operations where that order changes the rounding, so our logits
+//! track llama.cpp's closely.
 
 use half::f16;
 
@@ -46,15 +46,6 @@ pub fn rope_neox(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// NORM (Llama) RoPE on one head: rotates adjacent pairs (x[2i], x[2i+1]).
-pub fn rope_norm(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    for i in 0..cos.len() {
-        let (a, b) = (x[2 * i], x[2 * i + 1]);
-        x[2 * i] = a * cos[i] - b * sin[i];
-        x[2 * i + 1] = a * sin[i] + b * cos[i];
-    }
-}
-
 /// GELU (tanh form) through an f16 table, as ggml's CPU backend computes it: the input is
 /// rounded to f16, and the table holds GELU of each f16 value rounded to f16.
 pub struct GeluTable {
@@ -97,95 +88,11 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF * x * x)).tanh())
 }
 
-/// `silu(gate) * up`, for SwiGLU feed-forward blocks.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
-}
-
 /// `x = c · tanh(x / c)`.
 pub fn softcap(x: &mut [f32], c: f32) {
     for v in x {
         *v = c * (*v / c).tanh();
     }
-}
-
-/// Rounds every value to f16 precision, as storing it in an f16 KV cache does.
-pub fn round_to_f16(x: &mut [f32]) {
-    for v in x {
-        *v = f16::from_f32(*v).to_f32();
-    }
-}
-
-/// Lanes of the f32 helpers: eight independent accumulators, so the compiler vectorizes the
-/// loop without reassociating (the result is the same on every CPU for the same build flags).
-const LANES: usize = 8;
-
-#[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let chunks = a.len() / LANES;
-    for c in 0..chunks {
-        for l in 0..LANES {
-            acc[l] += a[c * LANES + l] * b[c * LANES + l];
-        }
-    }
-    let mut tail = 0.0;
-    for i in chunks * LANES..a.len() {
-        tail += a[i] * b[i];
-    }
-    let s01 = (acc[0] + acc[4]) + (acc[1] + acc[5]);
-    let s23 = (acc[2] + acc[6]) + (acc[3] + acc[7]);
-    (s01 + s23) + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_body(a, b)
-}
-
-/// `a · b` over f32 slices of equal length.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        return unsafe { dot_avx2(a, b) };
-    }
-    dot_body(a, b)
-}
-
-#[inline(always)]
-fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
-    axpy_body(y, a, x)
-}
-
-/// `y += a · x`.
-pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    assert_eq!(y.len(), x.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        return unsafe { axpy_avx2(y, a, x) };
-    }
-    axpy_body(y, a, x)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    use std::sync::OnceLock;
-    static AVX2: OnceLock<bool> = OnceLock::new();
-    *AVX2.get_or_init(|| std::is_x86_feature_detected!("avx2"))
 }
 
 #[cfg(test)]
@@ -226,19 +133,5 @@ mod tests {
                 g[0]
             );
         }
-    }
-
-    #[test]
-    fn dot_and_axpy_match_plain_loops() {
-        let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
-        let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
-        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - plain).abs() < 1e-5);
-        let mut y = b.clone();
-        axpy(&mut y, 2.0, &a);
-        assert!(y
-            .iter()
-            .zip(a.iter().zip(&b))
-            .all(|(y, (a, b))| (y - (b + 2.0 * a)).abs() < 1e-6));
     }
 }
