@@ -739,42 +739,26 @@ mod tests {
     }
 
     #[test]
-    fn x4_kernels_are_bit_identical_to_single_row() {
+    fn multi_row_kernels_are_bit_identical_to_single_row() {
         if !super::available() {
             return;
         }
         for ty in GgmlType::WEIGHT_TYPES {
-            let Some(k4) = super::kernel4(ty) else {
+            let (Some(k4), Some(k8)) = (super::kernel4(ty), super::kernel8(ty)) else {
                 continue;
             };
             let k1 = super::kernel(ty).expect("avx2 available");
             for n in sizes(ty) {
-                let cs: Vec<_> = (0..4).map(|s| make_case(ty, n, 200 + s)).collect();
+                let cs: Vec<_> = (0..8).map(|s| make_case(ty, n, 200 + s)).collect();
                 let w = &cs[0].w;
-                let v = k4(n, w, [&cs[0].qa, &cs[1].qa, &cs[2].qa, &cs[3].qa]);
-                for (c, v) in cs.iter().zip(v) {
-                    assert_eq!(v.to_bits(), k1(n, w, &c.qa).to_bits(), "{ty} n={n}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn x8_kernels_are_bit_identical_to_single_row() {
-        if !super::available() {
-            return;
-        }
-        for ty in GgmlType::WEIGHT_TYPES {
-            let Some(k8) = super::kernel8(ty) else {
-                continue;
-            };
-            let k1 = super::kernel(ty).expect("avx2 available");
-            for n in sizes(ty) {
-                let cs: Vec<_> = (0..8).map(|s| make_case(ty, n, 300 + s)).collect();
-                let w = &cs[0].w;
-                let v = k8(n, w, std::array::from_fn(|k| cs[k].qa.as_slice()));
-                for (c, v) in cs.iter().zip(v) {
-                    assert_eq!(v.to_bits(), k1(n, w, &c.qa).to_bits(), "{ty} n={n}");
+                let v4 = k4(n, w, std::array::from_fn(|k| cs[k].qa.as_slice()));
+                let v8 = k8(n, w, std::array::from_fn(|k| cs[k].qa.as_slice()));
+                for (k, c) in cs.iter().enumerate() {
+                    let one = k1(n, w, &c.qa).to_bits();
+                    assert_eq!(v8[k].to_bits(), one, "{ty} n={n} x8 row {k}");
+                    if k < 4 {
+                        assert_eq!(v4[k].to_bits(), one, "{ty} n={n} x4 row {k}");
+                    }
                 }
             }
         }
