@@ -69,64 +69,44 @@ mod imp {
         s_q5_k => vec_dot_q5_k, s_q6_k => vec_dot_q6_k,
     );
 
-    macro_rules! safe_wrappers_x4 {
-        ($($safe:ident => $raw:ident),* $(,)?) => {$(
-            fn $safe(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-                // SAFETY: reachable only through `kernel4`, which checks `available()`.
-                unsafe { $raw(n, w, a) }
+    /// `kernel4` and `kernel8`: the 4- and 8-activation-row AVX2 kernels of each type that has
+    /// them (bit-identical per row to `kernel(wty)`), or `None` for other types or when the CPU
+    /// lacks the features. The closures capture nothing, so they coerce to fn pointers.
+    macro_rules! multi_row_kernels {
+        ($($ty:ident => $raw4:ident, $raw8:ident;)*) => {
+            /// The 4-activation-row AVX2 kernel for `wty`, if any.
+            pub fn kernel4(wty: GgmlType) -> Option<Dot4Fn> {
+                if !available() {
+                    return None;
+                }
+                match wty {
+                    // SAFETY: `available()` checked avx2, fma and f16c just above.
+                    $(GgmlType::$ty => Some(|n, w, a| unsafe { $raw4(n, w, a) }),)*
+                    _ => None,
+                }
             }
-        )*};
-    }
-    safe_wrappers_x4!(
-        s4_q8_0 => vec_dot_q8_0_x4, s4_q4_0 => vec_dot_q4_0_x4, s4_q5_0 => vec_dot_q5_0_x4,
-        s4_q4_k => vec_dot_q4_k_x4, s4_q5_k => vec_dot_q5_k_x4, s4_q6_k => vec_dot_q6_k_x4,
-    );
 
-    macro_rules! safe_wrappers_x8 {
-        ($($safe:ident => $raw:ident),* $(,)?) => {$(
-            fn $safe(n: usize, w: &[u8], a: [&[u8]; 8]) -> [f32; 8] {
-                // SAFETY: reachable only through `kernel8`, which checks `available()`.
-                unsafe { $raw(n, w, a) }
+            /// The 8-activation-row AVX2 kernel for `wty`, if any.
+            pub fn kernel8(wty: GgmlType) -> Option<Dot8Fn> {
+                if !available() {
+                    return None;
+                }
+                match wty {
+                    // SAFETY: `available()` checked avx2, fma and f16c just above.
+                    $(GgmlType::$ty => Some(|n, w, a| unsafe { $raw8(n, w, a) }),)*
+                    _ => None,
+                }
             }
-        )*};
+        };
     }
-    safe_wrappers_x8!(
-        s8_q8_0 => vec_dot_q8_0_x8, s8_q4_0 => vec_dot_q4_0_x8, s8_q5_0 => vec_dot_q5_0_x8,
-        s8_q4_k => vec_dot_q4_k_x8, s8_q5_k => vec_dot_q5_k_x8, s8_q6_k => vec_dot_q6_k_x8,
+    multi_row_kernels!(
+        Q8_0 => vec_dot_q8_0_x4, vec_dot_q8_0_x8;
+        Q4_0 => vec_dot_q4_0_x4, vec_dot_q4_0_x8;
+        Q5_0 => vec_dot_q5_0_x4, vec_dot_q5_0_x8;
+        Q4_K => vec_dot_q4_k_x4, vec_dot_q4_k_x8;
+        Q5_K => vec_dot_q5_k_x4, vec_dot_q5_k_x8;
+        Q6_K => vec_dot_q6_k_x4, vec_dot_q6_k_x8;
     );
-
-    /// The 8-activation-row AVX2 kernel for `wty` (bit-identical per row to `kernel(wty)`).
-    pub fn kernel8(wty: GgmlType) -> Option<Dot8Fn> {
-        if !available() {
-            return None;
-        }
-        match wty {
-            GgmlType::Q8_0 => Some(s8_q8_0),
-            GgmlType::Q4_0 => Some(s8_q4_0),
-            GgmlType::Q5_0 => Some(s8_q5_0),
-            GgmlType::Q4_K => Some(s8_q4_k),
-            GgmlType::Q5_K => Some(s8_q5_k),
-            GgmlType::Q6_K => Some(s8_q6_k),
-            _ => None,
-        }
-    }
-
-    /// The 4-activation-row AVX2 kernel for `wty` (bit-identical per row to `kernel(wty)`),
-    /// or `None` if there is none for this type or the CPU lacks the features.
-    pub fn kernel4(wty: GgmlType) -> Option<Dot4Fn> {
-        if !available() {
-            return None;
-        }
-        match wty {
-            GgmlType::Q8_0 => Some(s4_q8_0),
-            GgmlType::Q4_0 => Some(s4_q4_0),
-            GgmlType::Q5_0 => Some(s4_q5_0),
-            GgmlType::Q4_K => Some(s4_q4_k),
-            GgmlType::Q5_K => Some(s4_q5_k),
-            GgmlType::Q6_K => Some(s4_q6_k),
-            _ => None,
-        }
-    }
 
     /// The AVX2 kernel for `wty`, or `None` if the CPU lacks the features.
     pub fn kernel(wty: GgmlType) -> Option<DotFn> {

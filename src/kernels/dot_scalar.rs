@@ -152,50 +152,56 @@ fn k4_min_sum(mn: &[u8; 8], y: &BlockQ8K) -> i32 {
         .sum()
 }
 
-/// Q4_K · Q8_K: d Σ_k sc_k Σ q·q8 − dmin Σ_k mn_k Σ q8, d = d_x d_y, dmin = dmin_x d_y.
+/// One Q4_K/Q5_K super-block against its Q8_K block: d Σ_k sc_k Σ q·q8 − dmin Σ_k mn_k Σ q8,
+/// with d = d_x d_y and dmin = dmin_x d_y. `value(c, l)` gives the (low, high) unsigned values
+/// at position l of 64-value chunk c.
+fn k4_block(
+    d: [u8; 2],
+    dmin: [u8; 2],
+    scales: &[u8; 12],
+    y: &BlockQ8K,
+    value: impl Fn(usize, usize) -> (u8, u8),
+) -> f32 {
+    let (sc, mn) = unpack_k4_scales(scales);
+    let mut sumi = 0i32;
+    for c in 0..4 {
+        let (mut lo, mut hi) = (0i32, 0i32);
+        for l in 0..32 {
+            let (ql, qh) = value(c, l);
+            lo += ql as i32 * y.qs[64 * c + l] as i32;
+            hi += qh as i32 * y.qs[64 * c + 32 + l] as i32;
+        }
+        sumi += sc[2 * c] as i32 * lo + sc[2 * c + 1] as i32 * hi;
+    }
+    let dd = y.d() * f16_le(d);
+    let ddmin = y.d() * f16_le(dmin);
+    dd * sumi as f32 - ddmin * k4_min_sum(&mn, y) as f32
+}
+
+/// Q4_K · Q8_K.
 pub fn vec_dot_q4_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (xs, ys) = (as_blocks::<BlockQ4K>(w), as_blocks::<BlockQ8K>(a));
     let mut acc = 0.0f32;
     for (x, y) in xs.iter().zip(ys) {
-        let (sc, mn) = unpack_k4_scales(&x.scales);
-        let mut sumi = 0i32;
-        for c in 0..4 {
-            let (mut lo, mut hi) = (0i32, 0i32);
-            for l in 0..32 {
-                let q = x.qs[32 * c + l];
-                lo += (q & 0xF) as i32 * y.qs[64 * c + l] as i32;
-                hi += (q >> 4) as i32 * y.qs[64 * c + 32 + l] as i32;
-            }
-            sumi += sc[2 * c] as i32 * lo + sc[2 * c + 1] as i32 * hi;
-        }
-        let d = y.d() * f16_le(x.d);
-        let dmin = y.d() * f16_le(x.dmin);
-        acc += d * sumi as f32 - dmin * k4_min_sum(&mn, y) as f32;
+        acc += k4_block(x.d, x.dmin, &x.scales, y, |c, l| {
+            let q = x.qs[32 * c + l];
+            (q & 0xF, q >> 4)
+        });
     }
     acc
 }
 
-/// Q5_K · Q8_K: as Q4_K with 5-bit values.
+/// Q5_K · Q8_K: as Q4_K with a fifth bit per value from `qh`.
 pub fn vec_dot_q5_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (xs, ys) = (as_blocks::<BlockQ5K>(w), as_blocks::<BlockQ8K>(a));
     let mut acc = 0.0f32;
     for (x, y) in xs.iter().zip(ys) {
-        let (sc, mn) = unpack_k4_scales(&x.scales);
-        let mut sumi = 0i32;
-        for c in 0..4 {
-            let (mut lo, mut hi) = (0i32, 0i32);
-            for l in 0..32 {
-                let (q, h) = (x.qs[32 * c + l], x.qh[l]);
-                let ql = (q & 0xF) | (((h >> (2 * c)) & 1) << 4);
-                let qh = (q >> 4) | (((h >> (2 * c + 1)) & 1) << 4);
-                lo += ql as i32 * y.qs[64 * c + l] as i32;
-                hi += qh as i32 * y.qs[64 * c + 32 + l] as i32;
-            }
-            sumi += sc[2 * c] as i32 * lo + sc[2 * c + 1] as i32 * hi;
-        }
-        let d = y.d() * f16_le(x.d);
-        let dmin = y.d() * f16_le(x.dmin);
-        acc += d * sumi as f32 - dmin * k4_min_sum(&mn, y) as f32;
+        acc += k4_block(x.d, x.dmin, &x.scales, y, |c, l| {
+            let (q, h) = (x.qs[32 * c + l], x.qh[l]);
+            let ql = (q & 0xF) | (((h >> (2 * c)) & 1) << 4);
+            let qh = (q >> 4) | (((h >> (2 * c + 1)) & 1) << 4);
+            (ql, qh)
+        });
     }
     acc
 }
