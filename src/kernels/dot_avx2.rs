@@ -398,7 +398,8 @@ mod imp {
 
     /// Defines `$rows::<R>` for weights with an offset (Q4_1, Q5_1) against Q8_1 rows:
     /// d_x d_y Σ q·q8 + m_x s_y per block, `$values` giving 32 unsigned bytes (≤ 31). Two
-    /// accumulators per row, as in `signed_q8_0_rows`; the m·s term is FMA'd into all 8 lanes
+    /// accumulators per row (even / odd blocks) hide the FMA latency — no peer order to follow
+    /// here, as the default model has no Q4_1/Q5_1 tensors; the m·s term is FMA'd into all 8 lanes
     /// of its own accumulators and read from lane 0 (vector, to keep the loop free of a
     /// scalar add chain).
     macro_rules! offset_q8_1_rows {
