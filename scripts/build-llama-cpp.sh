@@ -24,13 +24,9 @@ if ! command -v cmake >/dev/null 2>&1; then
 fi
 
 if [ ! -f "$PEER_DIR/src/CMakeLists.txt" ]; then
-  tmp=$(mktemp -d)
-  "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
-    -d "$tmp" "llama-cpp-python==$VERSION" >&2
-  tar xzf "$tmp"/llama_cpp_python-"$VERSION".tar.gz -C "$tmp"
+  sdist=$("$(dirname "$0")/fetch-llama-cpp-sdist.sh")
   rm -rf "$PEER_DIR/src"
-  mv "$tmp/llama_cpp_python-$VERSION/vendor/llama.cpp" "$PEER_DIR/src"
-  rm -rf "$tmp"
+  cp -r "$sdist/vendor/llama.cpp" "$PEER_DIR/src"
 fi
 
 # Native build (-march=native via GGML_NATIVE), CPU only, no curl: the same machine, the same flags
