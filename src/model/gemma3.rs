@@ -16,7 +16,7 @@ use crate::tensor::Tensor;
 
 use super::config::{unsupported, ModelConfig};
 use super::error::ModelError;
-use super::kv_cache::{self, AttnShape, BatchToken, KvCache, KvShape};
+use super::kv_cache::{AttnShape, BatchToken, KvCache, KvShape};
 use super::ops::{self, GeluTable};
 use super::scratch::{Scratch, ScratchShape};
 
@@ -239,7 +239,7 @@ impl Gemma3 {
         self.embed(bytes, batch, s);
         self.rope_tables(batch, s);
         for (il, layer) in self.layers.iter().enumerate() {
-            self.attention_block(bytes, layer, &mut state.kv.layers[il], batch, s);
+            self.attention_block(bytes, il, layer, &mut state.kv, batch, s);
             self.ffn_block(bytes, layer, n, s);
         }
         Ok(self.logits(bytes, batch, s))
@@ -299,8 +299,9 @@ impl Gemma3 {
     fn attention_block(
         &self,
         bytes: &[u8],
+        il: usize,
         l: &Layer,
-        cache: &mut kv_cache::LayerCache,
+        kv: &mut KvCache,
         batch: &[BatchToken],
         s: &mut Scratch,
     ) {
@@ -336,21 +337,13 @@ impl Gemma3 {
             .par_chunks_mut(c.k_width())
             .enumerate()
             .for_each(|(t, k)| prep(k, t, &l.k_norm, 1.0));
-        for (t, tok) in batch.iter().enumerate() {
-            cache.write(
-                tok.seq,
-                tok.pos,
-                &s.k[t * c.k_width()..][..c.k_width()],
-                &s.v[t * c.v_width()..][..c.v_width()],
-            );
-        }
         let shape = AttnShape {
             n_head: c.n_head,
             n_head_kv: c.n_head_kv,
             head_dim: hd,
             head_dim_v: c.head_dim_v,
         };
-        kv_cache::attention(cache, shape, batch, &s.q, &mut s.attn);
+        kv.write_and_attend(il, shape, batch, &s.k, &s.v, &s.q, &mut s.attn);
         s.acts.invalidate();
         matmul(bytes, &l.wo, &mut s.acts, &s.attn, n, &mut s.proj);
         add_normed_rows(

@@ -203,6 +203,27 @@ impl KvCache {
         self.n_ctx
     }
 
+    /// Stores the batch's keys and values of layer `il`, then computes its attention
+    /// (see [`attention`]). `k`/`v`/`q` are `[n_tokens][width]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_and_attend(
+        &mut self,
+        il: usize,
+        shape: AttnShape,
+        batch: &[BatchToken],
+        k: &[f32],
+        v: &[f32],
+        q: &[f32],
+        out: &mut [f32],
+    ) {
+        let cache = &mut self.layers[il];
+        let (kw, vw) = (cache.k_width, cache.v_width);
+        for (t, tok) in batch.iter().enumerate() {
+            cache.write(tok.seq, tok.pos, &k[t * kw..][..kw], &v[t * vw..][..vw]);
+        }
+        attention(cache, shape, batch, q, out);
+    }
+
     /// Bytes held by keys and values.
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(LayerCache::bytes).sum()
