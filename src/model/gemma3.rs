@@ -342,6 +342,7 @@ impl Gemma3 {
             n_head_kv: c.n_head_kv,
             head_dim: hd,
             head_dim_v: c.head_dim_v,
+            kq_scale: 1.0,
         };
         kv.write_and_attend(il, shape, batch, &s.k, &s.v, &s.q, &mut s.attn);
         s.acts.invalidate();

@@ -86,6 +86,9 @@ pub struct AttnShape {
     pub n_head_kv: usize,
     pub head_dim: usize,
     pub head_dim_v: usize,
+    /// Multiplies every score q·k (llama.cpp's `kq_scale`); 1.0 when the queries come
+    /// pre-scaled, as Gemma 3's do.
+    pub kq_scale: f32,
 }
 
 /// Causal attention for every token and head of a batch, parallel over (token, head) pairs.
@@ -104,6 +107,7 @@ pub fn attention(
         n_head_kv,
         head_dim,
         head_dim_v,
+        kq_scale,
     } = shape;
     let group = n_head / n_head_kv;
     out[..tokens.len() * n_head * head_dim_v]
@@ -113,7 +117,7 @@ pub fn attention(
             let (t, h) = (i / n_head, i % n_head);
             let tok = tokens[t];
             let qh = &q[(t * n_head + h) * head_dim..][..head_dim];
-            attend_one(cache, tok, h / group, qh, o, head_dim, head_dim_v);
+            attend_one(cache, tok, h / group, qh, o, (head_dim, head_dim_v), kq_scale);
         });
 }
 
@@ -125,8 +129,8 @@ fn attend_one(
     kv_head: usize,
     q: &[f32],
     out: &mut [f32],
-    hd: usize,
-    hd_v: usize,
+    (hd, hd_v): (usize, usize),
+    kq_scale: f32,
 ) {
     let mut q16 = [0u16; HEAD_DIM_MAX];
     let mut acc16 = [0u16; HEAD_DIM_MAX];
@@ -137,7 +141,7 @@ fn attend_one(
     for p in cache.first_visible(tok.pos)..=tok.pos {
         let s = cache.slot(tok.seq, p);
         let k = &cache.k[s * cache.k_width + kv_head * hd..][..hd];
-        let score = f16::dot(k, q16);
+        let score = f16::dot(k, q16) * kq_scale;
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if score > max {
             let old = max;
