@@ -233,6 +233,10 @@ impl Gemma3 {
         batch: &[BatchToken],
     ) -> Result<&'s [f32], ModelError> {
         self.check_batch(batch)?;
+        state
+            .kv
+            .reserve_batch(batch)
+            .map_err(|e| ModelError::Batch(e.to_string()))?;
         let n = batch.len();
         let bytes = self.file.bytes();
         let s = &mut state.scratch;
