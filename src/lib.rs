@@ -10,7 +10,9 @@
 //! Nothing in this crate below the (future) engine layer spawns threads, blocks or locks; the
 //! only parallelism is rayon inside the kernels and the forward pass.
 
+pub mod engine;
 pub mod gguf;
 pub mod kernels;
+pub mod metrics;
 pub mod model;
 pub mod tensor;

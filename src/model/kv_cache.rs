@@ -274,6 +274,8 @@ fn attend_one(
 pub struct KvCache {
     pub layers: Vec<LayerCache>,
     groups: Vec<Group>,
+    shape: KvShape,
+    windows: Vec<Option<usize>>,
     n_seq: usize,
     n_ctx: usize,
 }
@@ -344,9 +346,16 @@ impl KvCache {
         KvCache {
             layers,
             groups,
+            shape,
+            windows: windows.to_vec(),
             n_seq: shape.n_seq,
             n_ctx: shape.n_ctx,
         }
+    }
+
+    /// An empty cache of the same shape whose full-attention pool holds `pool_positions`.
+    pub fn with_pool_positions(&self, pool_positions: usize) -> KvCache {
+        Self::with_pool(self.shape, &self.windows, pool_positions)
     }
 
     pub fn n_seq(&self) -> usize {

@@ -1,0 +1,775 @@
+//! One dispatcher thread per loaded model: it owns the model's state (KV cache, scratch), the
+//! queue of waiting requests and the running sequences, and runs one forward pass per step.
+//!
+//! Each step: drop cancelled sequences (their KV blocks return to the pool), admit waiting
+//! requests while a sequence slot and KV blocks are free, plan the batch with
+//! [`policy::next_batch`], reserve its KV positions (preempting the newest sequence if the pool
+//! runs out), run the forward pass inside the rayon pool, sample each sequence that got logits
+//! and send its events. A preempted sequence keeps its tokens and sampler and is recomputed
+//! later: its output is the same as if it had never been preempted.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use crate::metrics::{Histogram, LATENCY_BOUNDS_S, SIZE_BOUNDS};
+use crate::model::generate::FinishReason;
+use crate::model::kv_cache::BLOCK_POSITIONS;
+use crate::model::sampler::Sampler;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::{BatchToken, Gemma3, ModelError, ModelOptions, State};
+
+use super::policy::{self, Budgets, SeqView, Slice};
+use super::request::{Event, GenerationRequest, Queued, Stream, SubmitError, TokenEvent};
+
+/// Limits and knobs of one model's engine.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Context length per sequence (positions).
+    pub n_ctx: usize,
+    /// Most sequences running at once (KV slots, and logit rows per step).
+    pub max_batch_size: usize,
+    /// Most tokens in one forward pass.
+    pub max_batch_tokens: usize,
+    /// Requests waiting for admission, at most; past it `submit` fails at once.
+    pub queue_depth: usize,
+    /// Bytes of the full-attention KV pool; 0 = room for every slot's whole context.
+    pub kv_pool_bytes: usize,
+    /// How long an idle dispatcher waits after a first arrival for more (0 = start at once).
+    pub batch_window: Duration,
+    /// A step that carries decode tokens may take at most this many times a decode-only step
+    /// (sets how many prompt tokens ride along).
+    pub itl_factor: f64,
+    /// Events buffered per request; a client that falls this far behind is cancelled.
+    pub event_buffer: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            n_ctx: 4096,
+            max_batch_size: 32,
+            max_batch_tokens: 512,
+            queue_depth: 256,
+            kv_pool_bytes: 0,
+            batch_window: Duration::ZERO,
+            itl_factor: 2.5,
+            event_buffer: 4096,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// The options the model must be loaded with for this engine.
+    pub fn model_options(&self) -> ModelOptions {
+        ModelOptions {
+            n_ctx: self.n_ctx,
+            n_seq: self.max_batch_size,
+            max_batch_tokens: self.max_batch_tokens,
+            max_logit_rows: self.max_batch_size.min(self.max_batch_tokens),
+        }
+    }
+}
+
+/// Live figures of one engine, read by `/metrics`.
+pub struct EngineStats {
+    pub running: AtomicUsize,
+    pub waiting: AtomicUsize,
+    pub kv_bytes_used: AtomicUsize,
+    pub kv_bytes_total: AtomicUsize,
+    pub steps: AtomicU64,
+    pub preemptions: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    /// Tokens per forward pass.
+    pub batch_tokens: Histogram,
+    /// Sequences per forward pass.
+    pub batch_seqs: Histogram,
+    /// Seconds per forward pass.
+    pub step_seconds: Histogram,
+    /// Seconds from submit to admission.
+    pub queue_seconds: Histogram,
+}
+
+impl EngineStats {
+    fn new() -> EngineStats {
+        EngineStats {
+            running: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            kv_bytes_used: AtomicUsize::new(0),
+            kv_bytes_total: AtomicUsize::new(0),
+            steps: AtomicU64::new(0),
+            preemptions: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            generated_tokens: AtomicU64::new(0),
+            batch_tokens: Histogram::new(SIZE_BOUNDS),
+            batch_seqs: Histogram::new(SIZE_BOUNDS),
+            step_seconds: Histogram::new(LATENCY_BOUNDS_S),
+            queue_seconds: Histogram::new(LATENCY_BOUNDS_S),
+        }
+    }
+}
+
+/// A running model: submit requests here. Dropping the last handle drains and stops the
+/// dispatcher.
+pub struct ModelHandle {
+    id: String,
+    model: Arc<Gemma3>,
+    tokenizer: Arc<Tokenizer>,
+    opts: EngineOptions,
+    tx: Sender<Queued>,
+    stats: Arc<EngineStats>,
+    draining: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ModelHandle {
+    /// Starts the dispatcher thread of `model` (loaded with `opts.model_options()`); its
+    /// forward passes run inside `pool`.
+    pub fn start(
+        id: &str,
+        model: Arc<Gemma3>,
+        tokenizer: Arc<Tokenizer>,
+        opts: EngineOptions,
+        pool: Arc<rayon::ThreadPool>,
+    ) -> Result<ModelHandle, ModelError> {
+        let mo = model.options();
+        let want = opts.model_options();
+        if mo.n_seq < want.n_seq
+            || mo.n_ctx < opts.n_ctx
+            || mo.max_batch_tokens < want.max_batch_tokens
+        {
+            return Err(ModelError::Batch(format!(
+                "the model was loaded with {mo:?}; the engine needs {want:?}"
+            )));
+        }
+        let mut state = model.new_state();
+        if opts.kv_pool_bytes > 0 {
+            let per_pos = state.kv.bytes_per_position().max(1);
+            state.kv = state.kv.with_pool_positions(opts.kv_pool_bytes / per_pos);
+        }
+        let stats = Arc::new(EngineStats::new());
+        stats.kv_bytes_total.store(
+            state.kv.total_blocks() * BLOCK_POSITIONS * state.kv.bytes_per_position(),
+            Ordering::Relaxed,
+        );
+        let (tx, rx) = bounded(opts.queue_depth.max(1));
+        let draining = Arc::new(AtomicBool::new(false));
+        let mut d = Dispatcher {
+            model: model.clone(),
+            tokenizer: tokenizer.clone(),
+            state,
+            opts: opts.clone(),
+            rx,
+            stats: stats.clone(),
+            draining: draining.clone(),
+            pool,
+            running: Vec::new(),
+            preempted: VecDeque::new(),
+            held: VecDeque::new(),
+            done: Vec::new(),
+            free_slots: (0..opts.max_batch_size).rev().collect(),
+            plan: Vec::new(),
+            views: Vec::new(),
+            batch: Vec::with_capacity(opts.max_batch_tokens),
+            costs: StepCosts::default(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("dispatch-{id}"))
+            .spawn(move || d.run())
+            .map_err(|e| ModelError::Batch(format!("cannot start the dispatcher thread: {e}")))?;
+        Ok(ModelHandle {
+            id: id.to_string(),
+            model,
+            tokenizer,
+            opts,
+            tx,
+            stats,
+            draining,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn model(&self) -> &Arc<Gemma3> {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Queues a request, or fails at once (full queue, draining, invalid request).
+    pub fn submit(&self, req: GenerationRequest) -> Result<Stream, SubmitError> {
+        self.check(&req)?;
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(SubmitError::ShuttingDown(self.id.clone()));
+        }
+        let (etx, erx) = bounded(self.opts.event_buffer.max(4));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let now = Instant::now();
+        let q = Queued {
+            req,
+            tx: etx,
+            cancel: cancel.clone(),
+            submitted_at: now,
+        };
+        match self.tx.try_send(q) {
+            Ok(()) => {
+                self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+                Ok(Stream {
+                    rx: erx,
+                    cancel,
+                    submitted_at: now,
+                })
+            }
+            Err(TrySendError::Full(_)) => Err(SubmitError::QueueFull(self.id.clone())),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::ShuttingDown(self.id.clone())),
+        }
+    }
+
+    fn check(&self, req: &GenerationRequest) -> Result<(), SubmitError> {
+        let n_vocab = self.model.config().n_vocab;
+        if req.prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if req.prompt.len() >= self.opts.n_ctx {
+            return Err(SubmitError::PromptTooLong {
+                n_prompt: req.prompt.len(),
+                n_ctx: self.opts.n_ctx,
+            });
+        }
+        if let Some(&id) = req.prompt.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(SubmitError::BadToken { id, n_vocab });
+        }
+        req.sampling
+            .validate()
+            .map_err(|e| SubmitError::Sampling(e.to_string()))?;
+        if let Some(&(id, _)) = req
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= n_vocab)
+        {
+            return Err(SubmitError::BadToken { id, n_vocab });
+        }
+        Ok(())
+    }
+
+    /// Stops admitting requests, lets the running and queued ones finish, and joins the
+    /// dispatcher thread.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ModelHandle {
+    fn drop(&mut self) {
+        self.drain();
+    }
+}
+
+/// Exponentially weighted step costs, to size prefill chunks while streams decode.
+#[derive(Default)]
+struct StepCosts {
+    /// Seconds of a decode-only step.
+    decode_step_s: f64,
+    /// Seconds per prompt token, from steps that carried prefill.
+    prefill_token_s: f64,
+}
+
+impl StepCosts {
+    const ALPHA: f64 = 0.2;
+    /// Prompt tokens per step while decoding, before any measurement and at least.
+    const PREFILL_FLOOR: usize = 4;
+
+    fn record(&mut self, n_decode: usize, n_prefill: usize, secs: f64) {
+        let ewma = |old: f64, new: f64| {
+            if old == 0.0 {
+                new
+            } else {
+                old + Self::ALPHA * (new - old)
+            }
+        };
+        if n_prefill == 0 {
+            self.decode_step_s = ewma(self.decode_step_s, secs);
+        } else if n_prefill >= 8 {
+            // Net of the decode part when known; small chunks are too noisy to learn from.
+            let net = (secs
+                - if n_decode > 0 {
+                    self.decode_step_s
+                } else {
+                    0.0
+                })
+            .max(0.0);
+            self.prefill_token_s = ewma(self.prefill_token_s, net / n_prefill as f64);
+        }
+    }
+}
+
+/// One running sequence.
+struct Seq {
+    slot: usize,
+    q: Queued,
+    sampler: Sampler,
+    /// Prompt then generated tokens.
+    tokens: Vec<u32>,
+    n_prompt: usize,
+    /// Tokens whose keys and values are in the cache.
+    n_cached: usize,
+    /// Tokens generated (including a final end-of-generation token).
+    n_generated: usize,
+    /// Admission order, to pick the newest for preemption.
+    admitted_seq_no: u64,
+    /// Sent `Admitted` already (a resumed sequence does not send it twice).
+    announced: bool,
+}
+
+impl Seq {
+    fn pending(&self) -> usize {
+        self.tokens.len() - self.n_cached
+    }
+
+    fn decoding(&self) -> bool {
+        self.n_generated > 0 && self.pending() == 1
+    }
+}
+
+/// How a sequence's step ended.
+enum Outcome {
+    Continue,
+    Done,
+}
+
+struct Dispatcher {
+    model: Arc<Gemma3>,
+    tokenizer: Arc<Tokenizer>,
+    state: State,
+    opts: EngineOptions,
+    rx: Receiver<Queued>,
+    stats: Arc<EngineStats>,
+    draining: Arc<AtomicBool>,
+    pool: Arc<rayon::ThreadPool>,
+    /// In admission order.
+    running: Vec<Seq>,
+    /// Sequences pushed out of the KV pool, resumed before any new request.
+    preempted: VecDeque<Seq>,
+    /// Requests taken off the queue that wait for a slot or KV blocks, in arrival order.
+    held: VecDeque<Queued>,
+    /// Indices of sequences finished in this step (reused buffer).
+    done: Vec<usize>,
+    free_slots: Vec<usize>,
+    plan: Vec<Slice>,
+    views: Vec<SeqView>,
+    batch: Vec<BatchToken>,
+    costs: StepCosts,
+}
+
+/// The slot of a sequence that holds none (preempted).
+const NO_SLOT: usize = usize::MAX;
+
+/// How long an idle dispatcher blocks before checking for a drain.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+impl Dispatcher {
+    fn run(&mut self) {
+        let mut admitted_seq_no = 0u64;
+        loop {
+            self.drop_cancelled();
+            self.publish();
+            if self.running.is_empty() && self.preempted.is_empty() && self.held.is_empty() {
+                if self.draining.load(Ordering::Relaxed) && self.rx.is_empty() {
+                    return;
+                }
+                match self.rx.recv_timeout(IDLE_POLL) {
+                    Ok(q) => {
+                        self.take(q);
+                        self.wait_batch_window();
+                    }
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            self.admit_waiting(&mut admitted_seq_no);
+            if !self.running.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    /// Moves a request from the queue to `held`.
+    fn take(&mut self, q: Queued) {
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.held.push_back(q);
+    }
+
+    /// After a first arrival on an idle engine, gathers more arrivals for up to the batch
+    /// window (or until every slot would be taken).
+    fn wait_batch_window(&mut self) {
+        if self.opts.batch_window.is_zero() {
+            return;
+        }
+        let deadline = Instant::now() + self.opts.batch_window;
+        while self.held.len() < self.free_slots.len() {
+            match self.rx.recv_deadline(deadline) {
+                Ok(q) => self.take(q),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Resumes preempted sequences, then admits new requests, while slots and KV blocks last.
+    fn admit_waiting(&mut self, no: &mut u64) {
+        while let Some(s) = self.preempted.front() {
+            if s.q.is_cancelled() {
+                let s = self.preempted.pop_front().expect("front exists");
+                self.finish(s, None);
+                continue;
+            }
+            if !self.fits(s.tokens.len()) {
+                return;
+            }
+            let mut s = self.preempted.pop_front().expect("front exists");
+            s.slot = self.free_slots.pop().expect("fits checked a slot");
+            self.running.push(s);
+        }
+        loop {
+            let q = match self.held.pop_front() {
+                Some(q) => q,
+                None => match self.rx.try_recv() {
+                    Ok(q) => {
+                        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                        q
+                    }
+                    Err(_) => return,
+                },
+            };
+            if q.is_cancelled() {
+                self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if !self.fits(q.req.prompt.len() + 1) {
+                if self.running.is_empty() && !self.free_slots.is_empty() {
+                    // Nothing will free blocks: this prompt can never fit.
+                    let _ = q.tx.try_send(Event::Failed(
+                        "the prompt does not fit the KV pool; raise kv_pool_bytes".into(),
+                    ));
+                    continue;
+                }
+                self.held.push_front(q);
+                return;
+            }
+            self.admit_new(q, no);
+        }
+    }
+
+    /// A free slot and enough free KV blocks for `n_tokens` plus one block of headroom per
+    /// running sequence (so admission does not immediately force a preemption).
+    fn fits(&self, n_tokens: usize) -> bool {
+        let kv = &self.state.kv;
+        let headroom = self.running.len();
+        !self.free_slots.is_empty()
+            && n_tokens.div_ceil(BLOCK_POSITIONS) + headroom <= kv.free_blocks()
+    }
+
+    fn admit_new(&mut self, q: Queued, no: &mut u64) {
+        let sampler = match Sampler::new(q.req.sampling.clone(), self.model.config().n_vocab) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = q.tx.try_send(Event::Failed(e.to_string()));
+                return;
+            }
+        };
+        let slot = self.free_slots.pop().expect("fits checked a slot");
+        let cap = (q.req.prompt.len() + q.req.max_tokens).min(self.opts.n_ctx);
+        let mut tokens = Vec::with_capacity(cap);
+        tokens.extend_from_slice(&q.req.prompt);
+        *no += 1;
+        self.running.push(Seq {
+            slot,
+            n_prompt: tokens.len(),
+            tokens,
+            q,
+            sampler,
+            n_cached: 0,
+            n_generated: 0,
+            admitted_seq_no: *no,
+            announced: false,
+        });
+    }
+
+    fn drop_cancelled(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].q.is_cancelled() {
+                let s = self.running.remove(i);
+                self.finish(s, None);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Frees a sequence's slot and KV blocks; sends `Finished` if a reason is given.
+    fn finish(&mut self, s: Seq, reason: Option<FinishReason>) {
+        if s.slot != NO_SLOT {
+            self.state.kv.release(s.slot);
+            self.free_slots.push(s.slot);
+        }
+        match reason {
+            Some(reason) => {
+                let _ = s.q.tx.try_send(Event::Finished {
+                    reason,
+                    prompt_tokens: s.n_prompt,
+                    completion_tokens: s.n_generated,
+                });
+            }
+            None => {
+                self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.announce();
+        self.views.clear();
+        self.views.extend(self.running.iter().map(|s| SeqView {
+            pending: s.pending(),
+            decoding: s.decoding(),
+        }));
+        let budgets = Budgets {
+            max_batch_tokens: self.opts.max_batch_tokens,
+            prefill_tokens_while_decoding: policy::prefill_cap(
+                self.costs.decode_step_s,
+                self.costs.prefill_token_s,
+                self.opts.itl_factor,
+                StepCosts::PREFILL_FLOOR,
+            ),
+        };
+        policy::next_batch(&self.views, &budgets, &mut self.plan);
+        if !self.reserve_plan() {
+            return; // preempted; plan again next step
+        }
+        self.build_batch();
+        let t0 = Instant::now();
+        let (model, state, batch) = (&self.model, &mut self.state, &self.batch);
+        let logits = match self.pool.install(|| model.forward(state, batch)) {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = e.to_string();
+                self.fail_all(&msg);
+                return;
+            }
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        advance(
+            &mut self.running,
+            &self.plan,
+            logits,
+            &Ctx {
+                tokenizer: &self.tokenizer,
+                stats: &self.stats,
+                n_ctx: self.opts.n_ctx,
+                n_vocab: self.model.config().n_vocab,
+            },
+            &mut self.done,
+        );
+        self.record_step(secs);
+        let mut done = std::mem::take(&mut self.done);
+        for &i in done.iter().rev() {
+            let s = self.running.remove(i);
+            let reason = finish_reason(&s);
+            self.finish(s, reason);
+        }
+        done.clear();
+        self.done = done;
+    }
+
+    /// Sends `Admitted` to sequences entering their first step.
+    fn announce(&mut self) {
+        for s in self.running.iter_mut().filter(|s| !s.announced) {
+            s.announced = true;
+            let waited = s.q.submitted_at.elapsed();
+            self.stats.queue_seconds.observe(waited.as_secs_f64());
+            let _ = s.q.tx.try_send(Event::Admitted { queue_time: waited });
+        }
+    }
+
+    /// Reserves KV positions for the plan; on a full pool preempts the newest sequence and
+    /// returns false.
+    fn reserve_plan(&mut self) -> bool {
+        for sl in &self.plan {
+            let s = &self.running[sl.seq];
+            let end = s.n_cached + sl.n_tokens;
+            if self.state.kv.reserve(s.slot, s.n_cached, end).is_err() {
+                self.preempt_newest();
+                return false;
+            }
+        }
+        true
+    }
+
+    fn preempt_newest(&mut self) {
+        let Some(i) = (0..self.running.len()).max_by_key(|&i| self.running[i].admitted_seq_no)
+        else {
+            return;
+        };
+        let mut s = self.running.remove(i);
+        self.state.kv.release(s.slot);
+        self.free_slots.push(s.slot);
+        s.slot = NO_SLOT;
+        s.n_cached = 0;
+        self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+        if self.running.is_empty() {
+            // Alone and still too big for the pool: it can never run.
+            let _ = s.q.tx.try_send(Event::Failed(
+                "the sequence does not fit the KV pool; raise kv_pool_bytes".into(),
+            ));
+            return;
+        }
+        self.preempted.push_front(s);
+    }
+
+    fn build_batch(&mut self) {
+        self.batch.clear();
+        for sl in &self.plan {
+            let s = &self.running[sl.seq];
+            let end = s.n_cached + sl.n_tokens;
+            let wants_logits = end == s.tokens.len();
+            self.batch.extend((s.n_cached..end).map(|pos| BatchToken {
+                token: s.tokens[pos],
+                pos,
+                seq: s.slot,
+                logits: wants_logits && pos + 1 == end,
+            }));
+        }
+    }
+
+    fn record_step(&mut self, secs: f64) {
+        // Sequences that were decoding before this step carried exactly one token.
+        let n_decode = self.plan.iter().filter(|sl| sl.n_tokens == 1).count();
+        let n_prefill = self.batch.len() - n_decode;
+        self.costs.record(n_decode, n_prefill, secs);
+        let st = &self.stats;
+        st.steps.fetch_add(1, Ordering::Relaxed);
+        st.batch_tokens.observe(self.batch.len() as f64);
+        st.batch_seqs.observe(self.plan.len() as f64);
+        st.step_seconds.observe(secs);
+        st.prompt_tokens
+            .fetch_add(n_prefill as u64, Ordering::Relaxed);
+    }
+
+    fn fail_all(&mut self, msg: &str) {
+        for s in std::mem::take(&mut self.running) {
+            let _ = s.q.tx.try_send(Event::Failed(msg.to_string()));
+            self.state.kv.release(s.slot);
+            self.free_slots.push(s.slot);
+        }
+    }
+
+    fn publish(&self) {
+        let st = &self.stats;
+        st.running.store(self.running.len(), Ordering::Relaxed);
+        st.kv_bytes_used
+            .store(self.state.kv.bytes_used(), Ordering::Relaxed);
+    }
+}
+
+/// What advancing sequences needs besides the sequences.
+struct Ctx<'a> {
+    tokenizer: &'a Tokenizer,
+    stats: &'a EngineStats,
+    n_ctx: usize,
+    n_vocab: usize,
+}
+
+/// Advances every planned sequence past its slice, samples those that got logits (rows of
+/// `logits` in plan order), sends their events, and lists the finished ones in `done`
+/// (ascending).
+fn advance(running: &mut [Seq], plan: &[Slice], logits: &[f32], cx: &Ctx, done: &mut Vec<usize>) {
+    let mut row = 0;
+    for sl in plan {
+        let s = &mut running[sl.seq];
+        s.n_cached += sl.n_tokens;
+        if s.n_cached < s.tokens.len() {
+            if s.n_generated == 0 {
+                let _ = s.q.tx.try_send(Event::Prefill {
+                    done: s.n_cached,
+                    total: s.n_prompt,
+                });
+            }
+            continue;
+        }
+        let l = &logits[row * cx.n_vocab..][..cx.n_vocab];
+        row += 1;
+        if matches!(sample_one(s, l, cx), Outcome::Done) {
+            done.push(sl.seq);
+        }
+    }
+    done.sort_unstable();
+}
+
+/// Samples the next token of `s`; sends it; says whether the sequence is done.
+fn sample_one(s: &mut Seq, logits: &[f32], cx: &Ctx) -> Outcome {
+    let sampled = match s.sampler.sample(logits, &s.tokens) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = s.q.tx.try_send(Event::Failed(e.to_string()));
+            s.q.cancel.store(true, Ordering::Relaxed);
+            return Outcome::Done;
+        }
+    };
+    let id = sampled.token;
+    s.n_generated += 1;
+    cx.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+    if cx.tokenizer.is_eog(id) && !s.q.req.ignore_eos {
+        return Outcome::Done;
+    }
+    let ev = Event::Token(TokenEvent {
+        id,
+        logprob: sampled.logprob,
+        top: sampled.top_logprobs.to_vec(),
+    });
+    s.tokens.push(id);
+    if s.q.tx.try_send(ev).is_err() {
+        // Disconnected, or a reader so slow its buffer filled: cancel only this request.
+        s.q.cancel.store(true, Ordering::Relaxed);
+        return Outcome::Done;
+    }
+    if s.n_generated >= s.q.req.max_tokens || s.tokens.len() >= cx.n_ctx {
+        return Outcome::Done;
+    }
+    Outcome::Continue
+}
+
+/// Why a retired sequence ended: `None` if it was cancelled.
+fn finish_reason(s: &Seq) -> Option<FinishReason> {
+    if s.q.is_cancelled() {
+        None
+    } else if s.n_generated > s.tokens.len() - s.n_prompt {
+        // The end-of-generation token is counted but not appended.
+        Some(FinishReason::Stop)
+    } else {
+        Some(FinishReason::Length)
+    }
+}
