@@ -6,13 +6,19 @@
 //!   quantization, dot products (scalar reference + AVX2), the batched matrix multiply.
 //! - [`tensor`] — a typed view of one weight tensor that picks the kernel.
 //! - [`model`] — architectures (Gemma 3), KV cache, tokenizer, sampler, the generation loop.
+//! - [`engine`] — per-model request queues and the batching dispatcher.
+//! - [`server`] — the OpenAI-compatible HTTP server over the engine; [`api`] holds its wire
+//!   types and [`config`] its settings and limits.
 //!
 //! Nothing in this crate below the (future) engine layer spawns threads, blocks or locks; the
 //! only parallelism is rayon inside the kernels and the forward pass.
 
+pub mod api;
+pub mod config;
 pub mod engine;
 pub mod gguf;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
+pub mod server;
 pub mod tensor;

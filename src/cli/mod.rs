@@ -1,8 +1,9 @@
-//! Command-line commands: `generate`, `inspect`, `bench-model`.
+//! Command-line commands: `serve`, `generate`, `inspect`, `bench-model`.
 
 mod bench_model;
 mod generate;
 mod inspect;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -19,6 +20,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the OpenAI-compatible HTTP API (completions, chat, streaming) on one model.
+    Serve(serve::ServeArgs),
     /// Generate text from a prompt, streamed to stdout as it is produced.
     Generate(generate::GenerateArgs),
     /// Print a GGUF file's metadata and tensor table.
@@ -29,6 +32,7 @@ enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve(a) => serve::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::BenchModel(a) => bench_model::run(a),

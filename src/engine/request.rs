@@ -103,6 +103,12 @@ impl Stream {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
+    /// The event channel, to wait on several streams at once (`crossbeam_channel::Select`;
+    /// the server does for `n` > 1).
+    pub fn receiver(&self) -> &Receiver<Event> {
+        &self.rx
+    }
+
     /// When the request was handed to [`super::ModelHandle::submit`].
     pub fn submitted_at(&self) -> Instant {
         self.submitted_at

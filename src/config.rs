@@ -1,0 +1,488 @@
+//! Serve configuration: every bound and knob of `ryzanstein serve` with its default and the
+//! reason for it, in one place.
+//!
+//! Values come from four sources, highest precedence first: command-line flags, environment
+//! variables (`RYZANSTEIN_<KEY>`), a TOML file (`--config`, flat `key = value` lines with the
+//! same keys) and the defaults below. [`ServeSettings`] is the partial form every source
+//! produces (clap reads flags and the environment into it, serde reads the file into it);
+//! [`ServeConfig::resolve`] layers them and validates the result once.
+//!
+//! Layer 0: no imports from the rest of the crate.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Every serve setting, each optional: what one source (flags + environment, or a file) says.
+/// A TOML file may hold only these keys; any other key is an error that names it.
+#[derive(clap::Args, Deserialize, Serialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "RYZANSTEIN_LISTEN")]
+    pub listen: Option<String>,
+    /// The GGUF model file [default: $RYZANSTEIN_MODEL, else the default model in the cache].
+    #[arg(short, long, env = "RYZANSTEIN_MODEL")]
+    pub model: Option<PathBuf>,
+    /// The model's name in the API [default: the file name without .gguf].
+    #[arg(long, env = "RYZANSTEIN_MODEL_ID")]
+    pub model_id: Option<String>,
+    /// Compute threads (0 = one per core) [default: 0].
+    #[arg(short, long, env = "RYZANSTEIN_THREADS")]
+    pub threads: Option<usize>,
+    /// HTTP worker threads; each serves one request at a time [default: max_concurrent_requests + 8].
+    #[arg(long, env = "RYZANSTEIN_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
+    /// Require `Authorization: Bearer KEY` on /v1/* (and /tokenize, /detokenize).
+    #[arg(long, env = "RYZANSTEIN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Log filter (tracing EnvFilter syntax, e.g. "info" or "ryzanstein=debug") [default:
+    /// $RUST_LOG, else info].
+    #[arg(long, env = "RYZANSTEIN_LOG_LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Largest request body in bytes [default: 1048576].
+    #[arg(long, env = "RYZANSTEIN_BODY_BYTES_MAX")]
+    pub body_bytes_max: Option<usize>,
+    /// Generation requests in flight at once; past it 503 at once [default: 64].
+    #[arg(long, env = "RYZANSTEIN_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Largest max_tokens a request may ask for [default: 4096].
+    #[arg(long, env = "RYZANSTEIN_MAX_TOKENS_CAP")]
+    pub max_tokens_cap: Option<usize>,
+    /// max_tokens of a request that gives none [default: 256].
+    #[arg(long, env = "RYZANSTEIN_MAX_TOKENS_DEFAULT")]
+    pub max_tokens_default: Option<usize>,
+    /// Longest prompt in tokens (0 = the context length minus one) [default: 0].
+    #[arg(long, env = "RYZANSTEIN_PROMPT_TOKENS_MAX")]
+    pub prompt_tokens_max: Option<usize>,
+    /// Largest `n` (choices per prompt) [default: 8].
+    #[arg(long, env = "RYZANSTEIN_N_MAX")]
+    pub n_max: Option<usize>,
+    /// Most sequences one request may start: prompts × n [default: 32].
+    #[arg(long, env = "RYZANSTEIN_CHOICES_MAX")]
+    pub choices_max: Option<usize>,
+    /// Most stop strings per request [default: 16].
+    #[arg(long, env = "RYZANSTEIN_STOP_MAX")]
+    pub stop_max: Option<usize>,
+    /// Longest stop string in bytes [default: 256].
+    #[arg(long, env = "RYZANSTEIN_STOP_BYTES_MAX")]
+    pub stop_bytes_max: Option<usize>,
+    /// Most logit_bias entries per request [default: 300].
+    #[arg(long, env = "RYZANSTEIN_LOGIT_BIAS_MAX")]
+    pub logit_bias_max: Option<usize>,
+    /// Seconds a 503 tells the client to wait (Retry-After) [default: 1].
+    #[arg(long, env = "RYZANSTEIN_RETRY_AFTER_S")]
+    pub retry_after_s: Option<u64>,
+    /// A socket write that blocks this long fails and cancels its request (SO_SNDTIMEO)
+    /// [default: 30000].
+    #[arg(long, env = "RYZANSTEIN_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+    /// A stream with nothing to send for this long gets an SSE comment ping [default: 1000].
+    #[arg(long, env = "RYZANSTEIN_PING_INTERVAL_MS")]
+    pub ping_interval_ms: Option<u64>,
+
+    /// Context length per sequence (positions) [default: 4096].
+    #[arg(long, env = "RYZANSTEIN_N_CTX")]
+    pub n_ctx: Option<usize>,
+    /// Most sequences in one forward pass [default: 32].
+    #[arg(long, env = "RYZANSTEIN_MAX_BATCH_SIZE")]
+    pub max_batch_size: Option<usize>,
+    /// Most tokens in one forward pass [default: 512].
+    #[arg(long, env = "RYZANSTEIN_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
+    /// Requests waiting for admission; past it 503 at once [default: 256].
+    #[arg(long, env = "RYZANSTEIN_QUEUE_DEPTH")]
+    pub queue_depth: Option<usize>,
+    /// Bytes of the KV-cache pool (0 = every slot's whole context) [default: 0].
+    #[arg(long, env = "RYZANSTEIN_KV_POOL_BYTES")]
+    pub kv_pool_bytes: Option<usize>,
+    /// How long an idle engine waits after a first arrival for more [default: 0].
+    #[arg(long, env = "RYZANSTEIN_BATCH_WINDOW_MS")]
+    pub batch_window_ms: Option<u64>,
+    /// A step with decode tokens may take this many times a decode-only step [default: 2.5].
+    #[arg(long, env = "RYZANSTEIN_ITL_FACTOR")]
+    pub itl_factor: Option<f64>,
+    /// Events buffered per sequence; a client this far behind is cancelled [default: 4096].
+    #[arg(long, env = "RYZANSTEIN_EVENT_BUFFER")]
+    pub event_buffer: Option<usize>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    pub listen: String,
+    /// `None`: the binary picks the default model.
+    pub model: Option<PathBuf>,
+    pub model_id: Option<String>,
+    pub threads: usize,
+    pub http_workers: usize,
+    pub api_key: Option<String>,
+    pub log_level: Option<String>,
+    pub limits: Limits,
+    pub engine: EngineKnobs,
+}
+
+/// Bounds on what one request may ask for and on the HTTP edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// A JSON request needs kilobytes; a megabyte leaves room for long prompts and caps memory
+    /// per worker.
+    pub body_bytes_max: usize,
+    /// Each generation request holds an HTTP worker until it ends; the cap keeps workers free
+    /// for /health, /metrics and fast 503s.
+    pub max_concurrent_requests: usize,
+    pub max_tokens_cap: usize,
+    pub max_tokens_default: usize,
+    /// 0: the context length minus one.
+    pub prompt_tokens_max: usize,
+    pub n_max: usize,
+    pub choices_max: usize,
+    pub stop_max: usize,
+    pub stop_bytes_max: usize,
+    /// OpenAI's own cap is 300.
+    pub logit_bias_max: usize,
+    pub retry_after_s: u64,
+    /// Bounds how long a client that stops reading can hold a worker.
+    pub write_timeout_ms: u64,
+    /// Proxies drop idle streams; a comment ping every second keeps them open.
+    pub ping_interval_ms: u64,
+}
+
+/// The engine's batching knobs (mapped onto `engine::EngineOptions` by the server).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineKnobs {
+    pub n_ctx: usize,
+    pub max_batch_size: usize,
+    pub max_batch_tokens: usize,
+    pub queue_depth: usize,
+    pub kv_pool_bytes: usize,
+    pub batch_window_ms: u64,
+    pub itl_factor: f64,
+    pub event_buffer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes_max: 1 << 20,
+            max_concurrent_requests: 64,
+            max_tokens_cap: 4096,
+            max_tokens_default: 256,
+            prompt_tokens_max: 0,
+            n_max: 8,
+            choices_max: 32,
+            stop_max: 16,
+            stop_bytes_max: 256,
+            logit_bias_max: 300,
+            retry_after_s: 1,
+            write_timeout_ms: 30_000,
+            ping_interval_ms: 1000,
+        }
+    }
+}
+
+impl Default for EngineKnobs {
+    /// The engine's own defaults (`engine::EngineOptions::default`).
+    fn default() -> Self {
+        EngineKnobs {
+            n_ctx: 4096,
+            max_batch_size: 32,
+            max_batch_tokens: 512,
+            queue_depth: 256,
+            kv_pool_bytes: 0,
+            batch_window_ms: 0,
+            itl_factor: 2.5,
+            event_buffer: 4096,
+        }
+    }
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig::resolve(ServeSettings::default(), ServeSettings::default())
+            .expect("the defaults are valid")
+    }
+}
+
+/// Spare HTTP workers beyond the generation cap, for health, metrics and fast rejections.
+pub const SPARE_HTTP_WORKERS: usize = 8;
+/// Most HTTP workers: each is an OS thread.
+pub const HTTP_WORKERS_MAX: usize = 4096;
+
+/// A configuration error (bad file, bad value), naming what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("config file {path}: {msg}")]
+    File { path: String, msg: String },
+    #[error("{key} = {value}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl ServeSettings {
+    /// Reads a TOML file of settings; unknown keys and wrong types are errors naming the key.
+    pub fn from_file(path: &Path) -> Result<ServeSettings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        ServeSettings::from_toml(&text).map_err(|msg| ConfigError::File {
+            path: path.display().to_string(),
+            msg,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<ServeSettings, String> {
+        toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+
+    /// `self` where set, else `lower`.
+    fn over(self, lower: ServeSettings) -> ServeSettings {
+        macro_rules! pick {
+            ($($f:ident),* $(,)?) => {
+                ServeSettings { $($f: self.$f.or(lower.$f)),* }
+            };
+        }
+        pick!(
+            listen,
+            model,
+            model_id,
+            threads,
+            http_workers,
+            api_key,
+            log_level,
+            body_bytes_max,
+            max_concurrent_requests,
+            max_tokens_cap,
+            max_tokens_default,
+            prompt_tokens_max,
+            n_max,
+            choices_max,
+            stop_max,
+            stop_bytes_max,
+            logit_bias_max,
+            retry_after_s,
+            write_timeout_ms,
+            ping_interval_ms,
+            n_ctx,
+            max_batch_size,
+            max_batch_tokens,
+            queue_depth,
+            kv_pool_bytes,
+            batch_window_ms,
+            itl_factor,
+            event_buffer,
+        )
+    }
+}
+
+impl ServeConfig {
+    /// Layers `upper` (flags and environment) over `file` over the defaults, and validates.
+    pub fn resolve(upper: ServeSettings, file: ServeSettings) -> Result<ServeConfig, ConfigError> {
+        let s = upper.over(file);
+        let (dl, de) = (Limits::default(), EngineKnobs::default());
+        let limits = Limits {
+            body_bytes_max: s.body_bytes_max.unwrap_or(dl.body_bytes_max),
+            max_concurrent_requests: s
+                .max_concurrent_requests
+                .unwrap_or(dl.max_concurrent_requests),
+            max_tokens_cap: s.max_tokens_cap.unwrap_or(dl.max_tokens_cap),
+            max_tokens_default: s.max_tokens_default.unwrap_or(dl.max_tokens_default),
+            prompt_tokens_max: s.prompt_tokens_max.unwrap_or(dl.prompt_tokens_max),
+            n_max: s.n_max.unwrap_or(dl.n_max),
+            choices_max: s.choices_max.unwrap_or(dl.choices_max),
+            stop_max: s.stop_max.unwrap_or(dl.stop_max),
+            stop_bytes_max: s.stop_bytes_max.unwrap_or(dl.stop_bytes_max),
+            logit_bias_max: s.logit_bias_max.unwrap_or(dl.logit_bias_max),
+            retry_after_s: s.retry_after_s.unwrap_or(dl.retry_after_s),
+            write_timeout_ms: s.write_timeout_ms.unwrap_or(dl.write_timeout_ms),
+            ping_interval_ms: s.ping_interval_ms.unwrap_or(dl.ping_interval_ms),
+        };
+        let engine = EngineKnobs {
+            n_ctx: s.n_ctx.unwrap_or(de.n_ctx),
+            max_batch_size: s.max_batch_size.unwrap_or(de.max_batch_size),
+            max_batch_tokens: s.max_batch_tokens.unwrap_or(de.max_batch_tokens),
+            queue_depth: s.queue_depth.unwrap_or(de.queue_depth),
+            kv_pool_bytes: s.kv_pool_bytes.unwrap_or(de.kv_pool_bytes),
+            batch_window_ms: s.batch_window_ms.unwrap_or(de.batch_window_ms),
+            itl_factor: s.itl_factor.unwrap_or(de.itl_factor),
+            event_buffer: s.event_buffer.unwrap_or(de.event_buffer),
+        };
+        let cfg = ServeConfig {
+            listen: s.listen.unwrap_or_else(|| "127.0.0.1:8080".to_string()),
+            model: s.model,
+            model_id: s.model_id,
+            threads: s.threads.unwrap_or(0),
+            http_workers: s
+                .http_workers
+                .unwrap_or(limits.max_concurrent_requests + SPARE_HTTP_WORKERS),
+            api_key: s.api_key.filter(|k| !k.is_empty()),
+            log_level: s.log_level,
+            limits,
+            engine,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, value: String, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                value,
+                reason: reason.to_string(),
+            })
+        };
+        let (l, e) = (&self.limits, &self.engine);
+        if self.http_workers <= l.max_concurrent_requests || self.http_workers > HTTP_WORKERS_MAX {
+            return bad(
+                "http_workers",
+                self.http_workers.to_string(),
+                &format!(
+                    "must be above max_concurrent_requests ({}) so health checks and \
+                     rejections always find a worker, and at most {HTTP_WORKERS_MAX}",
+                    l.max_concurrent_requests
+                ),
+            );
+        }
+        let positive: [(&'static str, usize); 10] = [
+            ("body_bytes_max", l.body_bytes_max),
+            ("max_concurrent_requests", l.max_concurrent_requests),
+            ("max_tokens_cap", l.max_tokens_cap),
+            ("max_tokens_default", l.max_tokens_default),
+            ("n_max", l.n_max),
+            ("choices_max", l.choices_max),
+            ("n_ctx", e.n_ctx),
+            ("max_batch_size", e.max_batch_size),
+            ("max_batch_tokens", e.max_batch_tokens),
+            ("queue_depth", e.queue_depth),
+        ];
+        if let Some((key, v)) = positive.iter().find(|(_, v)| *v == 0) {
+            return bad(key, v.to_string(), "must be at least 1");
+        }
+        if l.max_tokens_default > l.max_tokens_cap {
+            return bad(
+                "max_tokens_default",
+                l.max_tokens_default.to_string(),
+                "must not exceed max_tokens_cap",
+            );
+        }
+        if l.ping_interval_ms == 0 {
+            return bad("ping_interval_ms", "0".into(), "must be at least 1");
+        }
+        if !(e.itl_factor.is_finite() && e.itl_factor >= 1.0) {
+            return bad(
+                "itl_factor",
+                e.itl_factor.to_string(),
+                "must be a number >= 1",
+            );
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML settings (the API key redacted), for `serve --print-config`.
+    pub fn to_toml(&self) -> String {
+        let (l, e) = (&self.limits, &self.engine);
+        let s = ServeSettings {
+            listen: Some(self.listen.clone()),
+            model: self.model.clone(),
+            model_id: self.model_id.clone(),
+            threads: Some(self.threads),
+            http_workers: Some(self.http_workers),
+            api_key: self.api_key.as_ref().map(|_| "<redacted>".to_string()),
+            log_level: self.log_level.clone(),
+            body_bytes_max: Some(l.body_bytes_max),
+            max_concurrent_requests: Some(l.max_concurrent_requests),
+            max_tokens_cap: Some(l.max_tokens_cap),
+            max_tokens_default: Some(l.max_tokens_default),
+            prompt_tokens_max: Some(l.prompt_tokens_max),
+            n_max: Some(l.n_max),
+            choices_max: Some(l.choices_max),
+            stop_max: Some(l.stop_max),
+            stop_bytes_max: Some(l.stop_bytes_max),
+            logit_bias_max: Some(l.logit_bias_max),
+            retry_after_s: Some(l.retry_after_s),
+            write_timeout_ms: Some(l.write_timeout_ms),
+            ping_interval_ms: Some(l.ping_interval_ms),
+            n_ctx: Some(e.n_ctx),
+            max_batch_size: Some(e.max_batch_size),
+            max_batch_tokens: Some(e.max_batch_tokens),
+            queue_depth: Some(e.queue_depth),
+            kv_pool_bytes: Some(e.kv_pool_bytes),
+            batch_window_ms: Some(e.batch_window_ms),
+            itl_factor: Some(e.itl_factor),
+            event_buffer: Some(e.event_buffer),
+        };
+        toml::to_string(&s).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_is_upper_then_file_then_default() {
+        let file = ServeSettings::from_toml("listen = \"0.0.0.0:9\"\nn_max = 3\nn_ctx = 1024\n")
+            .expect("valid file");
+        let upper = ServeSettings {
+            n_max: Some(5),
+            ..ServeSettings::default()
+        };
+        let c = ServeConfig::resolve(upper, file).expect("valid");
+        assert_eq!(c.limits.n_max, 5, "flag over file");
+        assert_eq!(c.listen, "0.0.0.0:9", "file over default");
+        assert_eq!(c.engine.n_ctx, 1024);
+        assert_eq!(c.engine.max_batch_size, 32, "default");
+        assert_eq!(c.http_workers, 64 + SPARE_HTTP_WORKERS);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key() {
+        let e = ServeSettings::from_toml("listen = \"x\"\nmax_batch_sise = 4\n").unwrap_err();
+        assert!(e.contains("max_batch_sise"), "{e}");
+        let e = ServeSettings::from_toml("n_ctx = \"big\"\n").unwrap_err();
+        assert!(e.contains("string") || e.contains("integer"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        let s = |f: fn(&mut ServeSettings)| {
+            let mut s = ServeSettings::default();
+            f(&mut s);
+            ServeConfig::resolve(s, ServeSettings::default())
+        };
+        assert!(matches!(
+            s(|s| s.http_workers = Some(10)),
+            Err(ConfigError::Invalid {
+                key: "http_workers",
+                ..
+            })
+        ));
+        assert!(matches!(
+            s(|s| s.n_ctx = Some(0)),
+            Err(ConfigError::Invalid { key: "n_ctx", .. })
+        ));
+        assert!(matches!(
+            s(|s| s.itl_factor = Some(0.5)),
+            Err(ConfigError::Invalid {
+                key: "itl_factor",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn printed_config_reads_back() {
+        let c = ServeConfig::default();
+        let back = ServeSettings::from_toml(&c.to_toml()).expect("round trip");
+        assert_eq!(
+            ServeConfig::resolve(back, ServeSettings::default()).expect("valid"),
+            c
+        );
+    }
+}

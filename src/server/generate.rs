@@ -1,0 +1,443 @@
+//! One generation request, end to end in its worker (DESIGN.md "one request", steps 2 and 4):
+//! submit every choice to the engine, turn each choice's token events into text (UTF-8 safe,
+//! stop strings applied), and either stream them as SSE events, flushed one by one, or answer
+//! with the whole body once every choice has finished.
+//!
+//! A choice that meets a stop string drops its engine stream, which cancels its sequence. A
+//! client that disconnects mid-stream makes the next write fail; returning drops every stream
+//! of the request, so the engine frees their KV blocks at its next step.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Select;
+
+use crate::api::response::{Choice, Endpoint, Header, LogprobEntry, TokenText, Usage};
+use crate::api::ApiError;
+use crate::engine::{Event, GenerationRequest, Stream, SubmitError, TokenEvent};
+use crate::model::detokenizer::IncrementalDecoder;
+use crate::model::generate::FinishReason;
+use crate::model::sampler::SamplingParams;
+use crate::model::stop::StopStrings;
+use crate::model::tokenizer::Tokenizer;
+
+use super::http::{HttpRequest, SseWriter};
+use super::routes::{Log, Reply};
+use super::{Loaded, State};
+
+/// Everything a generation request asks for, validated and tokenized.
+pub(crate) struct Plan {
+    pub endpoint: Endpoint,
+    pub prompts: Vec<Vec<u32>>,
+    /// Choices per prompt.
+    pub n: usize,
+    pub max_tokens: usize,
+    /// Sampling for choice 0 of each prompt; choice j uses `seed + j`.
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// `Some(k)`: report each token's log-prob and its k most likely alternatives.
+    pub logprobs: Option<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Holds one of the `max_concurrent_requests` slots while alive.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn acquire(st: &'a State) -> Result<InFlight<'a>, ApiError> {
+        let cap = st.cfg().limits.max_concurrent_requests;
+        if st.in_flight.fetch_add(1, Ordering::SeqCst) >= cap {
+            st.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::unavailable(
+                format!(
+                    "the server is serving its limit of {cap} generation requests; retry later"
+                ),
+                st.cfg().limits.retry_after_s,
+            ));
+        }
+        Ok(InFlight(&st.in_flight))
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One choice being generated.
+struct ChoiceRun {
+    index: usize,
+    /// `None` once finished (or cancelled by a stop string).
+    stream: Option<Stream>,
+    decoder: IncrementalDecoder,
+    stops: StopStrings,
+    /// Non-streamed: the whole text so far.
+    text: String,
+    /// Bytes of text released so far (log-prob `text_offset`s).
+    text_len: usize,
+    /// The request asked for log-probs.
+    logprobs_on: bool,
+    /// Non-streamed: every entry; streamed: entries not yet sent.
+    logprobs: Vec<LogprobEntry>,
+    finish: Option<&'static str>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    last_token_at: Option<Instant>,
+}
+
+/// What one event changed in a choice.
+#[derive(Default)]
+struct Update {
+    text: String,
+    finished: bool,
+    failed: Option<String>,
+    prefill: bool,
+    token: bool,
+}
+
+/// Shared by the event handlers of one request.
+struct Ctx<'a> {
+    st: &'a State,
+    tok: &'a Tokenizer,
+    n_logprobs: Option<usize>,
+    t0: Instant,
+}
+
+impl ChoiceRun {
+    fn on_event(&mut self, ev: Option<Event>, cx: &Ctx, log: &mut Log) -> Update {
+        let mut up = Update::default();
+        match ev {
+            Some(Event::Admitted { queue_time }) => {
+                log.queue = Some(log.queue.map_or(queue_time, |q| q.max(queue_time)));
+            }
+            Some(Event::Prefill { .. }) => up.prefill = true,
+            Some(Event::Token(t)) => self.on_token(&t, cx, log, &mut up),
+            Some(Event::Finished {
+                reason,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                self.prompt_tokens = prompt_tokens;
+                self.completion_tokens = completion_tokens;
+                self.finish_text(&mut up);
+                if self.finish.is_none() {
+                    self.finish = Some(match reason {
+                        FinishReason::Length => "length",
+                        FinishReason::Stop | FinishReason::Cancelled => "stop",
+                    });
+                }
+                self.stream = None;
+                up.finished = true;
+            }
+            Some(Event::Failed(msg)) => {
+                self.stream = None;
+                up.failed = Some(msg);
+            }
+            None => {
+                self.stream = None;
+                up.failed = Some("the engine dropped the sequence".into());
+            }
+        }
+        up
+    }
+
+    fn on_token(&mut self, t: &TokenEvent, cx: &Ctx, log: &mut Log, up: &mut Update) {
+        let now = Instant::now();
+        up.token = true;
+        match self.last_token_at {
+            Some(prev) => cx.st.metrics.itl.observe((now - prev).as_secs_f64()),
+            None if log.ttft.is_none() => {
+                let ttft = now - cx.t0;
+                log.ttft = Some(ttft);
+                cx.st.metrics.ttft.observe(ttft.as_secs_f64());
+            }
+            None => {}
+        }
+        self.last_token_at = Some(now);
+        self.completion_tokens += 1;
+        if let Some(k) = cx.n_logprobs {
+            self.logprobs.push(LogprobEntry {
+                chosen: token_text(cx.tok, t.id, t.logprob),
+                top: t
+                    .top
+                    .iter()
+                    .take(k)
+                    .map(|x| token_text(cx.tok, x.token, x.logprob))
+                    .collect(),
+            });
+        }
+        let piece = self.decoder.push(cx.tok, t.id);
+        let r = self.stops.push(piece);
+        up.text.push_str(r.text);
+        if r.stopped.is_some() {
+            // Dropping the stream cancels the sequence at the engine's next step.
+            self.stream = None;
+            self.finish = Some("stop");
+            up.finished = true;
+        }
+    }
+
+    /// End of the token stream: release what the decoder and the stop matcher held back.
+    fn finish_text(&mut self, up: &mut Update) {
+        let tail = self.decoder.finish();
+        let r = self.stops.push(tail);
+        up.text.push_str(r.text);
+        if r.stopped.is_some() {
+            self.finish = Some("stop");
+        }
+        up.text.push_str(self.stops.finish());
+    }
+}
+
+/// A token's text and bytes for log-prob reports.
+fn token_text(tok: &Tokenizer, id: u32, logprob: f32) -> TokenText {
+    let bytes = tok.token_to_piece(id, true).to_vec();
+    TokenText {
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        bytes,
+        logprob,
+    }
+}
+
+fn submit_error(e: SubmitError, retry_after_s: u64) -> ApiError {
+    match e {
+        SubmitError::QueueFull(_) => {
+            ApiError::unavailable("the request queue is full; retry later", retry_after_s)
+        }
+        SubmitError::ShuttingDown(_) => {
+            ApiError::unavailable("the server is shutting down", retry_after_s)
+        }
+        SubmitError::EmptyPrompt
+        | SubmitError::PromptTooLong { .. }
+        | SubmitError::BadToken { .. } => ApiError::invalid("prompt", e.to_string()),
+        SubmitError::Sampling(m) => ApiError::invalid("sampling", m),
+    }
+}
+
+/// Submits every choice (prompt-major: choice `p * n + j`). On any failure the choices
+/// already submitted are dropped, which cancels them.
+fn submit_all(st: &State, m: &Loaded, plan: &Plan) -> Result<Vec<ChoiceRun>, ApiError> {
+    let limits = &st.cfg().limits;
+    let mut runs = Vec::with_capacity(plan.prompts.len() * plan.n);
+    for prompt in &plan.prompts {
+        for j in 0..plan.n {
+            let sampling = SamplingParams {
+                seed: plan.sampling.seed.wrapping_add(j as u64),
+                ..plan.sampling.clone()
+            };
+            let stream = m
+                .handle
+                .submit(GenerationRequest {
+                    prompt: prompt.clone(),
+                    max_tokens: plan.max_tokens,
+                    sampling,
+                    ignore_eos: false,
+                })
+                .map_err(|e| submit_error(e, limits.retry_after_s))?;
+            let stops = StopStrings::new(&plan.stop, limits.stop_max, limits.stop_bytes_max)
+                .map_err(|e| ApiError::invalid("stop", e.to_string()))?;
+            runs.push(ChoiceRun {
+                index: runs.len(),
+                stream: Some(stream),
+                decoder: IncrementalDecoder::new(false),
+                stops,
+                text: String::new(),
+                text_len: 0,
+                logprobs_on: plan.logprobs.is_some(),
+                logprobs: Vec::new(),
+                finish: None,
+                prompt_tokens: prompt.len(),
+                completion_tokens: 0,
+                last_token_at: None,
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// Waits up to `timeout` for the next event of any unfinished choice: `Some((choice, event))`,
+/// event `None` if that choice's channel closed; `None` on timeout or when all are finished.
+fn next_event(runs: &[ChoiceRun], timeout: Duration) -> Option<(usize, Option<Event>)> {
+    let mut sel = Select::new();
+    let mut which = Vec::with_capacity(runs.len());
+    for (i, r) in runs.iter().enumerate() {
+        if let Some(s) = &r.stream {
+            sel.recv(s.receiver());
+            which.push(i);
+        }
+    }
+    if which.is_empty() {
+        return None;
+    }
+    let op = sel.select_timeout(timeout).ok()?;
+    let i = which[op.index()];
+    let rx = runs[i].stream.as_ref().map(Stream::receiver)?;
+    Some((i, op.recv(rx).ok()))
+}
+
+fn usage(plan: &Plan, runs: &[ChoiceRun]) -> Usage {
+    Usage {
+        prompt_tokens: plan.prompts.iter().map(Vec::len).sum(),
+        completion_tokens: runs.iter().map(|r| r.completion_tokens).sum(),
+    }
+}
+
+/// Serves one generation request; answers it (whole or streamed) unless it returns an error
+/// before anything was sent.
+pub(crate) fn run(
+    st: &State,
+    m: &Loaded,
+    req: &mut HttpRequest,
+    plan: Plan,
+    log: &mut Log,
+) -> Result<Reply, ApiError> {
+    let _slot = InFlight::acquire(st)?;
+    let mut runs = submit_all(st, m, &plan)?;
+    let cx = Ctx {
+        st,
+        tok: &m.tokenizer,
+        n_logprobs: plan.logprobs,
+        t0: log.start,
+    };
+    let header = Header {
+        endpoint: plan.endpoint,
+        id: format!("{}-{:016x}", Header::id_prefix(plan.endpoint), log.id),
+        created: super::unix_now(),
+        model: st.model_id.clone(),
+    };
+    let result = if plan.stream {
+        stream(&cx, req, &plan, &header, &mut runs, log).map(|()| Reply::Done(200))
+    } else {
+        collect(&cx, &mut runs, log).map(|()| {
+            let choices: Vec<Choice> = runs.iter().map(to_choice).collect();
+            Reply::Json(header.full(&choices, usage(&plan, &runs)))
+        })
+    };
+    let u = usage(&plan, &runs);
+    log.prompt_tokens = u.prompt_tokens;
+    log.completion_tokens = u.completion_tokens;
+    let metrics = &st.metrics;
+    metrics
+        .prompt_tokens
+        .fetch_add(u.prompt_tokens as u64, Ordering::Relaxed);
+    metrics
+        .generation_tokens
+        .fetch_add(u.completion_tokens as u64, Ordering::Relaxed);
+    metrics.e2e.observe(log.start.elapsed().as_secs_f64());
+    result
+}
+
+fn to_choice(r: &ChoiceRun) -> Choice {
+    Choice {
+        index: r.index,
+        text: r.text.clone(),
+        finish_reason: r.finish.unwrap_or("stop"),
+        logprobs: r.logprobs_on.then(|| r.logprobs.clone()),
+    }
+}
+
+/// Non-streamed: wait for every choice to finish.
+fn collect(cx: &Ctx, runs: &mut [ChoiceRun], log: &mut Log) -> Result<(), ApiError> {
+    let idle = Duration::from_millis(cx.st.cfg().limits.ping_interval_ms);
+    while runs.iter().any(|r| r.stream.is_some()) {
+        let Some((i, ev)) = next_event(runs, idle) else {
+            continue;
+        };
+        let up = runs[i].on_event(ev, cx, log);
+        if let Some(msg) = up.failed {
+            return Err(ApiError::internal(format!("generation failed: {msg}")));
+        }
+        let r = &mut runs[i];
+        r.text_len += up.text.len();
+        r.text.push_str(&up.text);
+    }
+    Ok(())
+}
+
+/// Streamed: one SSE event per token (or per piece of released text), flushed at once.
+fn stream(
+    cx: &Ctx,
+    req: &mut HttpRequest,
+    plan: &Plan,
+    header: &Header,
+    runs: &mut [ChoiceRun],
+    log: &mut Log,
+) -> Result<(), ApiError> {
+    let Ok(mut sse) = req.into_sse() else {
+        return client_gone(cx, log);
+    };
+    if stream_events(cx, &mut sse, plan, header, runs, log).is_err() {
+        return client_gone(cx, log);
+    }
+    let finished = if plan.include_usage {
+        sse.data(&header.usage_chunk(usage(plan, runs)))
+            .and_then(|()| sse.done())
+    } else {
+        sse.done()
+    };
+    if finished.is_err() {
+        return client_gone(cx, log);
+    }
+    Ok(())
+}
+
+fn client_gone(cx: &Ctx, log: &mut Log) -> Result<(), ApiError> {
+    cx.st
+        .metrics
+        .client_disconnects
+        .fetch_add(1, Ordering::Relaxed);
+    log.note = Some("client disconnected");
+    Ok(())
+}
+
+fn stream_events(
+    cx: &Ctx,
+    sse: &mut SseWriter,
+    plan: &Plan,
+    header: &Header,
+    runs: &mut [ChoiceRun],
+    log: &mut Log,
+) -> std::io::Result<()> {
+    if plan.endpoint == Endpoint::Chat {
+        for r in runs.iter() {
+            sse.data(&header.chunk(r.index, "", None, None, true, 0))?;
+        }
+    }
+    let ping_every = Duration::from_millis(cx.st.cfg().limits.ping_interval_ms);
+    let mut last_write = Instant::now();
+    while runs.iter().any(|r| r.stream.is_some()) {
+        let Some((i, ev)) = next_event(runs, ping_every) else {
+            if last_write.elapsed() >= ping_every {
+                sse.ping()?;
+                last_write = Instant::now();
+            }
+            continue;
+        };
+        let up = runs[i].on_event(ev, cx, log);
+        if up.prefill {
+            sse.ping()?;
+            last_write = Instant::now();
+        }
+        if let Some(msg) = up.failed {
+            let e = ApiError::internal(format!("generation failed: {msg}"));
+            sse.data(&e.to_json())?;
+            last_write = Instant::now();
+            continue;
+        }
+        let r = &mut runs[i];
+        let send_logprobs = r.logprobs_on && !r.logprobs.is_empty();
+        if up.text.is_empty() && !send_logprobs && !up.finished {
+            continue;
+        }
+        let lps = send_logprobs.then_some(r.logprobs.as_slice());
+        let finish = if up.finished { r.finish } else { None };
+        let chunk = header.chunk(r.index, &up.text, lps, finish, false, r.text_len);
+        r.text_len += up.text.len();
+        r.logprobs.clear();
+        sse.data(&chunk)?;
+        last_write = Instant::now();
+    }
+    Ok(())
+}

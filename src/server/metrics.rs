@@ -1,0 +1,292 @@
+//! The server's metrics and the `/metrics` page (Prometheus text format 0.0.4, hand-written).
+//!
+//! The server records per-request figures here (requests by route and status, time to first
+//! token, inter-token latency, end-to-end latency, tokens billed); the engine's own figures
+//! (queue time, batch sizes, running and waiting sequences, KV pool) are read from
+//! `EngineStats` at render time. Names are documented in `docs/METRICS.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::engine::EngineStats;
+use crate::metrics::{Histogram, LATENCY_BOUNDS_S};
+
+/// Figures recorded by the HTTP workers.
+pub struct ServerMetrics {
+    /// (route, status) → count. Routes are a fixed set, so the map stays small.
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    pub ttft: Histogram,
+    pub itl: Histogram,
+    pub e2e: Histogram,
+    pub prompt_tokens: AtomicU64,
+    pub generation_tokens: AtomicU64,
+    /// Streams whose client went away before the end.
+    pub client_disconnects: AtomicU64,
+    /// Handlers that panicked (answered 500).
+    pub panics: AtomicU64,
+}
+
+/// Figures that live elsewhere and are read when the page is rendered.
+pub struct Live<'a> {
+    pub engine: Option<(&'a str, &'a EngineStats)>,
+    pub ready: bool,
+    pub in_flight: usize,
+    pub connections_accepted: u64,
+    pub connections_open: usize,
+    pub accept_errors: u64,
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        ServerMetrics {
+            requests: Mutex::new(BTreeMap::new()),
+            ttft: Histogram::new(LATENCY_BOUNDS_S),
+            itl: Histogram::new(LATENCY_BOUNDS_S),
+            e2e: Histogram::new(LATENCY_BOUNDS_S),
+            prompt_tokens: AtomicU64::new(0),
+            generation_tokens: AtomicU64::new(0),
+            client_disconnects: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+impl ServerMetrics {
+    pub fn count_request(&self, route: &'static str, status: u16) {
+        let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((route, status)).or_insert(0) += 1;
+    }
+
+    /// Requests answered so far, all routes.
+    pub fn requests_total(&self) -> u64 {
+        let m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        m.values().sum()
+    }
+
+    /// The whole `/metrics` page.
+    pub fn render(&self, live: &Live) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        self.render_http(&mut out, live);
+        self.render_latency(&mut out);
+        if let Some((model, st)) = live.engine {
+            render_engine(&mut out, model, st);
+        }
+        scalar(
+            &mut out,
+            "ryzanstein_model_ready",
+            "gauge",
+            "1 once the default model is loaded.",
+            u8::from(live.ready),
+        );
+        if let Some(rss) = resident_bytes() {
+            scalar(
+                &mut out,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory (VmRSS of /proc/self/status).",
+                rss,
+            );
+        }
+        out
+    }
+
+    fn render_http(&self, out: &mut String, live: &Live) {
+        let name = "ryzanstein_http_requests_total";
+        header(
+            out,
+            name,
+            "counter",
+            "HTTP requests answered, by route and status.",
+        );
+        {
+            let m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+            for ((route, status), n) in m.iter() {
+                let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{status}\"}} {n}");
+            }
+        }
+        let counters: [(&str, &str, &str, u64); 6] = [
+            (
+                "ryzanstein_http_connections_accepted_total",
+                "counter",
+                "TCP connections accepted (requests_total / this = keep-alive reuse).",
+                live.connections_accepted,
+            ),
+            (
+                "ryzanstein_http_connections_open",
+                "gauge",
+                "TCP connections open now.",
+                live.connections_open as u64,
+            ),
+            (
+                "ryzanstein_http_accept_errors_total",
+                "counter",
+                "Failed accept() calls.",
+                live.accept_errors,
+            ),
+            (
+                "ryzanstein_requests_in_flight",
+                "gauge",
+                "Generation requests being served now.",
+                live.in_flight as u64,
+            ),
+            (
+                "ryzanstein_client_disconnects_total",
+                "counter",
+                "Streams cancelled because the client went away.",
+                self.client_disconnects.load(Ordering::Relaxed),
+            ),
+            (
+                "ryzanstein_handler_panics_total",
+                "counter",
+                "Requests whose handler panicked (answered 500).",
+                self.panics.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, v) in counters {
+            scalar(out, name, kind, help, v);
+        }
+    }
+
+    fn render_latency(&self, out: &mut String) {
+        let hists = [
+            (
+                "ryzanstein_time_to_first_token_seconds",
+                "From the request's arrival at a worker to its first generated token.",
+                &self.ttft,
+            ),
+            (
+                "ryzanstein_inter_token_latency_seconds",
+                "Between consecutive tokens of one sequence.",
+                &self.itl,
+            ),
+            (
+                "ryzanstein_e2e_request_latency_seconds",
+                "From the request's arrival at a worker to its last byte.",
+                &self.e2e,
+            ),
+        ];
+        for (name, help, h) in hists {
+            header(out, name, "histogram", help);
+            h.render(out, name, "");
+        }
+        let tokens = [
+            (
+                "ryzanstein_prompt_tokens_total",
+                "Prompt tokens of answered generation requests (as billed in usage).",
+                &self.prompt_tokens,
+            ),
+            (
+                "ryzanstein_generation_tokens_total",
+                "Generated tokens of answered generation requests (as billed in usage).",
+                &self.generation_tokens,
+            ),
+        ];
+        for (name, help, c) in tokens {
+            scalar(out, name, "counter", help, c.load(Ordering::Relaxed));
+        }
+    }
+}
+
+fn render_engine(out: &mut String, model: &str, st: &EngineStats) {
+    let l = format!("model=\"{model}\"");
+    let gauges: [(&str, &str, &str, u64); 8] = [
+        (
+            "ryzanstein_sequences_running",
+            "gauge",
+            "Sequences in the running batch.",
+            st.running.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ryzanstein_sequences_waiting",
+            "gauge",
+            "Requests queued for admission.",
+            st.waiting.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ryzanstein_kv_cache_bytes_used",
+            "gauge",
+            "KV-cache pool bytes held by sequences.",
+            st.kv_bytes_used.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ryzanstein_kv_cache_bytes_total",
+            "gauge",
+            "KV-cache pool size in bytes.",
+            st.kv_bytes_total.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ryzanstein_engine_steps_total",
+            "counter",
+            "Forward passes run.",
+            st.steps.load(Ordering::Relaxed),
+        ),
+        (
+            "ryzanstein_preemptions_total",
+            "counter",
+            "Sequences pushed out of the KV pool (recomputed later).",
+            st.preemptions.load(Ordering::Relaxed),
+        ),
+        (
+            "ryzanstein_sequences_cancelled_total",
+            "counter",
+            "Sequences dropped because their receiver went away.",
+            st.cancelled.load(Ordering::Relaxed),
+        ),
+        (
+            "ryzanstein_engine_prefill_tokens_total",
+            "counter",
+            "Prompt tokens run through the model (recomputation included).",
+            st.prompt_tokens.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, v) in gauges {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name}{{{l}}} {v}");
+    }
+    let hists = [
+        (
+            "ryzanstein_request_queue_time_seconds",
+            "From submission to admission into the running batch.",
+            &st.queue_seconds,
+        ),
+        (
+            "ryzanstein_batch_size_sequences",
+            "Sequences per forward pass.",
+            &st.batch_seqs,
+        ),
+        (
+            "ryzanstein_batch_size_tokens",
+            "Tokens per forward pass.",
+            &st.batch_tokens,
+        ),
+        (
+            "ryzanstein_step_seconds",
+            "Seconds per forward pass.",
+            &st.step_seconds,
+        ),
+    ];
+    for (name, help, h) in hists {
+        header(out, name, "histogram", help);
+        h.render(out, name, &l);
+    }
+}
+
+/// VmRSS from /proc/self/status, in bytes (Linux only).
+pub fn resident_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
