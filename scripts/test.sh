@@ -11,6 +11,24 @@ fi
 RYZANSTEIN_MODEL="$(scripts/fetch-model.sh)"
 export RYZANSTEIN_MODEL
 
+# The official openai Python package, for tests/openai_client.py (run by
+# tests/server_binary.rs): installed once into the cache, found through this variable.
+OPENAI_VERSION="3.54.0"
+OPENAI_DIR="${RYZANSTEIN_CACHE:-$HOME/.cache/ryzanstein}/py/openai-$OPENAI_VERSION"
+PY="${PYTHON:-python3}"
+if ! PYTHONPATH="$OPENAI_DIR" "$PY" -c "import openai" >/dev/null 2>&1; then
+  echo "installing openai==$OPENAI_VERSION into $OPENAI_DIR ..." >&2
+  rm -rf "$OPENAI_DIR"
+  mkdir -p "$(dirname "$OPENAI_DIR")"
+  # pip's resolver warns about packages outside --target; only the exit code matters here.
+  "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+    --target "$OPENAI_DIR" "openai==$OPENAI_VERSION" >/dev/null 2>"$OPENAI_DIR.log" || {
+    cat "$OPENAI_DIR.log" >&2
+    exit 1
+  }
+fi
+export RYZANSTEIN_OPENAI_PYTHONPATH="$OPENAI_DIR"
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 log="$(mktemp)"

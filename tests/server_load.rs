@@ -1,0 +1,231 @@
+//! The server under concurrency, over real sockets: 32 concurrent streams give exactly what
+//! each request gives alone (batch invariance over HTTP), a client that disconnects frees its
+//! KV memory, overload is a fast 503, keep-alive reuse is counted.
+
+mod common;
+mod server_support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use server_support::*;
+
+/// Everything that must not depend on the batch: text, finish, usage and log-probs, per choice.
+fn outcome(events: &[Value]) -> Value {
+    let mut text = String::new();
+    let mut tokens = Vec::new();
+    let mut finish = Value::Null;
+    let mut usage = Value::Null;
+    for e in events {
+        if let Some(u) = e.get("usage") {
+            usage = u.clone();
+        }
+        let Some(c) = e["choices"].get(0) else {
+            continue;
+        };
+        text.push_str(c["text"].as_str().unwrap_or(""));
+        if let Some(l) = c["logprobs"].as_object() {
+            for (i, t) in l["tokens"].as_array().unwrap().iter().enumerate() {
+                tokens.push(json!([t, l["token_logprobs"][i], l["top_logprobs"][i]]));
+            }
+        }
+        if !c["finish_reason"].is_null() {
+            finish = c["finish_reason"].clone();
+        }
+    }
+    json!({"text": text, "tokens": tokens, "finish": finish, "usage": usage})
+}
+
+fn stream_outcome(addr: SocketAddr, body: &Value) -> Value {
+    let mut c = Conn::open(addr);
+    c.send("POST", "/v1/completions", &[], body.to_string().as_bytes());
+    let (status, _, events) = c.read_sse();
+    assert_eq!(status, 200);
+    outcome(&data_events(&events))
+}
+
+const PROMPTS: [&str; 8] = [
+    "The capital of France is",
+    "Once upon a time, in a quiet forest, a little fox",
+    "def fibonacci(n):",
+    "List three colours:",
+    "In 1969, the first humans",
+    "The quick brown fox jumps over",
+    "My favourite food is",
+    "Water boils at",
+];
+
+fn body(i: usize) -> Value {
+    let mut b = json!({"prompt": PROMPTS[i % 8], "max_tokens": 8, "stream": true,
+                       "stream_options": {"include_usage": true}, "logprobs": 2});
+    if i % 2 == 0 {
+        b["temperature"] = json!(0);
+    } else {
+        b["temperature"] = json!(0.9);
+        b["top_k"] = json!(40);
+        b["seed"] = json!(1000 + i as u64 % 8);
+    }
+    b
+}
+
+#[test]
+fn thirty_two_concurrent_streams_match_each_request_alone() {
+    let mut cfg = test_config();
+    cfg.engine.max_batch_size = 32;
+    let server = start(cfg, false);
+    let addr = server.local_addr();
+    let alone: Vec<Value> = (0..8).map(|i| stream_outcome(addr, &body(i))).collect();
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..32)
+        .map(|i| std::thread::spawn(move || (i, stream_outcome(addr, &body(i)))))
+        .collect();
+    for h in handles {
+        let (i, got) = h.join().expect("client thread");
+        assert_eq!(got, alone[i % 8], "request {i} differs from the same request alone");
+    }
+    let page = get(addr, "/metrics").text();
+    let steps = metric(&page, "ryzanstein_batch_size_sequences_count{").unwrap();
+    let small = metric(
+        &page,
+        "ryzanstein_batch_size_sequences_bucket{model=\"gemma-3-270m-q4_k_m\",le=\"4\"}",
+    )
+    .unwrap();
+    eprintln!(
+        "32 concurrent streams in {:?}; {} of {steps} steps carried more than 4 sequences",
+        t0.elapsed(),
+        steps - small
+    );
+    assert!(small < steps, "no step batched more than 4 sequences:\n{page}");
+    server.shutdown();
+}
+
+fn kv_used(addr: SocketAddr) -> (f64, f64) {
+    let page = get(addr, "/metrics").text();
+    (
+        metric(&page, "ryzanstein_kv_cache_bytes_used{").unwrap(),
+        metric(&page, "ryzanstein_sequences_running{").unwrap(),
+    )
+}
+
+#[test]
+fn a_client_that_disconnects_frees_its_sequence() {
+    let server = start(test_config(), false);
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr);
+    let b = json!({"prompt": "Tell me a very long story.", "max_tokens": 400, "stream": true,
+                   "temperature": 0, "logit_bias": {"1": -100, "106": -100}});
+    c.send("POST", "/v1/completions", &[], b.to_string().as_bytes());
+    let _ = c.read_head();
+    for _ in 0..3 {
+        c.read_chunk().expect("an event");
+    }
+    let (used, running) = kv_used(addr);
+    assert!(used > 0.0 && running == 1.0, "generating: {used} bytes, {running} running");
+    let t0 = Instant::now();
+    drop(c);
+    loop {
+        let (used, running) = kv_used(addr);
+        if used == 0.0 && running == 0.0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "KV not freed after a disconnect: {used} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("KV freed {:?} after the disconnect", t0.elapsed());
+    let page = get(addr, "/metrics").text();
+    assert_eq!(metric(&page, "ryzanstein_client_disconnects_total"), Some(1.0));
+    assert_eq!(metric(&page, "ryzanstein_sequences_cancelled_total{"), Some(1.0));
+    assert!(metric(&page, "ryzanstein_generation_tokens_total").unwrap() < 400.0);
+    server.shutdown();
+}
+
+#[test]
+fn overload_is_a_fast_503_with_retry_after() {
+    let mut cfg = test_config();
+    cfg.limits.max_concurrent_requests = 2;
+    cfg.http_workers = 4;
+    let server = start(cfg, false);
+    let addr = server.local_addr();
+    let long = json!({"prompt": "Tell me a story.", "max_tokens": 300, "stream": true,
+                      "temperature": 0, "logit_bias": {"1": -100, "106": -100}});
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut c = Conn::open(addr);
+        c.send("POST", "/v1/completions", &[], long.to_string().as_bytes());
+        let _ = c.read_head();
+        busy.push(c);
+    }
+    let t0 = Instant::now();
+    let r = post(addr, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 1}));
+    let took = t0.elapsed();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.json()["error"]["type"], "server_error");
+    assert!(took < Duration::from_millis(500), "503 took {took:?}");
+    // Health and metrics still answer while the cap is reached.
+    assert_eq!(get(addr, "/health").status, 200);
+    eprintln!("503 in {took:?} with the concurrency cap reached");
+    drop(busy);
+    server.shutdown();
+}
+
+#[test]
+fn a_full_engine_queue_is_a_fast_503() {
+    let mut cfg = test_config();
+    cfg.engine.max_batch_size = 1;
+    cfg.engine.queue_depth = 1;
+    let server = start(cfg, false);
+    let addr = server.local_addr();
+    let long = json!({"prompt": "Tell me a story.", "max_tokens": 300, "stream": true,
+                      "temperature": 0, "logit_bias": {"1": -100, "106": -100}});
+    let mut held = Vec::new();
+    let mut rejected = None;
+    // One runs, one is held by the dispatcher, one waits in the queue: the next is refused.
+    for _ in 0..6 {
+        let mut c = Conn::open(addr);
+        let t0 = Instant::now();
+        c.send("POST", "/v1/completions", &[], long.to_string().as_bytes());
+        let (status, headers) = c.read_head();
+        if status == 503 {
+            rejected = Some((t0.elapsed(), headers));
+            break;
+        }
+        held.push(c);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (took, headers) = rejected.expect("a 503 once the queue is full");
+    assert!(headers.iter().any(|(k, v)| k == "retry-after" && v == "1"));
+    assert!(took < Duration::from_millis(500), "503 took {took:?}");
+    drop(held);
+    server.shutdown();
+}
+
+#[test]
+fn keep_alive_reuse_is_counted() {
+    let server = start(test_config(), false);
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr);
+    for _ in 0..3 {
+        let r = c.post("/v1/completions", &json!({"prompt": "Hi", "max_tokens": 2}));
+        assert_eq!(r.status, 200);
+    }
+    let page = c.request("GET", "/metrics", &[], b"").text();
+    assert_eq!(
+        metric(&page, "ryzanstein_http_connections_accepted_total"),
+        Some(1.0),
+        "one connection for four requests"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "ryzanstein_http_requests_total{route=\"/v1/completions\",status=\"200\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(metric(&page, "ryzanstein_http_connections_open"), Some(1.0));
+    server.shutdown();
+}
