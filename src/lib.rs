@@ -10,6 +10,7 @@
 //! Nothing in this crate below the (future) engine layer spawns threads, blocks or locks; the
 //! only parallelism is rayon inside the kernels and the forward pass.
 
+pub mod bench;
 pub mod engine;
 pub mod gguf;
 pub mod kernels;
