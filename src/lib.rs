@@ -14,6 +14,7 @@
 //! only parallelism is rayon inside the kernels and the forward pass.
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod gguf;

@@ -1,5 +1,6 @@
-//! Command-line commands: `serve`, `generate`, `inspect`, `bench-model`.
+//! Command-line commands: `serve`, `generate`, `inspect`, `bench-model`, `bench`.
 
+mod bench;
 mod bench_model;
 mod generate;
 mod inspect;
@@ -28,6 +29,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Measure prefill and decode speed (tokens/s) the way llama-bench does.
     BenchModel(bench_model::BenchArgs),
+    /// Load-test an OpenAI-compatible server (closed or open loop), optionally side by side
+    /// with a second one.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -36,6 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::BenchModel(a) => bench_model::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

@@ -300,8 +300,10 @@ struct StepCosts {
 
 impl StepCosts {
     const ALPHA: f64 = 0.2;
-    /// Prompt tokens per step while decoding, before any measurement and at least.
+    /// Prompt tokens per step while decoding, at least.
     const PREFILL_FLOOR: usize = 4;
+    /// Prompt tokens per step while decoding until the cost of one has been measured.
+    const PREFILL_UNMEASURED: usize = 32;
 
     fn record(&mut self, n_decode: usize, n_prefill: usize, secs: f64) {
         let ewma = |old: f64, new: f64| {
@@ -313,17 +315,29 @@ impl StepCosts {
         };
         if n_prefill == 0 {
             self.decode_step_s = ewma(self.decode_step_s, secs);
-        } else if n_prefill >= 8 {
-            // Net of the decode part when known; small chunks are too noisy to learn from.
-            let net = (secs
-                - if n_decode > 0 {
-                    self.decode_step_s
-                } else {
-                    0.0
-                })
-            .max(0.0);
+        } else if n_decode == 0 || self.decode_step_s > 0.0 {
+            // Net of the decode part, which the decode-only steps measure.
+            let decode_part = if n_decode > 0 {
+                self.decode_step_s
+            } else {
+                0.0
+            };
+            let net = (secs - decode_part).max(0.0);
             self.prefill_token_s = ewma(self.prefill_token_s, net / n_prefill as f64);
         }
+    }
+
+    /// Prompt tokens a step that carries decode tokens may take.
+    fn prefill_cap(&self, itl_factor: f64) -> usize {
+        if self.prefill_token_s == 0.0 || self.decode_step_s == 0.0 {
+            return Self::PREFILL_UNMEASURED;
+        }
+        policy::prefill_cap(
+            self.decode_step_s,
+            self.prefill_token_s,
+            itl_factor,
+            Self::PREFILL_FLOOR,
+        )
     }
 }
 
@@ -559,12 +573,7 @@ impl Dispatcher {
         }));
         let budgets = Budgets {
             max_batch_tokens: self.opts.max_batch_tokens,
-            prefill_tokens_while_decoding: policy::prefill_cap(
-                self.costs.decode_step_s,
-                self.costs.prefill_token_s,
-                self.opts.itl_factor,
-                StepCosts::PREFILL_FLOOR,
-            ),
+            prefill_tokens_while_decoding: self.costs.prefill_cap(self.opts.itl_factor),
         };
         policy::next_batch(&self.views, &budgets, &mut self.plan);
         if !self.reserve_plan() {

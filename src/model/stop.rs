@@ -106,7 +106,7 @@ impl StopStrings {
         let mut best: Option<(usize, usize)> = None;
         for (i, s) in self.stops.iter().enumerate() {
             if let Some(pos) = self.held.find(s.as_str()) {
-                if best.map_or(true, |(p, _)| pos < p) {
+                if best.is_none_or(|(p, _)| pos < p) {
                     best = Some((pos, i));
                 }
             }

@@ -1,0 +1,469 @@
+//! The load generator behind `ryzanstein bench`: drives any OpenAI-compatible server with
+//! completions requests, closed-loop (N clients, each sending its next request when the last
+//! one ends) or open-loop (Poisson arrivals at a rate), and reports vLLM `bench serve` metrics:
+//! TTFT (time to the first streamed chunk), ITL (gaps between chunks), TPOT
+//! ((e2e − TTFT)/(completion tokens − 1)), E2EL, request and output-token throughput. Token
+//! counts come from the server's `usage`.
+
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use http::{Conn, Target};
+
+/// What every request of a run looks like.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// Sent as `model` when set.
+    pub model: Option<String>,
+    /// Prompt length in tokens (sent as token ids).
+    pub prompt_tokens: usize,
+    pub max_tokens: usize,
+    pub stream: bool,
+    /// Token ids are drawn uniformly from this range.
+    pub token_range: (u32, u32),
+    /// Ask the server to ignore end-of-generation tokens (llama.cpp and vLLM extension).
+    pub ignore_eos: bool,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    pub seed: u64,
+}
+
+/// How requests arrive in one level.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arrivals {
+    /// `clients` clients, each sending its next request as soon as the last one ends.
+    Closed { clients: usize },
+    /// Poisson arrivals at `rate` requests per second, at most `clients` in flight.
+    Open { rate: f64, clients: usize },
+}
+
+/// One finished request.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    error: Option<String>,
+    ttft_s: f64,
+    e2e_s: f64,
+    itl_s: Vec<f64>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+/// p50/p90/p99/max and mean of one metric, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Dist {
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Dist {
+    fn of_seconds(mut xs: Vec<f64>) -> Dist {
+        if xs.is_empty() {
+            return Dist::default();
+        }
+        xs.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            let i = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len()) - 1;
+            xs[i] * 1e3
+        };
+        Dist {
+            mean: xs.iter().sum::<f64>() / xs.len() as f64 * 1e3,
+            p50: pick(0.50),
+            p90: pick(0.90),
+            p99: pick(0.99),
+            max: xs[xs.len() - 1] * 1e3,
+        }
+    }
+}
+
+/// The result of one level.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LevelReport {
+    pub clients: usize,
+    /// Requests per second offered (open loop), or null.
+    pub rate: Option<f64>,
+    pub duration_s: f64,
+    pub completed: usize,
+    pub errors: BTreeMap<String, usize>,
+    pub request_throughput: f64,
+    pub output_throughput: f64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub ttft_ms: Dist,
+    pub tpot_ms: Dist,
+    pub itl_ms: Dist,
+    pub e2el_ms: Dist,
+    /// TCP connections the clients opened (keep-alive reuse shows as fewer than requests).
+    pub connections_opened: u64,
+    /// Requests that met every SLO, per second (when SLOs are given).
+    pub goodput: Option<f64>,
+}
+
+/// Service-level objectives for goodput, in milliseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Slo {
+    pub ttft_ms: Option<f64>,
+    pub tpot_ms: Option<f64>,
+    pub e2el_ms: Option<f64>,
+}
+
+impl Slo {
+    fn is_set(&self) -> bool {
+        self.ttft_ms.is_some() || self.tpot_ms.is_some() || self.e2el_ms.is_some()
+    }
+
+    fn met(&self, s: &Sample) -> bool {
+        let ok = |limit: Option<f64>, v: f64| limit.is_none_or(|l| v * 1e3 <= l);
+        s.error.is_none()
+            && ok(self.ttft_ms, s.ttft_s)
+            && ok(self.tpot_ms, tpot_s(s).unwrap_or(0.0))
+            && ok(self.e2el_ms, s.e2e_s)
+    }
+}
+
+fn tpot_s(s: &Sample) -> Option<f64> {
+    (s.completion_tokens > 1).then(|| (s.e2e_s - s.ttft_s) / (s.completion_tokens - 1) as f64)
+}
+
+/// Runs `n_requests` requests against `url` with the given arrivals.
+pub fn run_level(
+    url: &str,
+    w: &Workload,
+    arrivals: Arrivals,
+    n_requests: usize,
+    slo: &Slo,
+    on_done: &(dyn Fn(usize) + Sync),
+) -> std::io::Result<LevelReport> {
+    let target = Target::parse(url)?;
+    let (clients, rate) = match arrivals {
+        Arrivals::Closed { clients } => (clients.max(1), None),
+        Arrivals::Open { rate, clients } => (clients.max(1), Some(rate)),
+    };
+    let schedule = arrival_offsets(rate, n_requests, w.seed);
+    let next = AtomicUsize::new(0);
+    let samples = Mutex::new(Vec::with_capacity(n_requests));
+    let opened = Mutex::new(0u64);
+    let t0 = Instant::now();
+    std::thread::scope(|sc| {
+        for c in 0..clients.min(n_requests) {
+            let (target, next, samples, opened, schedule) =
+                (target.clone(), &next, &samples, &opened, &schedule);
+            sc.spawn(move || {
+                let mut conn = Conn::new(target, w.timeout);
+                let mut rng = w.seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n_requests {
+                        break;
+                    }
+                    if let Some(at) = schedule.get(i) {
+                        let due = t0 + *at;
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    let s = one_request(&mut conn, w, &mut rng);
+                    let mut all = samples.lock().unwrap_or_else(|e| e.into_inner());
+                    all.push(s);
+                    on_done(all.len());
+                }
+                *opened.lock().unwrap_or_else(|e| e.into_inner()) += conn.opened;
+            });
+        }
+    });
+    let duration_s = t0.elapsed().as_secs_f64();
+    let samples = samples.into_inner().unwrap_or_else(|e| e.into_inner());
+    let opened = opened.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(summarize(samples, clients, rate, duration_s, opened, slo))
+}
+
+/// Poisson arrival times (exponential gaps) for an open loop; empty for a closed loop.
+fn arrival_offsets(rate: Option<f64>, n: usize, seed: u64) -> Vec<Duration> {
+    let Some(rate) = rate.filter(|r| *r > 0.0) else {
+        return Vec::new();
+    };
+    let mut rng = seed | 1;
+    let mut t = 0.0f64;
+    (0..n)
+        .map(|_| {
+            let u = (next_u64(&mut rng) >> 11) as f64 / (1u64 << 53) as f64;
+            t += -(1.0 - u).ln() / rate;
+            Duration::from_secs_f64(t)
+        })
+        .collect()
+}
+
+fn next_u64(s: &mut u64) -> u64 {
+    // splitmix64
+    *s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *s;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn request_body(w: &Workload, rng: &mut u64) -> Vec<u8> {
+    let (lo, hi) = w.token_range;
+    let span = u64::from(hi.saturating_sub(lo).max(1));
+    let prompt: Vec<u32> = (0..w.prompt_tokens)
+        .map(|_| lo + (next_u64(rng) % span) as u32)
+        .collect();
+    let mut body = json!({
+        "prompt": prompt,
+        "max_tokens": w.max_tokens,
+        "temperature": 0.0,
+        "stream": w.stream,
+    });
+    if w.stream {
+        body["stream_options"] = json!({ "include_usage": true });
+    }
+    if w.ignore_eos {
+        body["ignore_eos"] = json!(true);
+    }
+    if let Some(m) = &w.model {
+        body["model"] = json!(m);
+    }
+    serde_json::to_vec(&body).expect("a JSON value serializes")
+}
+
+fn one_request(conn: &mut Conn, w: &Workload, rng: &mut u64) -> Sample {
+    let body = request_body(w, rng);
+    let t0 = Instant::now();
+    let mut s = Sample::default();
+    let head = match conn.post("/v1/completions", &body) {
+        Ok(h) => h,
+        Err(e) => {
+            s.error = Some(io_kind(&e));
+            return s;
+        }
+    };
+    if head.status != 200 {
+        let _ = conn.read_body(&head);
+        s.error = Some(format!("http_{}", head.status));
+        return s;
+    }
+    let r = if w.stream {
+        read_stream(conn, &head, t0, &mut s)
+    } else {
+        read_whole(conn, &head, t0, &mut s)
+    };
+    if let Err(e) = r {
+        s.error = Some(e);
+    }
+    s
+}
+
+fn io_kind(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connect_refused".into(),
+        TimedOut | WouldBlock => "timeout".into(),
+        ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof => {
+            "connection_lost".into()
+        }
+        _ => "io".into(),
+    }
+}
+
+fn read_whole(
+    conn: &mut Conn,
+    head: &http::Head,
+    t0: Instant,
+    s: &mut Sample,
+) -> Result<(), String> {
+    let body = conn.read_body(head).map_err(|e| io_kind(&e))?;
+    s.e2e_s = t0.elapsed().as_secs_f64();
+    s.ttft_s = s.e2e_s;
+    let v: Value = serde_json::from_slice(&body).map_err(|_| "bad_json".to_string())?;
+    take_usage(&v, s)
+}
+
+fn take_usage(v: &Value, s: &mut Sample) -> Result<(), String> {
+    let u = v.get("usage").filter(|u| !u.is_null()).ok_or("no_usage")?;
+    s.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0);
+    s.completion_tokens = u["completion_tokens"].as_u64().ok_or("no_usage")?;
+    Ok(())
+}
+
+/// Reads SSE events as they arrive: the first chunk with text sets TTFT, each later one adds
+/// an inter-chunk gap; the usage chunk gives the token counts.
+fn read_stream(
+    conn: &mut Conn,
+    head: &http::Head,
+    t0: Instant,
+    s: &mut Sample,
+) -> Result<(), String> {
+    let mut pending = Vec::new();
+    let mut last: Option<Instant> = None;
+    let mut done = false;
+    let mut err: Option<String> = None;
+    let r = conn.for_each_body_chunk(head, |chunk| {
+        pending.extend_from_slice(chunk);
+        while let Some(end) = find_event_end(&pending) {
+            let event: Vec<u8> = pending.drain(..end).collect();
+            match handle_event(&event, s) {
+                Ok(EventKind::Text) => {
+                    let now = Instant::now();
+                    match last {
+                        None => s.ttft_s = (now - t0).as_secs_f64(),
+                        Some(prev) => s.itl_s.push((now - prev).as_secs_f64()),
+                    }
+                    last = Some(now);
+                }
+                Ok(EventKind::Done) => done = true,
+                Ok(EventKind::Other) => {}
+                Err(e) => err = Some(e),
+            }
+        }
+        err.is_none()
+    });
+    s.e2e_s = t0.elapsed().as_secs_f64();
+    r.map_err(|e| io_kind(&e))?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if !done {
+        return Err("stream_cut".into());
+    }
+    if s.completion_tokens == 0 {
+        // No usage chunk: count text chunks (one token each on the servers we drive).
+        s.completion_tokens = s.itl_s.len() as u64 + u64::from(last.is_some());
+    }
+    Ok(())
+}
+
+enum EventKind {
+    Text,
+    Done,
+    Other,
+}
+
+/// End (exclusive, including the blank line) of the first complete event in `buf`.
+fn find_event_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
+}
+
+fn handle_event(event: &[u8], s: &mut Sample) -> Result<EventKind, String> {
+    let text = std::str::from_utf8(event).map_err(|_| "bad_utf8".to_string())?;
+    let mut kind = EventKind::Other;
+    for line in text.lines() {
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let data = data.trim();
+        if data == "[DONE]" {
+            return Ok(EventKind::Done);
+        }
+        let v: Value = serde_json::from_str(data).map_err(|_| "bad_json".to_string())?;
+        if v.get("error").is_some() {
+            return Err("stream_error".into());
+        }
+        let has_text = v["choices"].as_array().is_some_and(|c| {
+            c.iter().any(|c| {
+                c["text"].as_str().is_some_and(|t| !t.is_empty())
+                    || c["delta"]["content"]
+                        .as_str()
+                        .is_some_and(|t| !t.is_empty())
+            })
+        });
+        if has_text {
+            kind = EventKind::Text;
+        }
+        let _ = take_usage(&v, s);
+    }
+    Ok(kind)
+}
+
+fn summarize(
+    samples: Vec<Sample>,
+    clients: usize,
+    rate: Option<f64>,
+    duration_s: f64,
+    connections_opened: u64,
+    slo: &Slo,
+) -> LevelReport {
+    let mut errors = BTreeMap::new();
+    for e in samples.iter().filter_map(|s| s.error.as_ref()) {
+        *errors.entry(e.clone()).or_insert(0) += 1;
+    }
+    let ok: Vec<&Sample> = samples.iter().filter(|s| s.error.is_none()).collect();
+    let completion_tokens: u64 = ok.iter().map(|s| s.completion_tokens).sum();
+    let prompt_tokens: u64 = ok.iter().map(|s| s.prompt_tokens).sum();
+    let per_s = |n: f64| {
+        if duration_s > 0.0 {
+            n / duration_s
+        } else {
+            0.0
+        }
+    };
+    LevelReport {
+        clients,
+        rate,
+        duration_s,
+        completed: ok.len(),
+        errors,
+        request_throughput: per_s(ok.len() as f64),
+        output_throughput: per_s(completion_tokens as f64),
+        prompt_tokens,
+        completion_tokens,
+        ttft_ms: Dist::of_seconds(ok.iter().map(|s| s.ttft_s).collect()),
+        tpot_ms: Dist::of_seconds(ok.iter().filter_map(|s| tpot_s(s)).collect()),
+        itl_ms: Dist::of_seconds(ok.iter().flat_map(|s| s.itl_s.iter().copied()).collect()),
+        e2el_ms: Dist::of_seconds(ok.iter().map(|s| s.e2e_s).collect()),
+        connections_opened,
+        goodput: slo
+            .is_set()
+            .then(|| per_s(samples.iter().filter(|s| slo.met(s)).count() as f64)),
+    }
+}
+
+/// A shared counter for progress display.
+pub type Progress = Arc<AtomicUsize>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let d = Dist::of_seconds((1..=100).map(|i| i as f64 / 1000.0).collect());
+        assert_eq!((d.p50, d.p90, d.p99, d.max), (50.0, 90.0, 99.0, 100.0));
+        assert!((d.mean - 50.5).abs() < 1e-9);
+        assert_eq!(Dist::of_seconds(vec![]), Dist::default());
+    }
+
+    #[test]
+    fn sse_events_are_split_and_classified() {
+        let mut s = Sample::default();
+        let buf = b"data: {\"choices\":[{\"text\":\"hi\"}]}\n\n: ping\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\ndata: [DONE]\n\n";
+        let mut rest = &buf[..];
+        let mut kinds = Vec::new();
+        while let Some(end) = find_event_end(rest) {
+            kinds.push(match handle_event(&rest[..end], &mut s).unwrap() {
+                EventKind::Text => 't',
+                EventKind::Done => 'd',
+                EventKind::Other => 'o',
+            });
+            rest = &rest[end..];
+        }
+        assert_eq!(kinds, ['t', 'o', 'o', 'd']);
+        assert_eq!((s.prompt_tokens, s.completion_tokens), (5, 7));
+    }
+
+    #[test]
+    fn poisson_offsets_have_the_asked_rate() {
+        let at = arrival_offsets(Some(50.0), 5000, 7);
+        let rate = 5000.0 / at.last().unwrap().as_secs_f64();
+        assert!((rate - 50.0).abs() < 3.0, "{rate}");
+        assert!(at.windows(2).all(|w| w[0] <= w[1]));
+        assert!(arrival_offsets(None, 10, 7).is_empty());
+    }
+}
