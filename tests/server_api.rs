@@ -45,7 +45,10 @@ fn health_models_and_metrics() {
     let a = addr();
     assert_eq!(get(a, "/health").json(), json!({"status": "ok"}));
     let r = get(a, "/health/ready");
-    assert_eq!((r.status, r.json()["status"].clone()), (200, json!("ready")));
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("ready"))
+    );
     let m = get(a, "/v1/models").json();
     assert_eq!(m["object"], "list");
     assert_eq!(m["data"][0]["id"], "gemma-3-270m-q4_k_m");
@@ -87,8 +90,12 @@ fn tokenize_and_detokenize_round_trip() {
 fn completion_streamed_and_whole_agree_and_usage_is_exact() {
     let body = json!({"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0});
     let whole = completion(body.clone());
-    let n_prompt = post(addr(), "/tokenize", &json!({"prompt": "The capital of France is"}))
-        .json()["count"]
+    let n_prompt = post(
+        addr(),
+        "/tokenize",
+        &json!({"prompt": "The capital of France is"}),
+    )
+    .json()["count"]
         .clone();
     assert_eq!(whole["object"], "text_completion");
     assert!(whole["id"].as_str().unwrap().starts_with("cmpl-"));
@@ -102,7 +109,9 @@ fn completion_streamed_and_whole_agree_and_usage_is_exact() {
     }
     assert_eq!(
         usage["total_tokens"].as_u64(),
-        Some(usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap())
+        Some(
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+        )
     );
 
     // The same request streamed, then a plain request on the same connection.
@@ -113,7 +122,12 @@ fn completion_streamed_and_whole_agree_and_usage_is_exact() {
     c.send("POST", "/v1/completions", &[], sbody.to_string().as_bytes());
     let (status, headers, events) = c.read_sse();
     assert_eq!(status, 200);
-    let h = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let h = |k: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
     assert_eq!(h("content-type"), Some("text/event-stream"));
     assert_eq!(h("cache-control"), Some("no-cache"));
     assert_eq!(h("x-accel-buffering"), Some("no"));
@@ -135,7 +149,11 @@ fn completion_streamed_and_whole_agree_and_usage_is_exact() {
         .map(|c| &c["finish_reason"])
         .filter(|f| !f.is_null())
         .collect();
-    assert_eq!(finish, vec![&json!(fin)], "one finish_reason, on the last choice chunk");
+    assert_eq!(
+        finish,
+        vec![&json!(fin)],
+        "one finish_reason, on the last choice chunk"
+    );
 
     // Keep-alive: the connection serves the next request.
     let r = c.request("GET", "/health", &[], b"");
@@ -197,7 +215,10 @@ fn stop_strings_cut_the_text() {
                 .iter()
                 .map(|d| d["choices"][0]["text"].as_str().unwrap())
                 .collect();
-            (t, data.last().unwrap()["choices"][0]["finish_reason"].clone())
+            (
+                t,
+                data.last().unwrap()["choices"][0]["finish_reason"].clone(),
+            )
         } else {
             let r = completion(b);
             (
@@ -205,14 +226,20 @@ fn stop_strings_cut_the_text() {
                 r["choices"][0]["finish_reason"].clone(),
             )
         };
-        assert_eq!((text.as_str(), finish), (cut, json!("stop")), "stream={stream}");
+        assert_eq!(
+            (text.as_str(), finish),
+            (cut, json!("stop")),
+            "stream={stream}"
+        );
     }
 }
 
 #[test]
 fn completion_logprobs_have_the_openai_shape() {
-    let r = completion(json!({"prompt": "The sky is", "max_tokens": 4, "temperature": 0,
-                              "logprobs": 3, "logit_bias": eog_bias()}));
+    let r = completion(
+        json!({"prompt": "The sky is", "max_tokens": 4, "temperature": 0,
+                              "logprobs": 3, "logit_bias": eog_bias()}),
+    );
     let l = &r["choices"][0]["logprobs"];
     let n = r["usage"]["completion_tokens"].as_u64().unwrap() as usize;
     assert_eq!(l["tokens"].as_array().unwrap().len(), n);
@@ -221,7 +248,10 @@ fn completion_logprobs_have_the_openai_shape() {
     let top0 = l["top_logprobs"][0].as_object().unwrap();
     assert_eq!(top0.len(), 3);
     // Greedy: the chosen token is the most likely one.
-    let best = top0.values().map(|v| v.as_f64().unwrap()).fold(f64::MIN, f64::max);
+    let best = top0
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
     assert_eq!(l["token_logprobs"][0].as_f64().unwrap(), best);
     let joined: String = l["tokens"]
         .as_array()
@@ -247,17 +277,33 @@ fn errors_have_status_and_openai_bodies() {
     let raw = |body: &str| request(a, "POST", "/v1/completions", body.as_bytes());
     expect_error(&raw("{oops"), 400, None);
     expect_error(&raw("[1]"), 400, None);
-    expect_error(&raw(r#"{"prompt":"x","temperature":"hot"}"#), 400, Some("temperature"));
+    expect_error(
+        &raw(r#"{"prompt":"x","temperature":"hot"}"#),
+        400,
+        Some("temperature"),
+    );
     expect_error(&raw(r#"{"prompt":""}"#), 400, Some("prompt"));
     expect_error(&raw(r#"{"max_tokens":3}"#), 400, Some("prompt"));
-    expect_error(&raw(r#"{"prompt":"x","max_tokens":100000}"#), 400, Some("max_tokens"));
+    expect_error(
+        &raw(r#"{"prompt":"x","max_tokens":100000}"#),
+        400,
+        Some("max_tokens"),
+    );
     expect_error(&raw(r#"{"prompt":[1,2,999999]}"#), 400, Some("prompt"));
-    expect_error(&raw(r#"{"prompt":"x","logit_bias":{"999999":1}}"#), 400, Some("logit_bias"));
+    expect_error(
+        &raw(r#"{"prompt":"x","logit_bias":{"999999":1}}"#),
+        400,
+        Some("logit_bias"),
+    );
     let long: Vec<u32> = vec![100; 2000];
     let r = post(a, "/v1/completions", &json!({"prompt": long}));
     expect_error(&r, 400, Some("prompt"));
     assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
-    let r = post(a, "/v1/completions", &json!({"prompt": "x", "model": "gpt-9"}));
+    let r = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "x", "model": "gpt-9"}),
+    );
     expect_error(&r, 404, Some("model"));
     let r = get(a, "/v1/completions");
     expect_error(&r, 405, None);
@@ -325,7 +371,10 @@ fn tokens_stream_one_by_one() {
         token_times.len(),
         distinct.len()
     );
-    assert!(distinct.len() >= n / 2, "events came in bursts: {token_times:?}");
+    assert!(
+        distinct.len() >= n / 2,
+        "events came in bursts: {token_times:?}"
+    );
     assert!(
         first < last / 2,
         "the first token must arrive long before the last: {first:?} vs {last:?}"
@@ -344,8 +393,12 @@ fn http10_stream_is_unframed_and_closes() {
     )
     .unwrap();
     let mut all = String::new();
-    s.read_to_string(&mut all).expect("the server closes the connection");
+    s.read_to_string(&mut all)
+        .expect("the server closes the connection");
     assert!(all.starts_with("HTTP/1.0 200"), "{all}");
-    assert!(!all.to_ascii_lowercase().contains("transfer-encoding"), "{all}");
+    assert!(
+        !all.to_ascii_lowercase().contains("transfer-encoding"),
+        "{all}"
+    );
     assert!(all.trim_end().ends_with("data: [DONE]"), "{all}");
 }

@@ -32,7 +32,10 @@ fn the_binary_serves_with_an_api_key_and_stops_on_sigterm() {
     assert_eq!(c.request("GET", "/metrics", &[], b"").status, 200, "no key");
     assert_eq!(s.terminate(), Some(0), "exit 0 after SIGTERM");
     let log = s.stderr.lock().unwrap().clone();
-    assert!(log.contains("route=\"/v1/completions\" status=200"), "{log}");
+    assert!(
+        log.contains("route=\"/v1/completions\" status=200"),
+        "{log}"
+    );
     assert!(log.contains("signal received"), "{log}");
 }
 
@@ -50,10 +53,13 @@ fn the_openai_python_package_works_against_the_server() {
     s.wait_ready();
     let chat_ready = post_with_key(s.addr, "k");
     let mut cmd = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py"))
-        .args(["--base-url", &format!("http://{}/v1", s.addr)])
-        .args(["--model", "gemma-3-270m-q4_k_m", "--api-key", "k"])
-        .env("PYTHONPATH", pythonpath);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/openai_client.py"
+    ))
+    .args(["--base-url", &format!("http://{}/v1", s.addr)])
+    .args(["--model", "gemma-3-270m-q4_k_m", "--api-key", "k"])
+    .env("PYTHONPATH", pythonpath);
     if !chat_ready {
         cmd.arg("--skip-chat");
     }
@@ -61,7 +67,10 @@ fn the_openai_python_package_works_against_the_server() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("openai client ok: models, completions"), "{stdout}");
+    assert!(
+        stdout.contains("openai client ok: models, completions"),
+        "{stdout}"
+    );
     eprintln!("{stdout}");
 }
 
@@ -80,7 +89,11 @@ fn post_with_key(addr: std::net::SocketAddr, key: &str) -> bool {
 fn print_config(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ryzanstein"));
     cmd.args(["serve", "--print-config"]).args(args);
-    for k in ["RYZANSTEIN_N_MAX", "RYZANSTEIN_LISTEN", "RYZANSTEIN_QUEUE_DEPTH"] {
+    for k in [
+        "RYZANSTEIN_N_MAX",
+        "RYZANSTEIN_LISTEN",
+        "RYZANSTEIN_QUEUE_DEPTH",
+    ] {
         cmd.env_remove(k);
     }
     for (k, v) in envs {
@@ -94,17 +107,31 @@ fn settings_precedence_is_flags_env_file_defaults() {
     let dir = std::env::temp_dir().join(format!("ryz-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("serve.toml");
-    std::fs::write(&file, "listen = \"127.0.0.1:9\"\nn_max = 3\nqueue_depth = 7\n").unwrap();
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:9\"\nn_max = 3\nqueue_depth = 7\n",
+    )
+    .unwrap();
     let f = file.to_str().unwrap();
     let out = print_config(
         &["--config", f, "--n-max", "5"],
         &[("RYZANSTEIN_N_MAX", "4"), ("RYZANSTEIN_QUEUE_DEPTH", "9")],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("n_max = 5"), "flag over env and file:\n{text}");
+    assert!(
+        text.contains("n_max = 5"),
+        "flag over env and file:\n{text}"
+    );
     assert!(text.contains("queue_depth = 9"), "env over file:\n{text}");
-    assert!(text.contains("listen = \"127.0.0.1:9\""), "file over default:\n{text}");
+    assert!(
+        text.contains("listen = \"127.0.0.1:9\""),
+        "file over default:\n{text}"
+    );
     assert!(text.contains("max_batch_size = 32"), "default:\n{text}");
 
     std::fs::write(&file, "listen = \"x\"\nmax_batch_sise = 4\n").unwrap();
@@ -122,7 +149,11 @@ fn settings_precedence_is_flags_env_file_defaults() {
 fn readiness_is_503_until_the_model_is_loaded() {
     let fifo = std::env::temp_dir().join(format!("ryz-fifo-{}.gguf", std::process::id()));
     let _ = std::fs::remove_file(&fifo);
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let server = ryzanstein::server::Server::start(ryzanstein::server::ServerOptions {
         config: test_config(),
         model_path: fifo.clone(),
@@ -132,7 +163,10 @@ fn readiness_is_503_until_the_model_is_loaded() {
     let addr = server.local_addr();
     assert_eq!(get(addr, "/health").status, 200);
     let r = get(addr, "/health/ready");
-    assert_eq!((r.status, r.json()["status"].clone()), (503, json!("loading")));
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (503, json!("loading"))
+    );
     assert_eq!(r.header("retry-after"), Some("1"));
     let r = post(addr, "/v1/completions", &json!({"prompt": "Hi"}));
     assert_eq!(r.status, 503);

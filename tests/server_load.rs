@@ -82,7 +82,11 @@ fn thirty_two_concurrent_streams_match_each_request_alone() {
         .collect();
     for h in handles {
         let (i, got) = h.join().expect("client thread");
-        assert_eq!(got, alone[i % 8], "request {i} differs from the same request alone");
+        assert_eq!(
+            got,
+            alone[i % 8],
+            "request {i} differs from the same request alone"
+        );
     }
     let page = get(addr, "/metrics").text();
     let steps = metric(&page, "ryzanstein_batch_size_sequences_count{").unwrap();
@@ -96,7 +100,10 @@ fn thirty_two_concurrent_streams_match_each_request_alone() {
         t0.elapsed(),
         steps - small
     );
-    assert!(small < steps, "no step batched more than 4 sequences:\n{page}");
+    assert!(
+        small < steps,
+        "no step batched more than 4 sequences:\n{page}"
+    );
     server.shutdown();
 }
 
@@ -121,7 +128,10 @@ fn a_client_that_disconnects_frees_its_sequence() {
         c.read_chunk().expect("an event");
     }
     let (used, running) = kv_used(addr);
-    assert!(used > 0.0 && running == 1.0, "generating: {used} bytes, {running} running");
+    assert!(
+        used > 0.0 && running == 1.0,
+        "generating: {used} bytes, {running} running"
+    );
     let t0 = Instant::now();
     drop(c);
     loop {
@@ -137,8 +147,14 @@ fn a_client_that_disconnects_frees_its_sequence() {
     }
     eprintln!("KV freed {:?} after the disconnect", t0.elapsed());
     let page = get(addr, "/metrics").text();
-    assert_eq!(metric(&page, "ryzanstein_client_disconnects_total"), Some(1.0));
-    assert_eq!(metric(&page, "ryzanstein_sequences_cancelled_total{"), Some(1.0));
+    assert_eq!(
+        metric(&page, "ryzanstein_client_disconnects_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&page, "ryzanstein_sequences_cancelled_total{"),
+        Some(1.0)
+    );
     assert!(metric(&page, "ryzanstein_generation_tokens_total").unwrap() < 400.0);
     server.shutdown();
 }
@@ -160,7 +176,11 @@ fn overload_is_a_fast_503_with_retry_after() {
         busy.push(c);
     }
     let t0 = Instant::now();
-    let r = post(addr, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 1}));
+    let r = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 1}),
+    );
     let took = t0.elapsed();
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("1"));

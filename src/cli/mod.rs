@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the OpenAI-compatible HTTP API (completions, chat, streaming) on one model.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Generate text from a prompt, streamed to stdout as it is produced.
     Generate(generate::GenerateArgs),
     /// Print a GGUF file's metadata and tensor table.
@@ -36,7 +36,7 @@ enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(*a),
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::BenchModel(a) => bench_model::run(a),

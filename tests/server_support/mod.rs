@@ -18,9 +18,11 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A small configuration for tests: 2 compute threads, short context.
 pub fn test_config() -> ServeConfig {
-    let mut c = ServeConfig::default();
-    c.listen = "127.0.0.1:0".into();
-    c.threads = 2;
+    let mut c = ServeConfig {
+        listen: "127.0.0.1:0".into(),
+        threads: 2,
+        ..ServeConfig::default()
+    };
     c.engine.n_ctx = 1024;
     c
 }
@@ -41,6 +43,11 @@ pub fn start(config: ServeConfig, panic_route: bool) -> Server {
     s
 }
 
+/// Header (lowercase name, value) pairs.
+pub type Headers = Vec<(String, String)>;
+/// SSE events with the time each arrived.
+pub type Events = Vec<(Instant, String)>;
+
 /// An HTTP response read off the wire.
 #[derive(Debug)]
 pub struct Response {
@@ -59,12 +66,8 @@ impl Response {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn text(&self) -> String {
@@ -116,7 +119,7 @@ impl Conn {
     }
 
     /// Status and headers.
-    pub fn read_head(&mut self) -> (u16, Vec<(String, String)>) {
+    pub fn read_head(&mut self) -> (u16, Headers) {
         let status_line = self.line();
         let status = status_line
             .split(' ')
@@ -186,7 +189,7 @@ impl Conn {
 
     /// Reads a streamed (chunked SSE) response: head, then every event with the time it
     /// arrived. Ends after the last chunk.
-    pub fn read_sse(&mut self) -> (u16, Vec<(String, String)>, Vec<(Instant, String)>) {
+    pub fn read_sse(&mut self) -> (u16, Headers, Events) {
         let (status, headers) = self.read_head();
         let mut events = Vec::new();
         let mut pending = String::new();
