@@ -460,6 +460,22 @@ fn chat_generation_uses_the_builtin_gemma_template() {
     }
 }
 
+#[test]
+fn chat_generation_stops_at_end_of_turn() {
+    // Forcing <end_of_turn> (id 106) first: generation ends there with nothing printed.
+    let o = greedy(
+        "What is the capital of Japan?",
+        8,
+        &["--chat", "--logit-bias", "106=100"],
+    );
+    assert_eq!(text(&o.stdout), "\n", "{}", describe(&o));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("decode: 1 tokens") && err.contains("finish: Stop"),
+        "{err}"
+    );
+}
+
 /// A file under the temp directory holding `text`, removed on drop.
 fn template_file(stem: &str, text: &str) -> TempFile {
     let path = std::env::temp_dir().join(format!(

@@ -14,8 +14,12 @@
 //!
 //! Rendering is bounded: the template source, the output text and the number of template
 //! instructions (MiniJinja's fuel) all have limits, so a hostile override cannot loop forever or
-//! print without end. **Boundary:** this module knows messages as plain text; flattening OpenAI
-//! content-part arrays is the server's job, and it never sees model weights.
+//! print without end. Not bounded: strings built *inside* a template (MiniJinja caps `s * n` at
+//! 100 MB but not repeated `~` concatenation), so a template is trusted as much as the model file
+//! or the operator's flag it comes from — never take one from a request.
+//!
+//! **Boundary:** this module knows messages as plain text; flattening OpenAI content-part arrays
+//! is the server's job, and it never sees model weights.
 
 use std::fmt::Write as _;
 use std::io;
@@ -32,8 +36,8 @@ pub const TEMPLATE_BYTES_MAX: usize = 1 << 20;
 /// template stops long before it hurts.
 pub const RENDER_BYTES_MAX: usize = 1 << 20;
 /// Template instructions one render may execute (MiniJinja fuel). Real templates use a few
-/// hundred per message; this allows thousands of messages and stops a runaway loop in well
-/// under a second.
+/// hundred per message; this allows thousands of messages and stops a runaway loop in about
+/// half a second.
 pub const RENDER_FUEL: u64 = 5_000_000;
 /// Most messages in one conversation.
 pub const MESSAGES_MAX: usize = 4096;
