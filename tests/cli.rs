@@ -1,5 +1,6 @@
 //! The `ryzanstein` binary end to end: exit codes, one-line errors, `inspect`, `generate`
-//! (greedy text as llama.cpp produced it, seeded determinism, stop strings) and `bench-model`.
+//! (greedy text as llama.cpp produced it, seeded determinism, stop strings, `--chat` with the
+//! built-in Gemma template and bad templates) and `bench-model`.
 
 mod common;
 
@@ -406,4 +407,129 @@ fn a_gemma3_file_without_a_usable_tokenizer_is_a_one_line_error() {
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let v: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).expect("json");
     assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+/// llama.cpp's greedy `output_text` for the reference chat whose last message is `user`.
+fn reference_chat_output_text(user: &str) -> String {
+    let row = common::reference_rows()
+        .into_iter()
+        .find(|r| {
+            r.endpoint == "/v1/chat/completions"
+                && r.json["request"]["messages"]
+                    .as_array()
+                    .and_then(|m| m.last())
+                    .and_then(|m| m["content"].as_str())
+                    == Some(user)
+        })
+        .unwrap_or_else(|| panic!("no reference chat for {user:?}"));
+    row.json["output_text"]
+        .as_str()
+        .expect("output_text")
+        .to_string()
+}
+
+#[test]
+fn chat_generation_uses_the_builtin_gemma_template() {
+    let cases = [
+        ("What is the capital of Japan?", None),
+        (
+            "Explain in one sentence what a CPU does.",
+            Some("You are a concise assistant."),
+        ),
+    ];
+    for (user, system) in cases {
+        let mut extra = vec!["--chat"];
+        if let Some(s) = system {
+            extra.extend_from_slice(&["--system", s]);
+        }
+        let o = greedy(user, 8, &extra);
+        let out = text(&o.stdout);
+        let body = out.strip_suffix('\n').expect("stdout ends with a newline");
+        assert!(!body.trim().is_empty(), "{}", describe(&o));
+        // The same prompt ids as llama.cpp's chat endpoint give the start of its reply.
+        let reference = reference_chat_output_text(user);
+        assert!(
+            reference.starts_with(body),
+            "stdout {body:?} is not a prefix of llama.cpp's {reference:?}"
+        );
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("using the built-in gemma format"),
+            "the fallback is not reported:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn chat_generation_stops_at_end_of_turn() {
+    // Forcing <end_of_turn> (id 106) first: generation ends there with nothing printed.
+    let o = greedy(
+        "What is the capital of Japan?",
+        8,
+        &["--chat", "--logit-bias", "106=100"],
+    );
+    assert_eq!(text(&o.stdout), "\n", "{}", describe(&o));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("decode: 1 tokens") && err.contains("finish: Stop"),
+        "{err}"
+    );
+}
+
+/// A file under the temp directory holding `text`, removed on drop.
+fn template_file(stem: &str, text: &str) -> TempFile {
+    let path = std::env::temp_dir().join(format!(
+        "ryzanstein-test-{}-{stem}.jinja",
+        std::process::id()
+    ));
+    std::fs::write(&path, text).expect("write template");
+    TempFile(path)
+}
+
+#[test]
+fn bad_chat_templates_are_one_line_errors() {
+    let m = model();
+    let chat = |tmpl: &Path| {
+        let t = tmpl.display().to_string();
+        run(&[
+            "generate",
+            "-m",
+            &m,
+            "--chat",
+            "--chat-template",
+            &t,
+            "-p",
+            "Hi",
+            "-n",
+            "2",
+        ])
+    };
+    let bad = template_file("bad-syntax", "{% for m in messages %}\n{{ m.content }\n");
+    let line = assert_one_line_error(&chat(&bad.0), &bad.0);
+    assert!(line.contains("does not compile"), "{line}");
+
+    let missing = std::env::temp_dir().join("ryzanstein-test-no-such-template.jinja");
+    assert_one_line_error(&chat(&missing), &missing);
+
+    let raising = template_file("raises", "{{ raise_exception('no chats today') }}");
+    let o = chat(&raising.0);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(o.stdout.is_empty(), "{}", describe(&o));
+    assert!(
+        text(&o.stderr).contains("no chats today"),
+        "{}",
+        describe(&o)
+    );
+
+    // --chat-template without --chat is a usage error.
+    let o = run(&[
+        "generate",
+        "-m",
+        &m,
+        "--chat-template",
+        "x.jinja",
+        "-p",
+        "Hi",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
 }

@@ -1,11 +1,13 @@
 //! `ryzanstein generate`: stream a completion to stdout, speeds to stderr.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use ryzanstein::gguf::GgufFile;
+use ryzanstein::model::chat::{ChatMessage, ChatTemplate, TemplateSource, TEMPLATE_BYTES_MAX};
 use ryzanstein::model::generate::{generate, GenerateParams};
 use ryzanstein::model::sampler::SamplingParams;
 use ryzanstein::model::tokenizer::Tokenizer;
@@ -16,9 +18,19 @@ pub struct GenerateArgs {
     /// The GGUF file (default: $RYZANSTEIN_MODEL, else the default model in the cache).
     #[arg(short, long)]
     model: Option<PathBuf>,
-    /// The prompt text.
+    /// The prompt text (with --chat: the user message).
     #[arg(short, long)]
     prompt: String,
+    /// Treat --prompt as a user message and render it with the model's chat template; stop at
+    /// the end of the model's turn.
+    #[arg(long)]
+    chat: bool,
+    /// A system message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// A Jinja chat template file to use instead of the model's (with --chat).
+    #[arg(long, requires = "chat")]
+    chat_template: Option<PathBuf>,
     /// Most tokens to generate.
     #[arg(short = 'n', long, default_value_t = 128)]
     max_tokens: usize,
@@ -80,11 +92,56 @@ fn parse_bias(s: &str) -> Result<(u32, f32), String> {
     Ok((id, bias))
 }
 
+/// The prompt ids of `--prompt` (and `--system`) as a chat rendered with the model's template or
+/// `--chat-template`.
+fn chat_prompt(
+    a: &GenerateArgs,
+    override_source: Option<&str>,
+    file: &GgufFile,
+    tok: &Tokenizer,
+) -> Result<Vec<u32>> {
+    let template = ChatTemplate::from_gguf(file, tok, override_source).with_context(|| match &a
+        .chat_template
+    {
+        Some(path) => format!("chat template {}", path.display()),
+        None => file.path().display().to_string(),
+    })?;
+    match template.source() {
+        TemplateSource::Builtin(_) => eprintln!(
+            "the model has no chat template; using {}",
+            template.source()
+        ),
+        source => eprintln!("chat template: {source}"),
+    }
+    let mut messages = Vec::with_capacity(2);
+    if let Some(system) = &a.system {
+        messages.push(ChatMessage::new("system", system.as_str()));
+    }
+    messages.push(ChatMessage::new("user", a.prompt.as_str()));
+    let ids = template.render_tokens(tok, &messages, true)?;
+    Ok(ids)
+}
+
+/// A `--chat-template` file's text, capped in size before it is read whole.
+fn read_template(path: &Path) -> Result<String> {
+    let name = || format!("chat template {}", path.display());
+    let bytes = std::fs::metadata(path).with_context(name)?.len();
+    if bytes > TEMPLATE_BYTES_MAX as u64 {
+        bail!(
+            "chat template {}: {bytes} bytes, over the limit of {TEMPLATE_BYTES_MAX}",
+            path.display()
+        );
+    }
+    std::fs::read_to_string(path).with_context(name)
+}
+
 pub fn run(a: GenerateArgs) -> Result<()> {
     let path = super::model_path(a.model.clone())?;
     if a.prompt.is_empty() {
         bail!("--prompt is empty");
     }
+    // Read before the model loads, so a wrong path fails at once.
+    let override_source = a.chat_template.as_deref().map(read_template).transpose()?;
     let sampling = SamplingParams {
         temperature: a.temp,
         top_k: a.top_k,
@@ -105,7 +162,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let model = Gemma3::load(&path, opts)?;
     let tok = Tokenizer::from_gguf(model.file()).with_context(|| path.display().to_string())?;
-    let prompt = tok.encode(&a.prompt, true, true);
+    let prompt = if a.chat {
+        chat_prompt(&a, override_source.as_deref(), model.file(), &tok)?
+    } else {
+        tok.encode(&a.prompt, true, true)
+    };
     let params = GenerateParams {
         max_tokens: a.max_tokens,
         sampling,

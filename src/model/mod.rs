@@ -1,6 +1,7 @@
 //! Model layer: architectures, KV cache, tokenizer, sampler. Single-threaded logic (rayon only
 //! inside the forward pass), no channels, no locks.
 
+pub mod chat;
 pub mod config;
 pub mod detokenizer;
 pub mod error;
