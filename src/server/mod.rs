@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ServeConfig;
 use crate::engine::{EngineOptions, ModelHandle};
+use crate::model::chat::ChatTemplate;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Gemma3;
 
@@ -54,6 +55,8 @@ pub struct ServerOptions {
 pub(crate) struct Loaded {
     pub handle: ModelHandle,
     pub tokenizer: Arc<Tokenizer>,
+    /// The chat template, or why the model has no usable one (chat answers 500 with it).
+    pub chat: Result<ChatTemplate, String>,
     /// Unix seconds at which it finished loading.
     pub created: u64,
 }
@@ -268,6 +271,10 @@ fn load_model(st: &State) -> Result<Loaded, String> {
     let ctx = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let model = Gemma3::load(path, opts.model_options()).map_err(|e| ctx(&e))?;
     let tokenizer = Arc::new(Tokenizer::from_gguf(model.file()).map_err(|e| ctx(&e))?);
+    let chat = ChatTemplate::from_gguf(model.file(), &tokenizer, None).map_err(|e| ctx(&e));
+    if let Err(e) = &chat {
+        tracing::warn!("chat completions are unavailable: {e}");
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
         .thread_name(|i| format!("compute-{i}"))
@@ -284,6 +291,7 @@ fn load_model(st: &State) -> Result<Loaded, String> {
     Ok(Loaded {
         handle,
         tokenizer,
+        chat,
         created: unix_now(),
     })
 }
