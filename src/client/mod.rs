@@ -293,6 +293,18 @@ impl Client {
         }
     }
 
+    /// Takes a connection permit and gives it back, as every request does: for the criterion
+    /// bench of the checkout path (`benches/client_pool.rs`).
+    #[doc(hidden)]
+    pub fn checkout_and_return(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner
+            .sem
+            .acquire(inner.cfg.checkout_timeout, &inner.counters)
+            .map(drop)
+            .map_err(|waited| Error::CheckoutTimeout { waited })
+    }
+
     /// `POST /v1/completions`, the whole answer.
     pub fn completion(&self, req: &CompletionRequest) -> Result<Completion, Error> {
         self.post_typed("/v1/completions", req, false)
