@@ -264,6 +264,18 @@ fn special_tokens_and_end_of_generation() {
         "<|im_start|>user\nhi<|im_end|>\n"
     );
 
+    // Phi-3 (SPM): llama.cpp makes its special tokens swallow the white space after them.
+    let t = load("phi-3");
+    let user = t.token_id("<|user|>").expect("<|user|>");
+    let end = t.token_id("<|end|>").expect("<|end|>");
+    assert!(t.is_eog(end));
+    assert_eq!(
+        t.encode("<|user|>\n  hi<|end|>\n", false, true),
+        [vec![user], t.encode("hi", false, false), vec![end]].concat()
+    );
+    // Not when the text is not parsed for specials.
+    assert!(!t.encode("<|user|>\n", false, false).contains(&user));
+
     // GPT-2: bos = eos = <|endoftext|>, not added.
     let t = load("gpt-2");
     assert!(!t.add_bos() && t.is_eog(50_256));

@@ -111,6 +111,9 @@ const FIM_TEXTS: &[(&str, bool)] = &[
     ("<|file_sep|>", true),
 ];
 
+/// Special tokens that keep the white space after them even in Phi-3 vocabularies.
+const RSTRIP_EXCEPT: &[&str] = &["<unk>", "<s>", "<|endoftext|>"];
+
 /// Errors building a tokenizer.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -198,6 +201,9 @@ pub struct Vocab {
     pub ignore_merges: bool,
     /// BPE only: "left right" pairs, highest priority first (rank = index).
     pub merges: Vec<String>,
+    /// Special tokens found in the text swallow the white space after them, except "<unk>",
+    /// "<s>" and "<|endoftext|>" (llama.cpp sets this for models named Phi-3).
+    pub rstrip_specials: bool,
 }
 
 /// A validated tokenizer. Immutable and `Sync`: share it across requests.
@@ -226,6 +232,8 @@ pub struct Tokenizer {
     add_bos: bool,
     add_eos: bool,
     add_space_prefix: bool,
+    /// See [`Vocab::rstrip_specials`].
+    rstrip_specials: bool,
     /// End-of-generation ids, sorted and deduplicated.
     eog: Vec<u32>,
 }
@@ -462,6 +470,7 @@ impl Tokenizer {
             add_bos: v.add_bos,
             add_eos: v.add_eos,
             add_space_prefix: v.add_space_prefix,
+            rstrip_specials: v.rstrip_specials,
             eog,
         })
     }
@@ -548,6 +557,9 @@ impl Tokenizer {
         let add_space_prefix = md
             .get_bool("tokenizer.ggml.add_space_prefix")?
             .unwrap_or(defaults.add_space_prefix);
+        // llama.cpp recognises Phi-3 by its name.
+        let name = md.get_str("general.name")?.unwrap_or("").to_lowercase();
+        let rstrip_specials = name.contains("phi-3") || name.contains("phi3");
         let vocab = Vocab {
             tokens,
             scores,
@@ -564,6 +576,7 @@ impl Tokenizer {
             pre,
             ignore_merges: defaults.pre.is_some_and(|s| s.ignore_merges),
             merges: Vec::new(),
+            rstrip_specials,
         };
         Tokenizer::build(vocab, merges)
     }
@@ -771,7 +784,7 @@ impl Tokenizer {
         present.sort_unstable();
         // For a claimed byte, the end of the token that claimed it; 0 = free (ends are > 0).
         let mut claim_end = vec![0usize; bytes.len()];
-        let mut accepted: Vec<(usize, usize, u32)> = Vec::new();
+        let mut accepted: Vec<(usize, usize, Option<u32>)> = Vec::new();
         for rank in present {
             let id = self.specials[rank];
             let pat = self.tokens[id as usize].as_str();
@@ -791,8 +804,20 @@ impl Tokenizer {
                     continue;
                 }
                 claim_end[p..p + len].iter_mut().for_each(|c| *c = p + len);
-                accepted.push((p, len, id));
+                accepted.push((p, len, Some(id)));
                 from = p + len;
+                if self.rstrip_specials && !RSTRIP_EXCEPT.contains(&pat) {
+                    // Phi-3: the token swallows the ASCII white space after it, up to the next
+                    // claimed token (llama.cpp's RSTRIP attribute, C `isspace`).
+                    let ws_end = (from..bytes.len())
+                        .find(|&i| claim_end[i] != 0 || !is_c_space(bytes[i]))
+                        .unwrap_or(bytes.len());
+                    if ws_end > from {
+                        claim_end[from..ws_end].iter_mut().for_each(|c| *c = ws_end);
+                        accepted.push((from, ws_end - from, None));
+                        from = ws_end;
+                    }
+                }
             }
         }
         accepted.sort_unstable();
@@ -802,7 +827,8 @@ impl Tokenizer {
             if pos > at {
                 frags.push(Fragment::Text(&text[at..pos]));
             }
-            frags.push(Fragment::Token(id));
+            // `None`: white space stripped after a token.
+            frags.extend(id.map(Fragment::Token));
             at = pos + len;
         }
         if at < text.len() {
@@ -810,6 +836,11 @@ impl Tokenizer {
         }
         frags
     }
+}
+
+/// C `isspace` in the "C" locale, which llama.cpp's strip attributes use.
+fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
 enum Fragment<'t> {

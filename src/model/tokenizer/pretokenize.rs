@@ -149,7 +149,8 @@ impl PreTokenizer {
     /// Split `text` into words, returned as byte ranges that cover `text` in order.
     pub fn split(self, text: &str) -> Vec<Range<usize>> {
         let t = Chars::new(text);
-        let mut segs = vec![0..t.len()];
+        // One piece: the whole text.
+        let mut segs: Vec<Range<usize>> = std::iter::once(0..t.len()).collect();
         for stage in self.stages() {
             let mut next = Vec::with_capacity(segs.len() * 2);
             for seg in segs {
@@ -391,7 +392,7 @@ impl Piece<'_> {
             Pred::ClassOr(bits, ascii) => class.any(bits) || (c.is_ascii() && ascii.contains(c)),
             // llama.cpp matches literal ranges on text where non-ASCII white space became U+000B.
             Pred::Ranges(ranges) => {
-                !(class.is_space() && !c.is_ascii())
+                (c.is_ascii() || !class.is_space())
                     && ranges.iter().any(|&(a, b)| (a..=b).contains(&(c as u32)))
             }
             Pred::Newline => c == '\r' || c == '\n',
