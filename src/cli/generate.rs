@@ -9,7 +9,7 @@ use clap::Args;
 use ryzanstein::model::generate::{generate, GenerateParams};
 use ryzanstein::model::sampler::SamplingParams;
 use ryzanstein::model::tokenizer::Tokenizer;
-use ryzanstein::model::{Gemma3, ModelOptions};
+use ryzanstein::model::{Model, ModelOptions};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -103,7 +103,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         n_ctx: a.ctx,
         ..ModelOptions::default()
     };
-    let model = Gemma3::load(&path, opts)?;
+    let model = Model::load(&path, opts)?;
     let tok = Tokenizer::from_gguf(model.file()).with_context(|| path.display().to_string())?;
     let prompt = tok.encode(&a.prompt, true, true);
     let params = GenerateParams {
