@@ -117,7 +117,15 @@ pub fn attention(
             let (t, h) = (i / n_head, i % n_head);
             let tok = tokens[t];
             let qh = &q[(t * n_head + h) * head_dim..][..head_dim];
-            attend_one(cache, tok, h / group, qh, o, (head_dim, head_dim_v), kq_scale);
+            attend_one(
+                cache,
+                tok,
+                h / group,
+                qh,
+                o,
+                (head_dim, head_dim_v),
+                kq_scale,
+            );
         });
 }
 
