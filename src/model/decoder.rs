@@ -177,18 +177,9 @@ impl Model {
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for il in 0..cfg.n_layers {
             let plan = (arch.layer)(&cfg, il);
-            let rope = match rope_variants.iter().position(|r| *r == plan.rope) {
-                Some(i) => i,
-                None if rope_variants.len() < ROPE_VARIANTS_MAX => {
-                    rope_variants.push(plan.rope);
-                    rope_variants.len() - 1
-                }
-                None => {
-                    return Err(unsupported(
-                        &file,
-                        format!("more than {ROPE_VARIANTS_MAX} RoPE frequency sets"),
-                    ))
-                }
+            let Some(rope) = rope_variant(&mut rope_variants, plan.rope) else {
+                let why = format!("more than {ROPE_VARIANTS_MAX} RoPE frequency sets");
+                return Err(unsupported(&file, why));
             };
             layers.push(loader.layer(il, plan.window, rope)?);
         }
@@ -566,6 +557,18 @@ impl Loader<'_> {
         }
         Ok(Some(f))
     }
+}
+
+/// The index of `rope` in `variants`, added if new; `None` past [`ROPE_VARIANTS_MAX`].
+fn rope_variant(variants: &mut Vec<RopeFreqs>, rope: RopeFreqs) -> Option<usize> {
+    if let Some(i) = variants.iter().position(|r| *r == rope) {
+        return Some(i);
+    }
+    if variants.len() == ROPE_VARIANTS_MAX {
+        return None;
+    }
+    variants.push(rope);
+    Some(variants.len() - 1)
 }
 
 /// Quantizes the first `n` rows of `x` for `lin` (reusing a quantization already held),
