@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: fetches the default model if missing, checks formatting and lints,
-# then runs every test (the test profile is optimized: tests run the real model).
+# The whole test suite: fetches the default model and llama.cpp's source package (tokenizer test
+# vectors) if missing, checks formatting and lints, then runs every test (the test profile is
+# optimized: tests run the real model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,9 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 RYZANSTEIN_MODEL="$(scripts/fetch-model.sh)"
 export RYZANSTEIN_MODEL
+# llama.cpp's tokenizer test vectors (models/ggml-vocab-*) for tests/tokenizer_vectors.rs.
+RYZANSTEIN_VOCAB_DIR="$(scripts/fetch-llama-cpp-sdist.sh)/vendor/llama.cpp/models"
+export RYZANSTEIN_VOCAB_DIR
 
 # The official openai Python package, for tests/openai_client.py (run by
 # tests/server_binary.rs): installed once into the cache, found through this variable.

@@ -171,8 +171,9 @@ fn readiness_is_503_until_the_model_is_loaded() {
     let r = post(addr, "/v1/completions", &json!({"prompt": "Hi"}));
     assert_eq!(r.status, 503);
     assert!(r.header("retry-after").is_some());
-    // Unblock the loader with a file that is not GGUF: the load fails and says so.
-    std::fs::write(&fifo, b"not a gguf file").unwrap();
+    // Unblock the loader with a file that is not GGUF: the load fails and says so. The loader
+    // may give up (and close the FIFO) before the bytes are written: a broken pipe is fine.
+    let _ = std::fs::write(&fifo, b"not a gguf file");
     let mut status = json!(null);
     for _ in 0..500 {
         status = get(addr, "/health/ready").json()["status"].clone();

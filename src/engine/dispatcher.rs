@@ -21,7 +21,7 @@ use crate::model::generate::FinishReason;
 use crate::model::kv_cache::BLOCK_POSITIONS;
 use crate::model::sampler::Sampler;
 use crate::model::tokenizer::Tokenizer;
-use crate::model::{BatchToken, Gemma3, ModelError, ModelOptions, State};
+use crate::model::{BatchToken, Model, ModelError, ModelOptions, State};
 
 use super::policy::{self, Budgets, SeqView, Slice};
 use super::request::{Event, GenerationRequest, Queued, Stream, SubmitError, TokenEvent};
@@ -44,6 +44,9 @@ pub struct EngineOptions {
     /// A step that carries decode tokens may take at most this many times a decode-only step
     /// (sets how many prompt tokens ride along).
     pub itl_factor: f64,
+    /// Prompts with at most this many tokens left are prefilled whole in one step (one per
+    /// step) even past the ITL cap, so short requests do not queue behind it.
+    pub whole_prompt_tokens: usize,
     /// Events buffered per request; a client that falls this far behind is cancelled.
     pub event_buffer: usize,
 }
@@ -58,6 +61,7 @@ impl Default for EngineOptions {
             kv_pool_bytes: 0,
             batch_window: Duration::ZERO,
             itl_factor: 2.5,
+            whole_prompt_tokens: 64,
             event_buffer: 4096,
         }
     }
@@ -120,7 +124,7 @@ impl EngineStats {
 /// dispatcher.
 pub struct ModelHandle {
     id: String,
-    model: Arc<Gemma3>,
+    model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
     opts: EngineOptions,
     tx: Sender<Queued>,
@@ -134,7 +138,7 @@ impl ModelHandle {
     /// forward passes run inside `pool`.
     pub fn start(
         id: &str,
-        model: Arc<Gemma3>,
+        model: Arc<Model>,
         tokenizer: Arc<Tokenizer>,
         opts: EngineOptions,
         pool: Arc<rayon::ThreadPool>,
@@ -200,7 +204,7 @@ impl ModelHandle {
         &self.id
     }
 
-    pub fn model(&self) -> &Arc<Gemma3> {
+    pub fn model(&self) -> &Arc<Model> {
         &self.model
     }
 
@@ -376,7 +380,7 @@ enum Outcome {
 }
 
 struct Dispatcher {
-    model: Arc<Gemma3>,
+    model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
     state: State,
     opts: EngineOptions,
@@ -574,6 +578,7 @@ impl Dispatcher {
         let budgets = Budgets {
             max_batch_tokens: self.opts.max_batch_tokens,
             prefill_tokens_while_decoding: self.costs.prefill_cap(self.opts.itl_factor),
+            whole_prompt_tokens: self.opts.whole_prompt_tokens,
         };
         policy::next_batch(&self.views, &budgets, &mut self.plan);
         if !self.reserve_plan() {

@@ -32,7 +32,7 @@ use crate::config::ServeConfig;
 use crate::engine::{EngineOptions, ModelHandle};
 use crate::model::chat::ChatTemplate;
 use crate::model::tokenizer::Tokenizer;
-use crate::model::Gemma3;
+use crate::model::Model;
 
 use self::http::HttpServer;
 use self::metrics::ServerMetrics;
@@ -121,6 +121,7 @@ pub fn engine_options(cfg: &ServeConfig) -> EngineOptions {
         kv_pool_bytes: e.kv_pool_bytes,
         batch_window: Duration::from_millis(e.batch_window_ms),
         itl_factor: e.itl_factor,
+        whole_prompt_tokens: e.whole_prompt_tokens,
         event_buffer: e.event_buffer,
     }
 }
@@ -269,7 +270,7 @@ fn load_model(st: &State) -> Result<Loaded, String> {
     let path = &st.opts.model_path;
     let opts = engine_options(cfg);
     let ctx = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let model = Gemma3::load(path, opts.model_options()).map_err(|e| ctx(&e))?;
+    let model = Model::load(path, opts.model_options()).map_err(|e| ctx(&e))?;
     let tokenizer = Arc::new(Tokenizer::from_gguf(model.file()).map_err(|e| ctx(&e))?);
     let chat = ChatTemplate::from_gguf(model.file(), &tokenizer, None).map_err(|e| ctx(&e));
     if let Err(e) = &chat {

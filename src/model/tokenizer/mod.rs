@@ -1,25 +1,40 @@
-//! SentencePiece ("llama"/SPM) tokenizer built from GGUF metadata, reproducing llama.cpp's ids.
+//! Tokenizers built from GGUF metadata, reproducing llama.cpp's ids: SentencePiece ("llama"/SPM)
+//! and byte-level BPE ("gpt2", plus Gemma 4's raw-UTF-8 BPE).
 //!
 //! Encoding has three stages (see `docs/facts/gguf-and-models.md` §4):
 //! 1. the special-token partition: texts of CONTROL / USER_DEFINED / UNKNOWN tokens are cut out of
 //!    the input, longest candidate first (CONTROL and UNKNOWN only when `parse_special`);
 //! 2. BOS (and EOS) when `add_special` and the vocabulary asks for them;
-//! 3. the SPM merge on every remaining text fragment: spaces become "▁", the text is split into
-//!    UTF-8 characters, and adjacent symbols are merged greedily by the score of the merged token
-//!    (a max-heap; ties go to the leftmost pair); symbols that are not tokens fall back to
-//!    "<0xXX>" byte tokens.
+//! 3. every remaining text fragment goes through the model's merge:
+//!    - SPM (`spm.rs`): spaces become "▁", characters merge greedily by token score, unknown
+//!      characters fall back to "<0xXX>" byte tokens;
+//!    - BPE (`bpe.rs`): the pre-tokenizer named by `tokenizer.ggml.pre` (`pretokenize.rs`) splits
+//!      the fragment into words, each word is mapped to GPT-2's byte alphabet and merged by
+//!      merge rank (`tokenizer.ggml.merges`).
 //!
-//! Decoding maps each id to a byte piece (BYTE tokens give one raw byte, so a piece may be a
-//! partial UTF-8 sequence; see [`crate::model::detokenizer`] for streaming).
+//! Decoding maps each id to a byte piece (BYTE tokens and byte-level BPE tokens may carry part
+//! of a UTF-8 character; see [`crate::model::detokenizer`] for streaming).
 //!
 //! Nothing here panics on bad data: the vocabulary is validated once in
-//! [`Tokenizer::from_vocab`], and out-of-range ids decode to an empty piece.
+//! [`Tokenizer::from_vocab`], and out-of-range ids decode to an empty piece. Tokenizer kinds or
+//! pre-tokenizers that are not implemented are refused with an error naming them, never
+//! approximated.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+mod bpe;
+mod char_class;
+mod fx_hash;
+mod pretokenize;
+mod spm;
+#[cfg(test)]
+mod tests;
 
-use crate::gguf::{GgufError, GgufFile};
+use crate::gguf::{GgufError, GgufFile, Metadata};
+
+use bpe::Bpe;
+pub use bpe::MERGES_MAX;
+use fx_hash::FastMap;
+use pretokenize::PreSpec;
+pub use pretokenize::PreTokenizer;
 
 /// Largest vocabulary accepted (llama.cpp models use up to ~262k).
 pub const VOCAB_MAX: usize = 1 << 21;
@@ -32,12 +47,72 @@ const SPACE_SYMBOL: &str = "\u{2581}";
 /// Token texts that llama.cpp treats as end-of-generation even when the metadata does not list
 /// them (it detects them by text and forces them to CONTROL).
 const EOG_TEXTS: &[&str] = &[
-    "<end_of_turn>",
     "<|eot_id|>",
-    "<|eom_id|>",
     "<|im_end|>",
     "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
 ];
+
+/// Fill-in-the-middle token texts llama.cpp detects by text and forces to CONTROL; the pad,
+/// repository and file-separator ones also end generation.
+const FIM_TEXTS: &[(&str, bool)] = &[
+    ("<|fim_prefix|>", false),
+    ("<fim-prefix>", false),
+    ("<fim_prefix>", false),
+    ("<｜fim▁begin｜>", false),
+    ("<PRE>", false),
+    ("▁<PRE>", false),
+    ("<|code_prefix|>", false),
+    ("<|prefix|>", false),
+    ("<|fim_suffix|>", false),
+    ("<fim-suffix>", false),
+    ("<fim_suffix>", false),
+    ("<｜fim▁hole｜>", false),
+    ("<SUF>", false),
+    ("▁<SUF>", false),
+    ("<|code_suffix|>", false),
+    ("<|suffix|>", false),
+    ("<|fim_middle|>", false),
+    ("<fim-middle>", false),
+    ("<fim_middle>", false),
+    ("<｜fim▁end｜>", false),
+    ("<MID>", false),
+    ("▁<MID>", false),
+    ("<|code_middle|>", false),
+    ("<|middle|>", false),
+    ("<|fim_pad|>", true),
+    ("<fim-pad>", true),
+    ("<fim_pad>", true),
+    ("<PAD>", true),
+    ("[PAD]", true),
+    ("<|fim_repo|>", true),
+    ("<|repo_name|>", true),
+    ("<fim-repo>", true),
+    ("<REPO>", true),
+    ("<reponame>", true),
+    ("<|file_sep|>", true),
+];
+
+/// Special tokens that keep the white space after them even in Phi-3 vocabularies.
+const RSTRIP_EXCEPT: &[&str] = &["<unk>", "<s>", "<|endoftext|>"];
 
 /// Errors building a tokenizer.
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +122,16 @@ pub enum TokenizerError {
     #[error("tokenizer metadata key '{key}' is missing")]
     Missing { key: &'static str },
     #[error(
-        "tokenizer model '{0}' (metadata key 'tokenizer.ggml.model') is not supported yet; \
-         only 'llama' (SentencePiece) is"
+        "tokenizer model '{0}' (metadata key 'tokenizer.ggml.model') is not supported; \
+         supported: 'llama' (SentencePiece), 'gpt2' (byte-level BPE), 'gemma4'"
     )]
     UnsupportedModel(String),
+    #[error(
+        "pre-tokenizer '{pre}' (metadata key 'tokenizer.ggml.pre') of tokenizer model '{model}' \
+         is not supported; supported: {}",
+        PreTokenizer::supported_names().collect::<Vec<_>>().join(", ")
+    )]
+    UnsupportedPre { model: String, pre: String },
     #[error("invalid vocabulary: {0}")]
     Invalid(String),
 }
@@ -86,6 +167,16 @@ impl TokenType {
     }
 }
 
+/// The tokenization algorithm of a vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TokenizerKind {
+    /// SentencePiece (`tokenizer.ggml.model` = "llama"): merges by token score.
+    #[default]
+    Spm,
+    /// BPE (`tokenizer.ggml.model` = "gpt2" or "gemma4"): merges by rank after pre-tokenizing.
+    Bpe,
+}
+
 /// The raw vocabulary, as read from GGUF metadata (or made by hand in tests).
 #[derive(Clone, Debug, Default)]
 pub struct Vocab {
@@ -98,12 +189,24 @@ pub struct Vocab {
     pub pad_id: Option<u32>,
     pub add_bos: bool,
     pub add_eos: bool,
+    /// SPM: prepend a space to the text (and drop it again when decoding).
     pub add_space_prefix: bool,
-    /// Extra end-of-generation ids (eot/eom); eos and the ids found by text are added.
+    /// Extra end-of-generation ids (eot/eom, FIM pad/repo/separator); eos and the ids found by
+    /// text are added.
     pub eot_ids: Vec<u32>,
+    pub kind: TokenizerKind,
+    /// BPE only: the word-splitting rule.
+    pub pre: PreTokenizer,
+    /// BPE only: a word that is itself a token is emitted without merging (Llama 3).
+    pub ignore_merges: bool,
+    /// BPE only: "left right" pairs, highest priority first (rank = index).
+    pub merges: Vec<String>,
+    /// Special tokens found in the text swallow the white space after them, except "<unk>",
+    /// "<s>" and "<|endoftext|>" (llama.cpp sets this for models named Phi-3).
+    pub rstrip_specials: bool,
 }
 
-/// A validated SPM tokenizer. Immutable and `Sync`: share it across requests.
+/// A validated tokenizer. Immutable and `Sync`: share it across requests.
 pub struct Tokenizer {
     tokens: Vec<String>,
     scores: Vec<f32>,
@@ -120,6 +223,8 @@ pub struct Tokenizer {
     special_lens_by_first: Vec<Vec<usize>>,
     /// The "<0xXX>" token for each byte.
     byte_tokens: [Option<u32>; 256],
+    /// The merge table when `kind` is BPE.
+    bpe: Option<Bpe>,
     bos_id: Option<u32>,
     eos_id: Option<u32>,
     unk_id: Option<u32>,
@@ -127,6 +232,8 @@ pub struct Tokenizer {
     add_bos: bool,
     add_eos: bool,
     add_space_prefix: bool,
+    /// See [`Vocab::rstrip_specials`].
+    rstrip_specials: bool,
     /// End-of-generation ids, sorted and deduplicated.
     eog: Vec<u32>,
 }
@@ -135,6 +242,8 @@ pub struct Tokenizer {
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
+            .field("kind", &self.kind())
+            .field("pre", &self.pre_tokenizer())
             .field("n_vocab", &self.tokens.len())
             .field("n_special", &self.specials.len())
             .field("bos_id", &self.bos_id)
@@ -158,9 +267,81 @@ fn parse_byte_token(text: &str) -> Option<u8> {
     u8::from_str_radix(hex, 16).ok()
 }
 
+/// How the model in a GGUF file tokenizes: its kind, pre-tokenizer and llama.cpp's defaults.
+struct ModelDefaults {
+    kind: TokenizerKind,
+    pre: Option<PreSpec>,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    unk_id: Option<u32>,
+    add_bos: bool,
+    add_space_prefix: bool,
+}
+
+impl ModelDefaults {
+    fn from_metadata(md: &Metadata) -> Result<ModelDefaults, TokenizerError> {
+        let model = md
+            .get_str("tokenizer.ggml.model")?
+            .ok_or(TokenizerError::Missing {
+                key: "tokenizer.ggml.model",
+            })?;
+        match model {
+            "llama" => Ok(ModelDefaults {
+                kind: TokenizerKind::Spm,
+                pre: None,
+                bos_id: Some(1),
+                eos_id: Some(2),
+                unk_id: Some(0),
+                add_bos: true,
+                add_space_prefix: true,
+            }),
+            "gpt2" => {
+                // llama.cpp falls back to "default" (with a warning) when the name is missing.
+                let name = match md.get_str("tokenizer.ggml.pre")? {
+                    None | Some("") => "default",
+                    Some(name) => name,
+                };
+                let spec = PreSpec::from_name(name)
+                    .filter(|s| s.pre != PreTokenizer::Gemma4)
+                    .ok_or_else(|| TokenizerError::UnsupportedPre {
+                        model: model.to_string(),
+                        pre: name.to_string(),
+                    })?;
+                Ok(ModelDefaults {
+                    kind: TokenizerKind::Bpe,
+                    pre: Some(spec),
+                    // llama.cpp's BPE defaults (Falcon's ids).
+                    bos_id: Some(11),
+                    eos_id: Some(11),
+                    unk_id: None,
+                    add_bos: spec.add_bos,
+                    add_space_prefix: false,
+                })
+            }
+            // Gemma 4 names its own model; llama.cpp ignores its `tokenizer.ggml.pre`.
+            "gemma4" => Ok(ModelDefaults {
+                kind: TokenizerKind::Bpe,
+                pre: PreSpec::from_name("gemma4"),
+                bos_id: None,
+                eos_id: None,
+                unk_id: None,
+                add_bos: true,
+                add_space_prefix: false,
+            }),
+            other => Err(TokenizerError::UnsupportedModel(other.to_string())),
+        }
+    }
+}
+
 impl Tokenizer {
     /// Validate a vocabulary and precompute the lookup tables.
-    pub fn from_vocab(v: Vocab) -> Result<Tokenizer, TokenizerError> {
+    pub fn from_vocab(mut v: Vocab) -> Result<Tokenizer, TokenizerError> {
+        let merges = std::mem::take(&mut v.merges);
+        Tokenizer::build(v, &merges)
+    }
+
+    /// [`Tokenizer::from_vocab`] with the merges borrowed (GGUF metadata holds up to ~500k).
+    fn build(v: Vocab, merges: &[String]) -> Result<Tokenizer, TokenizerError> {
         let n = v.tokens.len();
         if n == 0 {
             return Err(invalid("the vocabulary is empty"));
@@ -204,33 +385,31 @@ impl Tokenizer {
             check("end-of-turn", Some(id))?;
         }
 
+        let mut tokens = v.tokens;
+        for (i, t) in tokens.iter_mut().enumerate() {
+            if t.is_empty() {
+                // As llama.cpp: an empty text would match everywhere in the partition.
+                *t = format!("[EMPTY_{i}]");
+            }
+        }
         let mut types: Vec<TokenType> = v
             .token_types
             .iter()
             .map(|&t| TokenType::from_gguf(t))
             .collect();
         let mut token_to_id = FastMap::with_capacity_and_hasher(n, Default::default());
-        for (i, t) in v.tokens.iter().enumerate() {
+        for (i, t) in tokens.iter().enumerate() {
             // Later duplicates win, as in llama.cpp's text-to-id map.
             token_to_id.insert(t.clone(), i as u32);
         }
+        let eog = detect_eog(&token_to_id, &mut types, &v.eot_ids, v.eos_id);
 
-        let mut eog: Vec<u32> = v.eot_ids.clone();
-        eog.extend(v.eos_id);
-        for text in EOG_TEXTS {
-            if let Some(&id) = token_to_id.get(*text) {
-                eog.push(id);
-                // llama.cpp forces these to CONTROL so they never print and are parsed as specials.
-                types[id as usize] = TokenType::Control;
-            }
-        }
-        eog.sort_unstable();
-        eog.dedup();
-
+        let byte_level = v.kind == TokenizerKind::Bpe && v.pre.byte_encoded();
         let mut byte_tokens = [None; 256];
         let mut pieces = Vec::with_capacity(n);
-        for (i, t) in v.tokens.iter().enumerate() {
+        for (i, t) in tokens.iter().enumerate() {
             let piece: Box<[u8]> = match types[i] {
+                TokenType::Normal if byte_level => bpe::byte_level_piece(t).into(),
                 TokenType::Normal => t.replace(SPACE_SYMBOL, " ").into_bytes().into(),
                 TokenType::Byte => match parse_byte_token(t) {
                     Some(b) => {
@@ -252,15 +431,15 @@ impl Tokenizer {
                 matches!(
                     types[i as usize],
                     TokenType::Control | TokenType::UserDefined | TokenType::Unknown
-                ) && !v.tokens[i as usize].is_empty()
+                )
             })
             .collect();
-        specials.sort_by_key(|&i| (std::cmp::Reverse(v.tokens[i as usize].len()), i));
+        specials.sort_by_key(|&i| (std::cmp::Reverse(tokens[i as usize].len()), i));
         let mut special_by_text =
             FastMap::with_capacity_and_hasher(specials.len(), Default::default());
         let mut special_lens_by_first = vec![Vec::new(); 256];
         for (rank, &id) in specials.iter().enumerate() {
-            let t = &v.tokens[id as usize];
+            let t = &tokens[id as usize];
             special_by_text.entry(t.clone()).or_insert(rank);
             let lens: &mut Vec<usize> = &mut special_lens_by_first[t.as_bytes()[0] as usize];
             if !lens.contains(&t.len()) {
@@ -268,8 +447,13 @@ impl Tokenizer {
             }
         }
 
+        let bpe = match v.kind {
+            TokenizerKind::Spm => None,
+            TokenizerKind::Bpe => Some(Bpe::new(v.pre, v.ignore_merges, merges, &token_to_id, n)?),
+        };
+
         Ok(Tokenizer {
-            tokens: v.tokens,
+            tokens,
             scores: v.scores,
             types,
             pieces,
@@ -278,6 +462,7 @@ impl Tokenizer {
             special_by_text,
             special_lens_by_first,
             byte_tokens,
+            bpe,
             bos_id: v.bos_id,
             eos_id: v.eos_id,
             unk_id: v.unk_id,
@@ -285,22 +470,18 @@ impl Tokenizer {
             add_bos: v.add_bos,
             add_eos: v.add_eos,
             add_space_prefix: v.add_space_prefix,
+            rstrip_specials: v.rstrip_specials,
             eog,
         })
     }
 
-    /// Read the vocabulary from `tokenizer.ggml.*` metadata, with llama.cpp's SPM defaults for
-    /// absent keys (bos 1, eos 2, unk 0, add_bos true, add_eos false, add_space_prefix true).
+    /// Read the vocabulary from `tokenizer.ggml.*` metadata with llama.cpp's defaults for absent
+    /// keys: SPM bos 1, eos 2, unk 0, add_bos, add_space_prefix; BPE bos = eos = 11, add_bos
+    /// only for the Llama 3 pre-tokenizers (and always for Gemma 4). An unknown model or
+    /// pre-tokenizer is [`TokenizerError::UnsupportedModel`] / [`TokenizerError::UnsupportedPre`].
     pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         let md = file.metadata();
-        let model = md
-            .get_str("tokenizer.ggml.model")?
-            .ok_or(TokenizerError::Missing {
-                key: "tokenizer.ggml.model",
-            })?;
-        if model != "llama" {
-            return Err(TokenizerError::UnsupportedModel(model.to_string()));
-        }
+        let defaults = ModelDefaults::from_metadata(md)?;
         let tokens = md
             .get_array("tokenizer.ggml.tokens")?
             .ok_or(TokenizerError::Missing {
@@ -312,10 +493,11 @@ impl Tokenizer {
         let n = tokens.len();
         let scores = match md.get_array("tokenizer.ggml.scores")? {
             None => vec![0.0; n],
-            Some(a) => a
-                .as_f32()
-                .ok_or_else(|| invalid("'tokenizer.ggml.scores' is not an array of f32"))?
-                .to_vec(),
+            Some(a) => match (a.as_f32(), a.as_i32()) {
+                (Some(v), _) => v.to_vec(),
+                (None, Some(v)) => v.iter().map(|&x| x as f32).collect(),
+                _ => return Err(invalid("'tokenizer.ggml.scores' is not an array of f32")),
+            },
         };
         let token_types = match md.get_array("tokenizer.ggml.token_type")? {
             None => vec![1; n],
@@ -330,29 +512,55 @@ impl Tokenizer {
                 }
             },
         };
+        let merges: &[String] = match defaults.kind {
+            TokenizerKind::Spm => &[],
+            TokenizerKind::Bpe => md
+                .get_array("tokenizer.ggml.merges")?
+                .ok_or(TokenizerError::Missing {
+                    key: "tokenizer.ggml.merges",
+                })?
+                .as_strings()
+                .ok_or_else(|| invalid("'tokenizer.ggml.merges' is not an array of strings"))?,
+        };
         // Default special ids exist only if the vocabulary is that large.
-        let default_id = |id: u32| (id as usize) < n;
         let id_key = |key: &str, default: Option<u32>| -> Result<Option<u32>, TokenizerError> {
             Ok(match md.get_u32(key)? {
                 Some(id) => Some(id),
-                None => default.filter(|&d| default_id(d)),
+                None => default.filter(|&d| (d as usize) < n),
             })
         };
-        let bos_id = id_key("tokenizer.ggml.bos_token_id", Some(1))?;
-        let eos_id = id_key("tokenizer.ggml.eos_token_id", Some(2))?;
-        let unk_id = id_key("tokenizer.ggml.unknown_token_id", Some(0))?;
+        let bos_id = id_key("tokenizer.ggml.bos_token_id", defaults.bos_id)?;
+        let eos_id = id_key("tokenizer.ggml.eos_token_id", defaults.eos_id)?;
+        let unk_id = id_key("tokenizer.ggml.unknown_token_id", defaults.unk_id)?;
         let pad_id = id_key("tokenizer.ggml.padding_token_id", None)?;
         let mut eot_ids = Vec::new();
-        eot_ids.extend(id_key("tokenizer.ggml.eot_token_id", None)?);
-        eot_ids.extend(id_key("tokenizer.ggml.eom_token_id", None)?);
-        let add_bos = md.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(true);
+        for key in [
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+            "tokenizer.ggml.fim_pad_token_id",
+            "tokenizer.ggml.fim_rep_token_id",
+            "tokenizer.ggml.fim_sep_token_id",
+        ] {
+            eot_ids.extend(id_key(key, None)?);
+        }
+        let mut add_bos = md
+            .get_bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(defaults.add_bos);
+        let pre = defaults.pre.map_or(PreTokenizer::default(), |s| s.pre);
+        if pre == PreTokenizer::Gemma4 {
+            // llama.cpp forces BOS on for Gemma 4 whatever the metadata says.
+            add_bos = true;
+        }
         let add_eos = md
             .get_bool("tokenizer.ggml.add_eos_token")?
             .unwrap_or(false);
         let add_space_prefix = md
             .get_bool("tokenizer.ggml.add_space_prefix")?
-            .unwrap_or(true);
-        Tokenizer::from_vocab(Vocab {
+            .unwrap_or(defaults.add_space_prefix);
+        // llama.cpp recognises Phi-3 by its name.
+        let name = md.get_str("general.name")?.unwrap_or("").to_lowercase();
+        let rstrip_specials = name.contains("phi-3") || name.contains("phi3");
+        let vocab = Vocab {
             tokens,
             scores,
             token_types,
@@ -364,7 +572,27 @@ impl Tokenizer {
             add_eos,
             add_space_prefix,
             eot_ids,
-        })
+            kind: defaults.kind,
+            pre,
+            ignore_merges: defaults.pre.is_some_and(|s| s.ignore_merges),
+            merges: Vec::new(),
+            rstrip_specials,
+        };
+        Tokenizer::build(vocab, merges)
+    }
+
+    /// The tokenization algorithm.
+    pub fn kind(&self) -> TokenizerKind {
+        if self.bpe.is_some() {
+            TokenizerKind::Bpe
+        } else {
+            TokenizerKind::Spm
+        }
+    }
+
+    /// The BPE word-splitting rule (`None` for SPM).
+    pub fn pre_tokenizer(&self) -> Option<PreTokenizer> {
+        self.bpe.as_ref().map(Bpe::pre)
     }
 
     pub fn n_vocab(&self) -> usize {
@@ -477,6 +705,12 @@ impl Tokenizer {
         let mut prev_special = true;
         for frag in self.partition(text, parse_special) {
             match frag {
+                Fragment::Text(s) if self.bpe.is_some() => {
+                    if let Some(bpe) = &self.bpe {
+                        bpe.encode(s, &self.token_to_id, &self.byte_tokens, &mut out);
+                    }
+                    prev_special = false;
+                }
                 Fragment::Text(s) => {
                     let mut buf;
                     let s = if self.add_space_prefix && prev_special {
@@ -550,7 +784,7 @@ impl Tokenizer {
         present.sort_unstable();
         // For a claimed byte, the end of the token that claimed it; 0 = free (ends are > 0).
         let mut claim_end = vec![0usize; bytes.len()];
-        let mut accepted: Vec<(usize, usize, u32)> = Vec::new();
+        let mut accepted: Vec<(usize, usize, Option<u32>)> = Vec::new();
         for rank in present {
             let id = self.specials[rank];
             let pat = self.tokens[id as usize].as_str();
@@ -570,8 +804,20 @@ impl Tokenizer {
                     continue;
                 }
                 claim_end[p..p + len].iter_mut().for_each(|c| *c = p + len);
-                accepted.push((p, len, id));
+                accepted.push((p, len, Some(id)));
                 from = p + len;
+                if self.rstrip_specials && !RSTRIP_EXCEPT.contains(&pat) {
+                    // Phi-3: the token swallows the ASCII white space after it, up to the next
+                    // claimed token (llama.cpp's RSTRIP attribute, C `isspace`).
+                    let ws_end = (from..bytes.len())
+                        .find(|&i| claim_end[i] != 0 || !is_c_space(bytes[i]))
+                        .unwrap_or(bytes.len());
+                    if ws_end > from {
+                        claim_end[from..ws_end].iter_mut().for_each(|c| *c = ws_end);
+                        accepted.push((from, ws_end - from, None));
+                        from = ws_end;
+                    }
+                }
             }
         }
         accepted.sort_unstable();
@@ -581,7 +827,8 @@ impl Tokenizer {
             if pos > at {
                 frags.push(Fragment::Text(&text[at..pos]));
             }
-            frags.push(Fragment::Token(id));
+            // `None`: white space stripped after a token.
+            frags.extend(id.map(Fragment::Token));
             at = pos + len;
         }
         if at < text.len() {
@@ -589,144 +836,11 @@ impl Tokenizer {
         }
         frags
     }
-
-    /// SentencePiece merge of one raw-text fragment, appending ids to `out`.
-    fn spm_encode(&self, text: &str, out: &mut Vec<u32>) {
-        if text.is_empty() {
-            return;
-        }
-        let text = text.replace(' ', SPACE_SYMBOL);
-        let mut syms: Vec<Symbol> = Vec::with_capacity(text.len());
-        let n_chars = text.chars().count();
-        for (k, (start, ch)) in text.char_indices().enumerate() {
-            syms.push(Symbol {
-                start,
-                len: ch.len_utf8(),
-                prev: k.checked_sub(1),
-                next: if k + 1 < n_chars { Some(k + 1) } else { None },
-            });
-        }
-        let mut heap = BinaryHeap::with_capacity(syms.len());
-        for k in 1..syms.len() {
-            self.try_add_bigram(&text, &syms, k - 1, k, &mut heap);
-        }
-        while let Some(bg) = heap.pop() {
-            let (l, r) = (bg.left, bg.right);
-            // Stale entries: one side already merged away, or changed length since pushed.
-            if syms[l].len == 0 || syms[r].len == 0 || syms[l].len + syms[r].len != bg.size {
-                continue;
-            }
-            syms[l].len += syms[r].len;
-            syms[r].len = 0;
-            syms[l].next = syms[r].next;
-            if let Some(nx) = syms[r].next {
-                syms[nx].prev = Some(l);
-            }
-            if let Some(p) = syms[l].prev {
-                self.try_add_bigram(&text, &syms, p, l, &mut heap);
-            }
-            if let Some(nx) = syms[l].next {
-                self.try_add_bigram(&text, &syms, l, nx, &mut heap);
-            }
-        }
-        let mut cur = Some(0);
-        while let Some(k) = cur {
-            let s = &syms[k];
-            self.resegment(&text[s.start..s.start + s.len], out);
-            cur = s.next;
-        }
-    }
-
-    fn try_add_bigram(
-        &self,
-        text: &str,
-        syms: &[Symbol],
-        left: usize,
-        right: usize,
-        heap: &mut BinaryHeap<Bigram>,
-    ) {
-        let start = syms[left].start;
-        let size = syms[left].len + syms[right].len;
-        let Some(&id) = self.token_to_id.get(&text[start..start + size]) else {
-            return;
-        };
-        heap.push(Bigram {
-            score: self.scores[id as usize],
-            left,
-            right,
-            size,
-        });
-    }
-
-    /// Emit a final symbol. A merged symbol is always a vocabulary token (merges only happen
-    /// into existing tokens), so llama.cpp's recursive split of non-token merges never applies;
-    /// what is left is a single character that is not a token: byte fallback.
-    fn resegment(&self, s: &str, out: &mut Vec<u32>) {
-        if let Some(&id) = self.token_to_id.get(s) {
-            out.push(id);
-            return;
-        }
-        for &b in s.as_bytes() {
-            if let Some(id) = self.byte_tokens[b as usize] {
-                out.push(id);
-            } else if let Some(&id) = std::str::from_utf8(std::slice::from_ref(&b))
-                .ok()
-                .and_then(|c| self.token_to_id.get(c))
-            {
-                out.push(id);
-            } else if let Some(unk) = self.unk_id {
-                // No byte tokens: the best we can do is one unknown per byte.
-                out.push(unk);
-            }
-        }
-    }
 }
 
-/// Map from token text. The keys are the model's own vocabulary, not attacker-chosen, and the
-/// lookups (one per candidate merge, up to ~30 per byte in the partition scan) dominate encoding,
-/// so a fast multiplicative hash (FxHash) replaces SipHash here.
-type FastMap<V> = HashMap<String, V, BuildHasherDefault<FxHasher>>;
-
-#[derive(Default)]
-struct FxHasher {
-    hash: u64,
-}
-
-impl FxHasher {
-    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.hash
-    }
+/// C `isspace` in the "C" locale, which llama.cpp's strip attributes use.
+fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
 enum Fragment<'t> {
@@ -734,297 +848,53 @@ enum Fragment<'t> {
     Token(u32),
 }
 
-/// One symbol of the SPM merge: a byte range of the escaped text in a doubly linked list.
-#[derive(Clone, Copy, Debug)]
-struct Symbol {
-    start: usize,
-    /// Zero once merged into its left neighbour.
-    len: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
-}
-
-/// A candidate merge of two adjacent symbols.
-#[derive(Debug)]
-struct Bigram {
-    score: f32,
-    left: usize,
-    right: usize,
-    /// Byte length of the merged text when pushed (detects stale entries).
-    size: usize,
-}
-
-impl PartialEq for Bigram {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Bigram {}
-impl PartialOrd for Bigram {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Bigram {
-    /// Highest score first; equal scores: the leftmost pair first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.score
-            .total_cmp(&other.score)
-            .then_with(|| other.left.cmp(&self.left))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A tiny vocabulary: specials, a few merges, and byte tokens for 0x00..=0xFF.
-    pub(crate) fn tiny_vocab() -> Vocab {
-        let mut tokens: Vec<String> = [
-            "<pad>",
-            "<eos>",
-            "<bos>",
-            "<unk>",
-            "<start>",
-            "<end_of_turn>",
-            "\n",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut types = vec![3, 3, 3, 2, 3, 3, 4];
-        let mut scores = vec![0.0; tokens.len()];
-        for b in 0..=255u32 {
-            tokens.push(format!("<0x{b:02X}>"));
-            types.push(6);
-            scores.push(0.0);
-        }
-        for (t, s) in [
-            ("▁", -1.0),
-            ("a", -2.0),
-            ("b", -3.0),
-            ("c", -4.0),
-            ("ab", -5.0),
-            ("bc", -5.0),
-            ("▁a", -6.0),
-            ("abc", -7.0),
-            ("é", -8.0),
-            ("xy", -5.0),
-            ("yz", -5.0),
-        ] {
-            tokens.push(t.to_string());
-            types.push(1);
-            scores.push(s);
-        }
-        // Overlapping specials: the partition must prefer the longest text over the leftmost.
-        for (t, ty) in [("<a><b>", 4), ("x<a>", 4), ("<a>", 3)] {
-            tokens.push(t.to_string());
-            types.push(ty);
-            scores.push(0.0);
-        }
-        Vocab {
-            tokens,
-            scores,
-            token_types: types,
-            bos_id: Some(2),
-            eos_id: Some(1),
-            unk_id: Some(3),
-            pad_id: Some(0),
-            add_bos: true,
-            add_eos: false,
-            add_space_prefix: false,
-            eot_ids: vec![],
+/// llama.cpp's end-of-generation set: eos, the metadata's eot/eom/FIM ids, and the tokens it
+/// recognises by text, which are forced to CONTROL (they never print and parse as specials).
+/// Its two text-based exceptions are kept: "<|end|>" is an ordinary token next to "<|return|>"
+/// and "<|call|>" (or "<|calls|>" and "<|flush|>"), and "</s>" is a NORMAL token in vocabularies
+/// with "<|tool_response>" (Gemma 4) or "<|plamo:eos|>".
+///
+/// Unlike llama.cpp, FIM texts are recognised even when the metadata names a FIM id too.
+fn detect_eog(
+    token_to_id: &FastMap<u32>,
+    types: &mut [TokenType],
+    metadata_ids: &[u32],
+    eos_id: Option<u32>,
+) -> Vec<u32> {
+    let mut eog: Vec<u32> = metadata_ids.to_vec();
+    for text in EOG_TEXTS {
+        if let Some(&id) = token_to_id.get(*text) {
+            eog.push(id);
+            types[id as usize] = TokenType::Control;
         }
     }
-
-    fn tiny() -> Tokenizer {
-        Tokenizer::from_vocab(tiny_vocab()).expect("valid vocab")
-    }
-
-    fn id(t: &Tokenizer, s: &str) -> u32 {
-        t.token_id(s).expect("token in vocab")
-    }
-
-    #[test]
-    fn byte_fallback_for_unknown_char() {
-        let t = tiny();
-        // "ж" (U+0436) is not in the vocabulary: two byte tokens D0 B6.
-        let ids = t.encode("aж", false, false);
-        assert_eq!(ids, vec![id(&t, "a"), id(&t, "<0xD0>"), id(&t, "<0xB6>")]);
-        assert_eq!(t.decode(&ids), "aж");
-        // A character in the vocabulary is not split.
-        assert_eq!(t.encode("é", false, false), vec![id(&t, "é")]);
-    }
-
-    #[test]
-    fn merges_follow_scores_and_ties_go_left() {
-        let t = tiny();
-        // "xy" and "yz" have equal scores: the leftmost pair merges first; "z" alone is not a
-        // token and falls back to its byte.
-        assert_eq!(
-            t.encode("xyz", false, false),
-            vec![id(&t, "xy"), id(&t, "<0x7A>")]
-        );
-        assert_eq!(t.encode("abc", false, false), vec![id(&t, "abc")]);
-        assert_eq!(
-            t.encode("bcb", false, false),
-            vec![id(&t, "bc"), id(&t, "b")]
-        );
-        // Spaces become "▁"; "▁a" merges.
-        assert_eq!(
-            t.encode(" ab", false, false),
-            vec![id(&t, "▁"), id(&t, "ab")],
-            "'ab' (-5) outranks '▁a' (-6)"
-        );
-        assert_eq!(t.encode(" a", false, false), vec![id(&t, "▁a")]);
-    }
-
-    #[test]
-    fn special_partition_and_bos() {
-        let t = tiny();
-        let ids = t.encode("a<start>b\nc", true, true);
-        assert_eq!(
-            ids,
-            vec![2, id(&t, "a"), 4, id(&t, "b"), id(&t, "\n"), id(&t, "c")]
-        );
-        // Without parse_special the CONTROL token is plain text (byte fallback for '<', '>'),
-        // but the USER_DEFINED "\n" is still split out.
-        let ids = t.encode("<start>\n", false, false);
-        assert!(!ids.contains(&4));
-        assert_eq!(ids.last(), Some(&id(&t, "\n")));
-        assert_eq!(t.decode(&ids), "<start>\n");
-        // Control tokens do not render unless asked.
-        assert_eq!(t.decode(&[4, id(&t, "a")]), "a");
-        assert_eq!(t.decode_with(&[4, id(&t, "a")], true), "<start>a");
-        assert!(t.encode("", false, true).is_empty());
-        assert_eq!(t.encode("", true, true), vec![2]);
-    }
-
-    #[test]
-    fn partition_is_longest_first_not_leftmost() {
-        let t = tiny();
-        let (ab, xa, a) = (id(&t, "<a><b>"), id(&t, "x<a>"), id(&t, "<a>"));
-        let x = id(&t, "<0x78>");
-        // Leftmost-first would take "x<a>" and strand "<b>".
-        assert_eq!(t.encode("x<a><b>", false, true), vec![x, ab]);
-        assert_eq!(t.encode("x<a><a><b>", false, true), vec![xa, ab]);
-        assert_eq!(t.encode("<a>x<a><a>", false, true), vec![a, xa, a]);
-        // Without parse_special the CONTROL "<a>" stays text, USER_DEFINED ones still split.
-        let ids = t.encode("<a>x<a>", false, false);
-        assert_eq!(ids.last(), Some(&xa));
-        assert!(!ids.contains(&a));
-        // Repeated, adjacent and overlapping occurrences of one special.
-        assert_eq!(t.encode("<a><a><a>", false, true), vec![a, a, a]);
-    }
-
-    #[test]
-    fn eog_and_bounds() {
-        let t = tiny();
-        assert!(t.is_eog(1));
-        assert!(t.is_eog(5), "<end_of_turn> detected by text");
-        assert!(!t.is_eog(2));
-        assert_eq!(t.token_to_piece(u32::MAX, true), b"");
-        assert_eq!(t.decode(&[u32::MAX, 99_999]), "");
-        assert_eq!(t.token_text(u32::MAX), None);
-    }
-
-    #[test]
-    fn invalid_vocabs_are_errors() {
-        let mut v = tiny_vocab();
-        v.scores.pop();
-        assert!(Tokenizer::from_vocab(v).is_err());
-        let mut v = tiny_vocab();
-        v.bos_id = Some(100_000);
-        assert!(Tokenizer::from_vocab(v).is_err());
-        let mut v = tiny_vocab();
-        v.tokens[10] = "<0xZZ>".into();
-        assert!(Tokenizer::from_vocab(v).is_err());
-        assert!(Tokenizer::from_vocab(Vocab::default()).is_err());
-    }
-
-    #[test]
-    fn long_input_is_fast() {
-        let t = tiny();
-        let text = "abc ab<start>é ж\n".repeat(6000); // ~100 KB
-        let start = std::time::Instant::now();
-        let ids = t.encode(&text, true, true);
-        assert!(start.elapsed().as_secs_f64() < 1.0, "{:?}", start.elapsed());
-        assert_eq!(t.decode(&ids), text.replace("<start>", ""));
-    }
-
-    fn gguf(model: Option<&str>, extra: Vec<(&str, crate::gguf::Value)>) -> GgufFile {
-        use crate::gguf::{writer::GgufWriter, Array, Value};
-        let v = tiny_vocab();
-        let mut w = GgufWriter::new(3)
-            .kv(
-                "tokenizer.ggml.tokens",
-                Value::Array(Array::String(v.tokens)),
-            )
-            .kv("tokenizer.ggml.scores", Value::Array(Array::F32(v.scores)))
-            .kv(
-                "tokenizer.ggml.token_type",
-                Value::Array(Array::I32(v.token_types)),
-            );
-        if let Some(m) = model {
-            w = w.kv("tokenizer.ggml.model", Value::String(m.to_string()));
+    for &(text, ends_generation) in FIM_TEXTS {
+        if let Some(&id) = token_to_id.get(text) {
+            types[id as usize] = TokenType::Control;
+            if ends_generation {
+                eog.push(id);
+            }
         }
-        for (k, val) in extra {
-            w = w.kv(k, val);
-        }
-        GgufFile::from_bytes("test.gguf", w.to_bytes()).expect("valid GGUF image")
     }
+    eog.extend(eos_id);
+    eog.sort_unstable();
+    eog.dedup();
 
-    #[test]
-    fn from_gguf_models_and_defaults() {
-        use crate::gguf::Value;
-        for other in ["gpt2", "bert"] {
-            let err = Tokenizer::from_gguf(&gguf(Some(other), vec![])).expect_err("unsupported");
-            let msg = err.to_string();
-            assert!(
-                msg.contains("tokenizer.ggml.model") && msg.contains(other),
-                "{msg}"
-            );
+    let eog_id = |text: &str| {
+        token_to_id
+            .get(text)
+            .copied()
+            .filter(|id| eog.binary_search(id).is_ok())
+    };
+    let has = |text: &str| eog_id(text).is_some();
+    let call = has("<|call|>") || has("<|calls|>");
+    let end = eog_id("<|end|>").filter(|_| call && (has("<|return|>") || has("<|flush|>")));
+    let slash_s = eog_id("</s>").filter(|_| has("<|tool_response>") || has("<|plamo:eos|>"));
+    for (id, ty) in [(end, TokenType::UserDefined), (slash_s, TokenType::Normal)] {
+        if let Some(id) = id {
+            eog.retain(|&e| e != id);
+            types[id as usize] = ty;
         }
-        let err = Tokenizer::from_gguf(&gguf(None, vec![])).expect_err("missing model");
-        assert!(err.to_string().contains("tokenizer.ggml.model"));
-
-        // llama.cpp's SPM defaults: bos 1, eos 2, unk 0, add_bos, add_space_prefix.
-        let t = Tokenizer::from_gguf(&gguf(Some("llama"), vec![])).expect("llama vocab");
-        assert_eq!(
-            (t.bos_id(), t.eos_id(), t.unk_id()),
-            (Some(1), Some(2), Some(0))
-        );
-        assert!(t.add_bos() && !t.add_eos() && t.add_space_prefix());
-        // The space prefix goes at the start and after each special token.
-        let ids = t.encode("a<start>a", false, true);
-        assert_eq!(ids, vec![id(&t, "▁a"), 4, id(&t, "▁a")]);
-        // Decoding drops the first piece's leading space only.
-        assert_eq!(t.decode(&ids), "a a");
-
-        let t = Tokenizer::from_gguf(&gguf(
-            Some("llama"),
-            vec![
-                ("tokenizer.ggml.bos_token_id", Value::U32(2)),
-                ("tokenizer.ggml.eos_token_id", Value::U32(1)),
-                ("tokenizer.ggml.eot_token_id", Value::U32(4)),
-                ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
-                ("tokenizer.ggml.add_eos_token", Value::Bool(true)),
-                ("tokenizer.ggml.add_space_prefix", Value::Bool(false)),
-            ],
-        ))
-        .expect("llama vocab");
-        assert_eq!(t.encode("a", true, false), vec![id(&t, "a"), 1]);
-        assert_eq!(t.eog_ids(), &[1, 4, 5]);
-        // Wrong types and out-of-range ids are errors, not panics.
-        assert!(Tokenizer::from_gguf(&gguf(
-            Some("llama"),
-            vec![("tokenizer.ggml.bos_token_id", Value::U32(1 << 20))]
-        ))
-        .is_err());
-        assert!(Tokenizer::from_gguf(&gguf(
-            Some("llama"),
-            vec![("tokenizer.ggml.add_bos_token", Value::U32(1))]
-        ))
-        .is_err());
     }
+    eog
 }
