@@ -11,7 +11,10 @@ use ryzanstein::server::http::SseWriter;
 
 fn sse(c: &mut Criterion) {
     let mut g = c.benchmark_group("sse_event");
-    for (name, endpoint) in [("completions", Endpoint::Completions), ("chat", Endpoint::Chat)] {
+    for (name, endpoint) in [
+        ("completions", Endpoint::Completions),
+        ("chat", Endpoint::Chat),
+    ] {
         let header = Header {
             endpoint,
             id: "cmpl-5886b6130252944e".into(),

@@ -51,9 +51,21 @@ fn closed_loop_counts_and_usage_add_up_streamed_and_not() {
         .expect("level");
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         assert_eq!(r.completed, 9);
-        assert_eq!(r.prompt_tokens, 9 * 7, "token-id prompts are billed as sent");
-        assert_eq!(r.completion_tokens, 9 * 3, "ignore_eos: exactly max_tokens each");
-        assert!(r.connections_opened <= 3, "keep-alive: {}", r.connections_opened);
+        assert_eq!(
+            r.prompt_tokens,
+            9 * 7,
+            "token-id prompts are billed as sent"
+        );
+        assert_eq!(
+            r.completion_tokens,
+            9 * 3,
+            "ignore_eos: exactly max_tokens each"
+        );
+        assert!(
+            r.connections_opened <= 3,
+            "keep-alive: {}",
+            r.connections_opened
+        );
         assert!(r.goodput.is_some());
         assert!(r.ttft_ms.p50 > 0.0 && r.e2el_ms.max >= r.ttft_ms.max);
         if stream {
@@ -89,8 +101,15 @@ fn errors_are_counted_by_kind() {
     let url = format!("http://{}", server());
     let mut w = workload(false);
     w.model = Some("no-such-model".into());
-    let r = run_level(&url, &w, Arrivals::Closed { clients: 2 }, 4, &Slo::default(), &|_| {})
-        .expect("level");
+    let r = run_level(
+        &url,
+        &w,
+        Arrivals::Closed { clients: 2 },
+        4,
+        &Slo::default(),
+        &|_| {},
+    )
+    .expect("level");
     assert_eq!(r.completed, 0);
     assert_eq!(r.errors.get("http_404"), Some(&4));
     let r = run_level(
@@ -126,7 +145,14 @@ fn cli_with_a_prompt_file_writes_json_and_charts() {
     let svg = dir.join("charts");
     let out = Command::new(env!("CARGO_BIN_EXE_ryzanstein"))
         .args(["bench", "--url", &format!("http://{addr}")])
-        .args(["--concurrency", "1,3", "--requests", "6", "--max-tokens", "4"])
+        .args([
+            "--concurrency",
+            "1,3",
+            "--requests",
+            "6",
+            "--max-tokens",
+            "4",
+        ])
         .args(["--warmup", "0", "--prompts"])
         .arg(&prompts)
         .arg("--json")
@@ -138,7 +164,10 @@ fn cli_with_a_prompt_file_writes_json_and_charts() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(!stderr.contains('['), "no progress bar off a terminal: {stderr}");
+    assert!(
+        !stderr.contains('['),
+        "no progress bar off a terminal: {stderr}"
+    );
 
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let levels = report["levels"][0].as_array().expect("levels of server A");

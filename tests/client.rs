@@ -82,7 +82,10 @@ fn every_endpoint_whole_and_streamed_over_one_connection() {
     assert_eq!(c.completion(&token_prompt).unwrap().choices.len(), 1);
 
     let st = c.stats();
-    assert_eq!(st.opened, 1, "every call reused one keep-alive connection: {st:?}");
+    assert_eq!(
+        st.opened, 1,
+        "every call reused one keep-alive connection: {st:?}"
+    );
     assert_eq!(st.requests, 7);
     assert_eq!(st.reused, 6);
     assert_eq!(st.open(), 1);
@@ -107,7 +110,11 @@ fn error_statuses_carry_the_message_and_keep_the_connection() {
     assert_eq!(e.kind(), "http_400");
     assert!(c.get_json("/nope").is_err());
     c.models().expect("still fine");
-    assert_eq!(c.stats().opened, 1, "error bodies are read, the connection reused");
+    assert_eq!(
+        c.stats().opened,
+        1,
+        "error bodies are read, the connection reused"
+    );
 }
 
 #[test]
@@ -135,7 +142,9 @@ fn checkout_waits_for_a_connection_then_times_out() {
 #[test]
 fn dropping_a_stream_early_closes_its_connection() {
     let c = client(|_| {});
-    let mut s = c.completion_stream(&greedy("Once upon a time", 50)).unwrap();
+    let mut s = c
+        .completion_stream(&greedy("Once upon a time", 50))
+        .unwrap();
     s.next().expect("first event").expect("ok");
     drop(s);
     c.models().unwrap();
@@ -296,4 +305,27 @@ fn a_request_lost_on_a_stale_connection_is_retried_once_if_safe() {
     let e = c.completion(&greedy("x", 1)).unwrap_err();
     assert_eq!(e.kind(), "connection_lost", "{e}");
     assert_eq!(c.stats().stale_retries, 0);
+}
+
+/// DESIGN.md's layering: the client talks to any server and depends on nothing else in the
+/// crate (so it could be split into its own crate as it is).
+#[test]
+fn the_client_depends_on_nothing_else_in_the_crate() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/client");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let src = std::fs::read_to_string(&path).unwrap();
+        for (i, line) in src.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            assert!(
+                !code.contains("crate::") && !code.contains("super::super"),
+                "{}:{}: {line}",
+                path.display(),
+                i + 1
+            );
+        }
+    }
 }

@@ -566,7 +566,12 @@ mod tests {
         assert_eq!(r.common.sampling.seed, Some(u64::MAX));
         assert_eq!(r.common.sampling.top_k, 0);
         assert!(!r.common.ignore_eos);
-        assert!(completion(r#"{"prompt":"x","ignore_eos":true}"#).unwrap().common.ignore_eos);
+        assert!(
+            completion(r#"{"prompt":"x","ignore_eos":true}"#)
+                .unwrap()
+                .common
+                .ignore_eos
+        );
         let e = completion(r#"{"prompt":"x","ignore_eos":"yes"}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("ignore_eos"));
         let e = completion("{not json").unwrap_err();

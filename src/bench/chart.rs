@@ -53,11 +53,7 @@ pub fn line_chart(
             .label(s.name.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         chart
-            .draw_series(
-                s.points
-                    .iter()
-                    .map(|&p| Circle::new(p, 3, color.filled())),
-            )
+            .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
             .map_err(|e| err(&e))?;
     }
     chart

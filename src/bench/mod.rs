@@ -321,7 +321,10 @@ fn request_body(w: &Workload, rng: &mut u64, i: usize) -> (&'static str, Vec<u8>
     if let Some(m) = &w.model {
         body["model"] = json!(m);
     }
-    (path, serde_json::to_vec(&body).expect("a JSON value serializes"))
+    (
+        path,
+        serde_json::to_vec(&body).expect("a JSON value serializes"),
+    )
 }
 
 fn one_request(conn: &mut Conn, w: &Workload, rng: &mut u64, i: usize) -> Sample {
@@ -568,11 +571,21 @@ mod tests {
         let (path, body) = request_body(&w, &mut rng, 4);
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(path, "/v1/completions");
-        assert_eq!((v["prompt"].clone(), v["max_tokens"].clone()), (json!([1, 2]), json!(3)));
+        assert_eq!(
+            (v["prompt"].clone(), v["max_tokens"].clone()),
+            (json!([1, 2]), json!(3))
+        );
         assert_eq!(v["ignore_eos"], json!(true));
         let (path, _) = request_body(&w, &mut rng, 5);
         assert_eq!(path, "/v1/chat/completions");
-        for bad in ["", "3", "{\"prompt\": 1}", "{\"prompt\": \"a\", \"messages\": []}", "{\"prompt\": \"a\", \"max_tokens\": 0}", "nope"] {
+        for bad in [
+            "",
+            "3",
+            "{\"prompt\": 1}",
+            "{\"prompt\": \"a\", \"messages\": []}",
+            "{\"prompt\": \"a\", \"max_tokens\": 0}",
+            "nope",
+        ] {
             assert!(parse_prompts(bad).is_err(), "{bad}");
         }
         assert!(parse_prompts("\"a\"\n[").unwrap_err().starts_with("line 2"));

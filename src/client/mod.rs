@@ -400,12 +400,7 @@ impl Client {
 
     /// Takes a permit and sends the request; retries once on a fresh connection when a
     /// reused one fails before the answer's head and the request may be repeated.
-    fn call(
-        &self,
-        body: Body,
-        path: &str,
-        retry: Retry,
-    ) -> Result<(Permit, Response), Error> {
+    fn call(&self, body: Body, path: &str, retry: Retry) -> Result<(Permit, Response), Error> {
         let inner = &self.inner;
         let permit = inner
             .sem
@@ -419,7 +414,8 @@ impl Client {
             let r = self.send_once(&body, &url);
             let fresh = take_opened_here() > 0;
             let c = &inner.counters;
-            c.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let stale = matches!(&r, Err(e) if e.is_stale_connection());
             if !fresh && (r.is_ok() || stale) {
                 c.reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
