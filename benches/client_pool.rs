@@ -3,7 +3,8 @@
 //! liveness probe, one small keep-alive exchange with a local responder, return).
 //!
 //! Budget: checkout + return ≤ 1 µs uncontended (a mutex and a condvar notify); a pooled
-//! round trip on loopback ≤ 200 µs, almost all of it the two socket writes and reads — the
+//! round trip on loopback ≤ 300 µs on the shared 2-core machine, almost all of it socket
+//! writes, reads and thread wake-ups (the liveness probe alone is three system calls) — the
 //! pool must never be what a load generator measures.
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -6,7 +6,7 @@
 #
 # Starts the release server, drives it with `ryzanstein bench` (default: 16 concurrent
 # streams of 64 tokens, ~20-token prompts; anything after `--` replaces those arguments),
-# records the server's stacks with `perf record -e cpu-clock` for S seconds (default 20), and
+# records the server's stacks with `perf record -e cpu-clock` for S seconds (default 10), and
 # folds and draws them with inferno, installed once into the cache (not globally).
 # Writes OUT/flamegraph.svg (default OUT: target/profile/<UTC time>), OUT/perf.data and the
 # folded stacks. cpu-clock is a software event, so it works in VMs without hardware counters.
@@ -18,9 +18,9 @@ cd "$(dirname "$0")/.."
 
 MODEL=""
 THREADS=2
-SECONDS_REC=20
+SECONDS_REC=10
 OUT=""
-CALL_GRAPH=(--call-graph dwarf,32768)
+CALL_GRAPH=(--call-graph dwarf,16384)
 BENCH_ARGS=(--concurrency 16 --requests 1000 --prompt-tokens 20 --max-tokens 64)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -83,7 +83,7 @@ done
 LOAD_PID=$!
 sleep 2 # let the load reach its steady state
 echo "recording $SECONDS_REC s of pid $SERVER_PID under load ..." >&2
-perf record -e cpu-clock -F 499 "${CALL_GRAPH[@]}" -p "$SERVER_PID" -o "$OUT/perf.data" \
+perf record -e cpu-clock -F 199 "${CALL_GRAPH[@]}" -p "$SERVER_PID" -o "$OUT/perf.data" \
   -- sleep "$SECONDS_REC" 2> "$OUT/perf-record.log"
 cleanup
 LOAD_PID=""
