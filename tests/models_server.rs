@@ -159,6 +159,7 @@ fn models_list_states_admin_routes_and_failures() {
 fn events_stream_a_load_from_queued_to_ready() {
     let d = TempDir::new("events");
     d.write("a.gguf", &tiny_model_bytes(1 << 20));
+    d.write("z.gguf", &tiny_model_bytes(0)); // two models, no manifest: no default to preload
     let s = serve_dir(d.path(), tiny_config());
     let addr = s.local_addr();
     let mut c = Conn::open(addr);
@@ -273,6 +274,7 @@ fn waiting_for_a_load_is_bounded_and_other_models_are_not_slowed() {
 fn concurrent_requests_for_an_unloaded_model_share_one_load() {
     let d = TempDir::new("flight");
     d.write("a.gguf", &tiny_model_bytes(1 << 20));
+    d.write("z.gguf", &tiny_model_bytes(0)); // two models, no manifest: no default to preload
     let s = serve_dir(d.path(), tiny_config());
     let addr = s.local_addr();
     let n = 6;

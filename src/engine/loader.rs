@@ -347,13 +347,13 @@ fn drain(reg: &Registry, i: usize) {
             return;
         }
         g.slots[i].state = ModelState::Available;
+        reg.metrics.unloads.fetch_add(1, Ordering::Relaxed);
         g.slots[i].loaded.take()
     };
     if let Some(m) = m {
         m.handle.drain();
         drop(m);
     }
-    reg.metrics.unloads.fetch_add(1, Ordering::Relaxed);
     tracing::info!(model = reg.id(i), "unloaded");
     let mut g = reg.lock();
     reg.emit(&mut g, i, Progress::new(Phase::Unloaded));
@@ -448,7 +448,7 @@ fn build(reg: &Registry, i: usize) -> Result<LoadedModel, String> {
         reg.pool.clone(),
     )
     .map_err(|e| ctx(&e))?;
-    let kv = handle.stats().kv_bytes_total.load(Ordering::Relaxed) as u64;
+    let state_bytes = handle.stats().state_bytes.load(Ordering::Relaxed) as u64;
     report(reg, i, progress(Phase::Prefault, bytes_total, tensors_total));
     Ok(LoadedModel {
         id: entry.id.clone(),
@@ -456,7 +456,7 @@ fn build(reg: &Registry, i: usize) -> Result<LoadedModel, String> {
         tokenizer,
         chat,
         created: unix_now(),
-        bytes: bytes_total + kv,
+        bytes: bytes_total + state_bytes,
     })
 }
 
