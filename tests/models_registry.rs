@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use models_support::*;
 use ryzanstein::engine::{
-    AcquireError, AdminError, Catalog, EngineOptions, ModelState, Phase, Registry,
-    RegistryOptions, WhenFull,
+    AcquireError, AdminError, Catalog, EngineOptions, ModelState, Phase, Registry, RegistryOptions,
+    WhenFull,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -93,7 +93,11 @@ fn concurrent_requests_share_one_load() {
         assert_eq!(h.join().unwrap().expect("loaded"), "a");
     }
     let m = &r.metrics;
-    assert_eq!(m.loads_ok.load(Ordering::Relaxed), 1, "one load for {n} requests");
+    assert_eq!(
+        m.loads_ok.load(Ordering::Relaxed),
+        1,
+        "one load for {n} requests"
+    );
     assert_eq!(
         m.hits.load(Ordering::Relaxed) + m.misses.load(Ordering::Relaxed),
         n as u64
@@ -119,7 +123,10 @@ fn the_least_recently_used_idle_model_is_evicted_by_count() {
     );
     drop(r.acquire(Some("a"), WAIT).expect("a"));
     drop(r.acquire(Some("b"), WAIT).expect("b"));
-    drop(r.acquire(Some("a"), WAIT).expect("a again: b is now least recent"));
+    drop(
+        r.acquire(Some("a"), WAIT)
+            .expect("a again: b is now least recent"),
+    );
     drop(r.acquire(Some("c"), WAIT).expect("c"));
     assert_eq!(loaded_ids(&r), ["a", "c"]);
     assert_eq!(r.metrics.evictions.load(Ordering::Relaxed), 1);
@@ -156,7 +163,10 @@ fn memory_bound_counts_bytes_and_pinned_models_stay() {
     );
     drop(r.acquire(Some("a"), WAIT).expect("a"));
     drop(r.acquire(Some("b"), WAIT).expect("b"));
-    drop(r.acquire(Some("c"), WAIT).expect("c evicts b, not the pinned a"));
+    drop(
+        r.acquire(Some("c"), WAIT)
+            .expect("c evicts b, not the pinned a"),
+    );
     assert_eq!(loaded_ids(&r), ["a", "c"]);
     let (bytes, n) = r.loaded_bytes();
     assert!(bytes <= one * 5 / 2 && n == 2, "{bytes} {n}");
@@ -164,7 +174,10 @@ fn memory_bound_counts_bytes_and_pinned_models_stay() {
     // its request gets a "not loaded" answer at once and b stays available.
     let lc = r.acquire(Some("c"), WAIT).expect("c");
     let e = r.acquire(Some("b"), WAIT).err().expect("no room");
-    assert!(matches!(&e, AcquireError::Loading { what, .. } if what.contains("no room")), "{e}");
+    assert!(
+        matches!(&e, AcquireError::Loading { what, .. } if what.contains("no room")),
+        "{e}"
+    );
     assert_eq!(state(&r, "b"), ModelState::Available);
     assert_eq!(r.metrics.loads_no_room.load(Ordering::Relaxed), 1);
     drop(lc);
@@ -195,7 +208,11 @@ fn a_full_cache_makes_the_load_wait_until_a_lease_ends() {
         "{:?}",
         r.status(1)
     );
-    assert_eq!(state(&r, "a"), ModelState::Loaded, "a is in use: never evicted");
+    assert_eq!(
+        state(&r, "a"),
+        ModelState::Loaded,
+        "a is in use: never evicted"
+    );
     drop(la);
     drop(r.acquire(Some("b"), WAIT).expect("b loads once a is idle"));
     assert_eq!(loaded_ids(&r), ["b"]);
@@ -241,7 +258,10 @@ fn dependencies_load_first_stay_loaded_and_cannot_be_unloaded() {
     assert!(e.to_string().contains("depends on it"), "{e}");
     assert_eq!(r.unload("main").expect("unload"), ModelState::Unloading);
     assert!(eventually(WAIT, || state(&r, "main") == ModelState::Available));
-    assert_eq!(r.unload("base").expect("now allowed"), ModelState::Unloading);
+    assert_eq!(
+        r.unload("base").expect("now allowed"),
+        ModelState::Unloading
+    );
     r.shutdown();
 }
 
@@ -273,7 +293,10 @@ fn unload_waits_for_requests_in_flight() {
         }
     }
     assert_eq!(tokens, 4);
-    let e = r.acquire(Some("a"), WAIT).err().expect("new requests are refused");
+    let e = r
+        .acquire(Some("a"), WAIT)
+        .err()
+        .expect("new requests are refused");
     assert!(e.to_string().contains("unloaded"), "{e}");
     drop(stream);
     drop(lease);
@@ -295,7 +318,9 @@ fn corrupt_and_truncated_files_fail_with_the_reason_and_others_serve() {
         "[[model]]\nid = \"dependent\"\npath = \"dependent.gguf\"\ndepends_on = [\"truncated\"]\n",
     );
     let r = start(&d, options());
-    let events = r.subscribe(r.catalog().lookup("truncated").unwrap()).unwrap();
+    let events = r
+        .subscribe(r.catalog().lookup("truncated").unwrap())
+        .unwrap();
     for (id, want) in [
         ("truncated", "runs past the end of the file"),
         ("corrupt", "not a gguf file"),
@@ -312,9 +337,15 @@ fn corrupt_and_truncated_files_fail_with_the_reason_and_others_serve() {
     let last = events.try_iter().last().expect("events");
     assert_eq!(last.progress.phase, Phase::Failed);
     assert!(last.error.expect("reason").contains("runs past the end"));
-    let e = r.acquire(Some("dependent"), WAIT).err().expect("its dependency failed");
+    let e = r
+        .acquire(Some("dependent"), WAIT)
+        .err()
+        .expect("its dependency failed");
     assert!(e.to_string().contains("dependency 'truncated'"), "{e}");
-    drop(r.acquire(Some("good"), WAIT).expect("the other models serve"));
+    drop(
+        r.acquire(Some("good"), WAIT)
+            .expect("the other models serve"),
+    );
     assert_eq!(r.metrics.loads_failed.load(Ordering::Relaxed), 3);
     r.shutdown();
 }
@@ -369,7 +400,10 @@ fn preloads_run_in_priority_order_on_named_loader_threads() {
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .map(|s| s.trim().to_string())
         .collect();
-    assert!(names.iter().any(|n| n == "load-0") && names.iter().any(|n| n == "load-1"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == "load-0") && names.iter().any(|n| n == "load-1"),
+        "{names:?}"
+    );
     let events = r.subscribe_all();
     r.preload();
     assert!(eventually(WAIT, || loaded_ids(&r).len() == 3));

@@ -84,7 +84,8 @@ fn models_list_states_admin_routes_and_failures() {
     assert!(a["loaded_bytes"].as_u64().unwrap() >= bytes.len() as u64);
     assert_eq!(a["aliases"], json!(["alpha"]));
     assert_eq!(a["default"], true);
-    assert!(eventually(WAIT, || model(addr, "broken")["architecture"] == "gemma3"
+    assert!(eventually(WAIT, || model(addr, "broken")["architecture"]
+        == "gemma3"
         || model(addr, "top")["architecture"] == "gemma3"));
     assert_eq!(model(addr, "top")["state"], "available");
     assert_eq!(model(addr, "top")["depends_on"], json!(["a"]));
@@ -115,11 +116,20 @@ fn models_list_states_admin_routes_and_failures() {
     assert_eq!(r.json()["error"]["code"], "model_load_failed");
     let b = model(addr, "broken");
     assert_eq!(b["state"], "failed");
-    assert!(b["error"].as_str().unwrap().contains("runs past the end"), "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("runs past the end"),
+        "{b}"
+    );
     let r = Conn::open(addr).request("GET", "/v1/models/broken/events", &[KEY], b"");
     let last = r.text();
-    assert!(last.contains("\"phase\":\"failed\"") && last.contains("runs past the end"), "{last}");
-    assert_eq!(post_key(addr, "/v1/completions", &completion("a")).status, 200);
+    assert!(
+        last.contains("\"phase\":\"failed\"") && last.contains("runs past the end"),
+        "{last}"
+    );
+    assert_eq!(
+        post_key(addr, "/v1/completions", &completion("a")).status,
+        200
+    );
 
     // Names that are not in the catalog are 404s, whatever they look like.
     for path in [
@@ -166,7 +176,9 @@ fn events_stream_a_load_from_queued_to_ready() {
     c.send("GET", "/v1/models/a/events", &[], b"");
     let (status, headers) = c.read_head();
     assert_eq!(status, 200);
-    assert!(headers.iter().any(|(k, v)| k == "content-type" && v == "text/event-stream"));
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v == "text/event-stream"));
     let r = post(addr, "/v1/models/a/load", &json!({}));
     assert_eq!(r.status, 202, "{}", r.text());
     let mut events = Vec::new();
@@ -178,7 +190,10 @@ fn events_stream_a_load_from_queued_to_ready() {
             }
         }
     }
-    let mut phases: Vec<&str> = events.iter().map(|e| e["phase"].as_str().unwrap()).collect();
+    let mut phases: Vec<&str> = events
+        .iter()
+        .map(|e| e["phase"].as_str().unwrap())
+        .collect();
     phases.dedup();
     assert_eq!(
         phases,
@@ -227,7 +242,12 @@ fn waiting_for_a_load_is_bounded_and_other_models_are_not_slowed() {
                 b.wait();
                 let t = Instant::now();
                 let r = post(addr, "/v1/completions", &completion("slow"));
-                (r.status, r.header("retry-after").map(str::to_string), t.elapsed(), r.text())
+                (
+                    r.status,
+                    r.header("retry-after").map(str::to_string),
+                    t.elapsed(),
+                    r.text(),
+                )
             })
         })
         .collect();
@@ -298,10 +318,16 @@ fn concurrent_requests_for_an_unloaded_model_share_one_load() {
         .collect();
     assert!(texts.windows(2).all(|w| w[0] == w[1]), "{texts:?}");
     let page = get(addr, "/metrics").text();
-    assert_eq!(metric(&page, "ryzanstein_model_loads_total{outcome=\"ok\"}"), Some(1.0));
+    assert_eq!(
+        metric(&page, "ryzanstein_model_loads_total{outcome=\"ok\"}"),
+        Some(1.0)
+    );
     let misses = metric(&page, "ryzanstein_model_cache_misses_total").unwrap();
     let hits = metric(&page, "ryzanstein_model_cache_hits_total").unwrap();
-    assert!(misses >= 1.0 && hits + misses == n as f64, "{hits} {misses}");
+    assert!(
+        misses >= 1.0 && hits + misses == n as f64,
+        "{hits} {misses}"
+    );
     s.shutdown();
 }
 
@@ -324,7 +350,9 @@ fn readiness_waits_for_the_preload_models() {
     assert_eq!(r.json()["status"], "loading");
     assert_eq!(post(addr, "/v1/completions", &completion("a")).status, 200);
     drop(release);
-    assert!(eventually(WAIT, || get(addr, "/health/ready").json()["status"] == "failed"));
+    assert!(eventually(WAIT, || get(addr, "/health/ready").json()
+        ["status"]
+        == "failed"));
     s.shutdown();
 
     // Not required: ready once the default model is.

@@ -57,7 +57,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         Some(dir) => {
             let c = Catalog::from_dir(dir, cfg.models.manifest.as_deref())?;
             if c.is_empty() {
-                bail!("{}: no models (no *.gguf file, no manifest entry)", dir.display());
+                bail!(
+                    "{}: no models (no *.gguf file, no manifest entry)",
+                    dir.display()
+                );
             }
             if cfg.model.is_some() {
                 tracing::info!("models_dir is set: the model setting is not used");
@@ -145,11 +148,9 @@ impl Bars {
         let bar = self.bars.entry(ev.model.clone()).or_insert_with(|| {
             let b = multi.add(ProgressBar::new(1000));
             b.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>16} [{bar:30}] {percent:>3}% {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{prefix:>16} [{bar:30}] {percent:>3}% {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
             );
             b.set_prefix(ev.model.clone());
             b
@@ -173,10 +174,7 @@ impl Bars {
                 self.bars.remove(&ev.model);
             }
             Phase::Failed => {
-                bar.abandon_with_message(format!(
-                    "failed: {}",
-                    ev.error.as_deref().unwrap_or("")
-                ));
+                bar.abandon_with_message(format!("failed: {}", ev.error.as_deref().unwrap_or("")));
                 self.bars.remove(&ev.model);
             }
             _ => {}

@@ -223,7 +223,11 @@ impl Catalog {
                 dir_name.clone(),
             ));
         }
-        build(specs, default, &manifest.map_or(dir_name, |m| m.display().to_string()))
+        build(
+            specs,
+            default,
+            &manifest.map_or(dir_name, |m| m.display().to_string()),
+        )
     }
 
     /// Parses a manifest held in memory (paths relative to `dir`); for tests and tools.
@@ -374,7 +378,10 @@ fn build(specs: Vec<Spec>, default: Option<String>, label: &str) -> Result<Catal
             if let Some(&j) = names.get(name) {
                 return Err(err(
                     entry,
-                    format!("'{name}' is already the id or an alias of model '{}'", specs[j].0.id),
+                    format!(
+                        "'{name}' is already the id or an alias of model '{}'",
+                        specs[j].0.id
+                    ),
                 ));
             }
             names.insert(name.clone(), i);
@@ -458,7 +465,12 @@ fn build(specs: Vec<Spec>, default: Option<String>, label: &str) -> Result<Catal
 /// A dependency cycle as a path that starts and ends at the same model, if there is one.
 fn find_cycle(entries: &[ModelEntry]) -> Option<Vec<usize>> {
     // 0 = unvisited, 1 = on the stack, 2 = done.
-    fn dfs(i: usize, e: &[ModelEntry], mark: &mut [u8], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+    fn dfs(
+        i: usize,
+        e: &[ModelEntry],
+        mark: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         mark[i] = 1;
         stack.push(i);
         for &d in &e[i].depends_on {
@@ -564,7 +576,11 @@ mod tests {
         .unwrap();
         let c = Catalog::from_dir(&d, None).expect("valid");
         let ids: Vec<&str> = c.entries().iter().map(|e| e.id.as_str()).collect();
-        assert_eq!(ids, ["big", "a"], "manifest first; b.gguf is not listed twice");
+        assert_eq!(
+            ids,
+            ["big", "a"],
+            "manifest first; b.gguf is not listed twice"
+        );
         assert_eq!(c.lookup("B"), Some(0));
         assert_eq!(c.lookup("a"), Some(1));
         assert_eq!(c.lookup("../a"), None);
@@ -578,17 +594,24 @@ mod tests {
 
     #[test]
     fn manifest_errors_name_the_entry() {
-        let e = manifest_err(&["a.gguf"], "[[model]]\nid = \"a\"\npath = \"a.gguf\"\nprio = 1\n");
+        let e = manifest_err(
+            &["a.gguf"],
+            "[[model]]\nid = \"a\"\npath = \"a.gguf\"\nprio = 1\n",
+        );
         assert_eq!(e.entry, "model #1");
         assert!(e.msg.contains("prio"), "{e}");
         let e = manifest_err(&[], "[[model]]\nid = \"x\"\npath = \"missing.gguf\"\n");
         assert_eq!(e.entry, "model 'x'");
         assert!(e.msg.contains("missing.gguf"), "{e}");
-        let two = "[[model]]\nid = \"a\"\npath = \"a.gguf\"\n[[model]]\nid = \"b\"\npath = \"a.gguf\"\n";
+        let two =
+            "[[model]]\nid = \"a\"\npath = \"a.gguf\"\n[[model]]\nid = \"b\"\npath = \"a.gguf\"\n";
         let e = manifest_err(&["a.gguf"], &two.replace("\"b\"", "\"a\""));
         assert_eq!(e.entry, "model 'a'");
         assert!(e.msg.contains("already"), "{e}");
-        let e = manifest_err(&["a.gguf"], &two.replace("id = \"b\"", "id = \"b\"\naliases = [\"a\"]"));
+        let e = manifest_err(
+            &["a.gguf"],
+            &two.replace("id = \"b\"", "id = \"b\"\naliases = [\"a\"]"),
+        );
         assert_eq!(e.entry, "model 'b'");
         let e = manifest_err(&["a.gguf"], &two.replace("id = \"b\"", "id = \"../etc\""));
         assert!(e.msg.contains("not a valid model name"), "{e}");
@@ -596,7 +619,11 @@ mod tests {
             &["a.gguf"],
             &two.replace("id = \"b\"", "id = \"b\"\ndepends_on = [\"zz\"]"),
         );
-        assert_eq!((e.entry.as_str(), e.msg.contains("zz")), ("model 'b'", true), "{e}");
+        assert_eq!(
+            (e.entry.as_str(), e.msg.contains("zz")),
+            ("model 'b'", true),
+            "{e}"
+        );
         let cyc = two
             .replace("id = \"a\"", "id = \"a\"\ndepends_on = [\"b\"]")
             .replace("id = \"b\"", "id = \"b\"\ndepends_on = [\"a\"]");
@@ -604,7 +631,10 @@ mod tests {
         assert!(e.msg.contains("cycle: a -> b -> a"), "{e}");
         let e = manifest_err(&["a.gguf"], "default = \"q\"\n");
         assert_eq!(e.entry, "top level");
-        let e = manifest_err(&["a.gguf"], "[[model]]\nid = \"a\"\npath = \"a.gguf\"\nn_ctx = 0\n");
+        let e = manifest_err(
+            &["a.gguf"],
+            "[[model]]\nid = \"a\"\npath = \"a.gguf\"\nn_ctx = 0\n",
+        );
         assert!(e.msg.contains("n_ctx"), "{e}");
     }
 

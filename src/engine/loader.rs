@@ -89,9 +89,7 @@ fn take_job(reg: &Registry, g: &mut MutexGuard<'_, Inner>) -> Option<Job> {
             JobKind::Probe => true,
             JobKind::Load => {
                 let deps = &reg.catalog.entries()[j.index].depends_on;
-                let failed_dep = deps
-                    .iter()
-                    .any(|&d| g.slots[d].state == ModelState::Failed);
+                let failed_dep = deps.iter().any(|&d| g.slots[d].state == ModelState::Failed);
                 failed_dep
                     || (g.permits_free > 0
                         && deps.iter().all(|&d| g.slots[d].state == ModelState::Loaded))
@@ -270,21 +268,18 @@ fn make_room(reg: &Arc<Registry>, i: usize, need: u64) -> bool {
 /// Picks victims so that model `i` fits with `need` more bytes and marks them evicted
 /// (`available`); `None` if the bounds cannot be met. The caller drops the victims after
 /// releasing the lock.
-fn evict_for(
-    reg: &Registry,
-    g: &mut Inner,
-    i: usize,
-    need: u64,
-) -> Option<Vec<Arc<LoadedModel>>> {
+fn evict_for(reg: &Registry, g: &mut Inner, i: usize, need: u64) -> Option<Vec<Arc<LoadedModel>>> {
     let (max_bytes, max_n) = (reg.opts.memory_max_bytes, reg.opts.models_max);
     let held = |g: &Inner| {
-        g.slots.iter().fold((0u64, 0usize), |(b, n), s| match s.state {
-            ModelState::Loaded | ModelState::Unloading | ModelState::Loading => (
-                b + s.loaded.as_ref().map_or(s.reserved_bytes, |m| m.bytes),
-                n + 1,
-            ),
-            _ => (b, n),
-        })
+        g.slots
+            .iter()
+            .fold((0u64, 0usize), |(b, n), s| match s.state {
+                ModelState::Loaded | ModelState::Unloading | ModelState::Loading => (
+                    b + s.loaded.as_ref().map_or(s.reserved_bytes, |m| m.bytes),
+                    n + 1,
+                ),
+                _ => (b, n),
+            })
     };
     // `i` itself is already counted (loading with its reservation, or loaded).
     let fits = |g: &Inner| {
@@ -327,7 +322,10 @@ fn evictable(reg: &Registry, g: &Inner, j: usize) -> bool {
         && !(0..g.slots.len()).any(|k| {
             matches!(
                 g.slots[k].state,
-                ModelState::Loaded | ModelState::Loading | ModelState::Queued | ModelState::Unloading
+                ModelState::Loaded
+                    | ModelState::Loading
+                    | ModelState::Queued
+                    | ModelState::Unloading
             ) && reg.catalog.entries()[k].depends_on.contains(&j)
         })
 }
@@ -383,10 +381,7 @@ fn file_info(file: &GgufFile) -> FileInfo {
         .unwrap_or("unknown")
         .to_string();
     FileInfo {
-        n_ctx_train: md
-            .get_u64(&format!("{arch}.context_length"))
-            .ok()
-            .flatten(),
+        n_ctx_train: md.get_u64(&format!("{arch}.context_length")).ok().flatten(),
         architecture: arch,
         quantization: quantization_name(file),
         n_tensors: file.tensors().len(),
@@ -432,8 +427,7 @@ fn build(reg: &Registry, i: usize) -> Result<LoadedModel, String> {
         tracing::warn!(model = %entry.id, "chat completions are unavailable: {e}");
     }
     report(reg, i, progress(Phase::Map, 0, 0));
-    let model =
-        Gemma3::from_file(file.clone(), opts.model_options()).map_err(|e| e.to_string())?;
+    let model = Gemma3::from_file(file.clone(), opts.model_options()).map_err(|e| e.to_string())?;
     report(reg, i, progress(Phase::Map, 0, tensors_total));
     if reg.opts.prefault {
         prefault(&file, |bytes, tensors| {
@@ -449,7 +443,11 @@ fn build(reg: &Registry, i: usize) -> Result<LoadedModel, String> {
     )
     .map_err(|e| ctx(&e))?;
     let state_bytes = handle.stats().state_bytes.load(Ordering::Relaxed) as u64;
-    report(reg, i, progress(Phase::Prefault, bytes_total, tensors_total));
+    report(
+        reg,
+        i,
+        progress(Phase::Prefault, bytes_total, tensors_total),
+    );
     Ok(LoadedModel {
         id: entry.id.clone(),
         handle,

@@ -418,7 +418,9 @@ impl Registry {
                 subscribers: Vec::new(),
             })
             .collect();
-        let loads = opts.max_concurrent_loads.clamp(1, opts.loader_threads.max(1));
+        let loads = opts
+            .max_concurrent_loads
+            .clamp(1, opts.loader_threads.max(1));
         let reg = Arc::new(Registry {
             inner: Mutex::new(Inner {
                 slots,
@@ -561,8 +563,7 @@ impl Registry {
             }
             let now = Instant::now();
             let s = &g.slots[i];
-            if now >= deadline || matches!(s.state, ModelState::Unloading | ModelState::Available)
-            {
+            if now >= deadline || matches!(s.state, ModelState::Unloading | ModelState::Available) {
                 // Available again: the load was given up for lack of room.
                 let what = match s.state {
                     ModelState::Loading => format!("loading ({:.0}%)", s.progress.percent()),
@@ -631,7 +632,8 @@ impl Registry {
                 push_job(&mut g, JobKind::Drain, i, true);
             }
             ModelState::Queued => {
-                g.jobs.retain(|j| !(j.index == i && j.kind == JobKind::Load));
+                g.jobs
+                    .retain(|j| !(j.index == i && j.kind == JobKind::Load));
                 g.slots[i].state = ModelState::Available;
                 self.emit(&mut g, i, Progress::new(Phase::Unloaded));
             }
@@ -706,7 +708,11 @@ impl Registry {
             pin: e.pin,
             preload: e.preload,
             priority: e.priority,
-            depends_on: e.depends_on.iter().map(|&d| self.id(d).to_string()).collect(),
+            depends_on: e
+                .depends_on
+                .iter()
+                .map(|&d| self.id(d).to_string())
+                .collect(),
             in_flight: s.leases,
             created: s.loaded.as_ref().map_or(0, |m| m.created),
             n_ctx: s
@@ -788,7 +794,11 @@ impl Registry {
         let ev = self.event_of(g, i);
         let send = |subs: &mut Vec<Subscriber>| {
             subs.retain(|t| {
-                !t.gone() && !matches!(t.tx.try_send(ev.clone()), Err(TrySendError::Disconnected(_)))
+                !t.gone()
+                    && !matches!(
+                        t.tx.try_send(ev.clone()),
+                        Err(TrySendError::Disconnected(_))
+                    )
             });
         };
         send(&mut g.slots[i].subscribers);

@@ -243,7 +243,12 @@ fn render_models(out: &mut String, reg: &Registry) {
         );
     }
     let name = "ryzanstein_model_load_seconds";
-    header(out, name, "histogram", "Seconds per model load (ready or failed).");
+    header(
+        out,
+        name,
+        "histogram",
+        "Seconds per model load (ready or failed).",
+    );
     m.load_seconds.render(out, name, "");
     let (bytes, n) = reg.loaded_bytes();
     scalar(
@@ -284,21 +289,36 @@ fn render_models(out: &mut String, reg: &Registry) {
 fn render_engines(out: &mut String, engines: &[(&str, &EngineStats)]) {
     type Scalar = fn(&EngineStats) -> u64;
     let scalars: [(&str, &str, &str, Scalar); 8] = [
-        ("ryzanstein_sequences_running", "gauge", "Sequences in the running batch.", |s| {
-            s.running.load(Ordering::Relaxed) as u64
-        }),
-        ("ryzanstein_sequences_waiting", "gauge", "Requests queued for admission.", |s| {
-            s.waiting.load(Ordering::Relaxed) as u64
-        }),
-        ("ryzanstein_kv_cache_bytes_used", "gauge", "KV-cache pool bytes held by sequences.", |s| {
-            s.kv_bytes_used.load(Ordering::Relaxed) as u64
-        }),
-        ("ryzanstein_kv_cache_bytes_total", "gauge", "KV-cache pool size in bytes.", |s| {
-            s.kv_bytes_total.load(Ordering::Relaxed) as u64
-        }),
-        ("ryzanstein_engine_steps_total", "counter", "Forward passes run.", |s| {
-            s.steps.load(Ordering::Relaxed)
-        }),
+        (
+            "ryzanstein_sequences_running",
+            "gauge",
+            "Sequences in the running batch.",
+            |s| s.running.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ryzanstein_sequences_waiting",
+            "gauge",
+            "Requests queued for admission.",
+            |s| s.waiting.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ryzanstein_kv_cache_bytes_used",
+            "gauge",
+            "KV-cache pool bytes held by sequences.",
+            |s| s.kv_bytes_used.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ryzanstein_kv_cache_bytes_total",
+            "gauge",
+            "KV-cache pool size in bytes.",
+            |s| s.kv_bytes_total.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ryzanstein_engine_steps_total",
+            "counter",
+            "Forward passes run.",
+            |s| s.steps.load(Ordering::Relaxed),
+        ),
         (
             "ryzanstein_preemptions_total",
             "counter",
@@ -334,15 +354,21 @@ fn render_engines(out: &mut String, engines: &[(&str, &EngineStats)]) {
             "From submission to admission into the running batch.",
             |s| &s.queue_seconds,
         ),
-        ("ryzanstein_batch_size_sequences", "Sequences per forward pass.", |s| {
-            &s.batch_seqs
-        }),
-        ("ryzanstein_batch_size_tokens", "Tokens per forward pass.", |s| {
-            &s.batch_tokens
-        }),
-        ("ryzanstein_step_seconds", "Seconds per forward pass.", |s| {
-            &s.step_seconds
-        }),
+        (
+            "ryzanstein_batch_size_sequences",
+            "Sequences per forward pass.",
+            |s| &s.batch_seqs,
+        ),
+        (
+            "ryzanstein_batch_size_tokens",
+            "Tokens per forward pass.",
+            |s| &s.batch_tokens,
+        ),
+        (
+            "ryzanstein_step_seconds",
+            "Seconds per forward pass.",
+            |s| &s.step_seconds,
+        ),
     ];
     for (name, help, get) in hists {
         header(out, name, "histogram", help);

@@ -22,9 +22,9 @@
 
 mod chat;
 mod generate;
-mod models;
 pub mod http;
 pub mod metrics;
+mod models;
 mod routes;
 
 use std::path::PathBuf;
@@ -34,9 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ServeConfig;
-use crate::engine::{
-    Catalog, EngineOptions, ModelState, Registry, RegistryOptions, WhenFull,
-};
+use crate::engine::{Catalog, EngineOptions, ModelState, Registry, RegistryOptions, WhenFull};
 
 use self::http::HttpServer;
 use self::metrics::ServerMetrics;

@@ -164,8 +164,7 @@ pub(crate) fn events(st: &State, req: &mut HttpRequest, id: &str) -> Result<Repl
         match rx.recv_timeout(ping_every) {
             Ok(ev) => {
                 let was_first = std::mem::take(&mut first);
-                let idle =
-                    was_first && matches!(ev.state, ModelState::Loaded | ModelState::Failed);
+                let idle = was_first && matches!(ev.state, ModelState::Loaded | ModelState::Failed);
                 let Ok(v) = serde_json::to_value(&ev) else {
                     break;
                 };

@@ -261,7 +261,10 @@ fn ready(st: &State) -> Reply {
 fn metrics_page(st: &State) -> String {
     let loaded = st.registry.loaded();
     st.metrics.render(&Live {
-        engines: loaded.iter().map(|m| (m.id.as_str(), m.handle.stats())).collect(),
+        engines: loaded
+            .iter()
+            .map(|m| (m.id.as_str(), m.handle.stats()))
+            .collect(),
         registry: &st.registry,
         ready: st.registry.all_loaded(&st.ready_models),
         in_flight: st.in_flight.load(std::sync::atomic::Ordering::Relaxed),
@@ -282,12 +285,7 @@ fn read_body(st: &State, req: &mut HttpRequest) -> Result<Vec<u8>, ApiError> {
 /// The model named by the request (or the default if it names none), loaded: at once if
 /// it is; otherwise its load is started or joined and this waits up to `wait`. Unknown name:
 /// 404; still loading at the deadline: 503 + Retry-After; failed to load: 500 with the reason.
-fn model(
-    st: &State,
-    name: Option<&str>,
-    wait: Duration,
-    log: &mut Log,
-) -> Result<Lease, ApiError> {
+fn model(st: &State, name: Option<&str>, wait: Duration, log: &mut Log) -> Result<Lease, ApiError> {
     let retry = st.cfg().limits.retry_after_s;
     let lease = st.registry.acquire(name, wait).map_err(|e| match e {
         AcquireError::NotFound(n) => ApiError::model_not_found(&n),

@@ -18,16 +18,24 @@ pub const TINY_CTX: usize = 128;
 /// A tiny Gemma 3 with a context of `TINY_CTX` and an unused `pad` tensor of `pad_floats`
 /// f32s (so the file, and what a load maps and prefaults, has a chosen size).
 pub fn tiny_model_bytes(pad_floats: usize) -> Vec<u8> {
+    tiny_model(pad_floats).to_bytes()
+}
+
+/// The model of [`tiny_model_bytes`], to edit before writing.
+pub fn tiny_model(pad_floats: usize) -> TinyGemma3 {
     use ryzanstein::gguf::Value;
     let mut m = TinyGemma3::new()
         .with_key("gemma3.context_length", Value::U32(TINY_CTX as u32))
         .with_key("tokenizer.ggml.model", Value::String("llama".into()))
         .with_key("tokenizer.ggml.eos_token_id", Value::U32(1));
     if pad_floats > 0 {
-        m.tensors
-            .push(("pad.weight".into(), vec![pad_floats as u64], vec![0.5; pad_floats]));
+        m.tensors.push((
+            "pad.weight".into(),
+            vec![pad_floats as u64],
+            vec![0.5; pad_floats],
+        ));
     }
-    m.to_bytes()
+    m
 }
 
 /// A temporary directory, removed on drop.
