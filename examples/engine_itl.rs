@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ryzanstein::engine::{EngineOptions, Event, GenerationRequest, ModelHandle};
 use ryzanstein::model::sampler::SamplingParams;
 use ryzanstein::model::tokenizer::Tokenizer;
-use ryzanstein::model::Gemma3;
+use ryzanstein::model::Model;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         max_batch_size: n_streams + 1,
         ..EngineOptions::default()
     };
-    let model = Gemma3::load(&path, opts.model_options())?;
+    let model = Model::load(&path, opts.model_options())?;
     let tok = Tokenizer::from_gguf(model.file())?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
     let h = Arc::new(ModelHandle::start(

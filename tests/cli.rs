@@ -138,13 +138,13 @@ fn a_corrupt_model_file_is_one_line_naming_the_file() {
 }
 
 #[test]
-fn another_architecture_is_a_clear_one_line_error() {
+fn an_unsupported_architecture_is_a_clear_one_line_error() {
     let bytes = GgufWriter::new(3)
-        .kv("general.architecture", Value::String("llama".into()))
-        .kv("llama.context_length", Value::U32(2048))
-        .kv("llama.embedding_length", Value::U32(64))
-        .kv("llama.block_count", Value::U32(1))
-        .kv("llama.attention.head_count", Value::U32(2))
+        .kv("general.architecture", Value::String("mamba".into()))
+        .kv("mamba.context_length", Value::U32(2048))
+        .kv("mamba.embedding_length", Value::U32(64))
+        .kv("mamba.block_count", Value::U32(1))
+        .kv("mamba.attention.head_count", Value::U32(2))
         .tensor(
             "token_embd.weight",
             &[64, 4],
@@ -152,15 +152,15 @@ fn another_architecture_is_a_clear_one_line_error() {
             vec![0; 64 * 4 * 4],
         )
         .to_bytes();
-    let f = TempFile::new("llama", &bytes);
+    let f = TempFile::new("mamba", &bytes);
     let p = f.0.display().to_string();
     let line = assert_one_line_error(&run(&["generate", "-m", &p, "-p", "hi", "-n", "2"]), &f.0);
-    assert!(line.contains("llama"), "{line}");
+    assert!(line.contains("'mamba'"), "{line}");
     assert!(line.contains("architecture"), "{line}");
     // `inspect` is architecture-agnostic: it lists the file.
     let o = run(&["inspect", &p]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
-    assert!(text(&o.stdout).contains("llama"), "{}", describe(&o));
+    assert!(text(&o.stdout).contains("mamba"), "{}", describe(&o));
 }
 
 #[test]

@@ -12,11 +12,11 @@ use ryzanstein::engine::{EngineOptions, Event, GenerationRequest, ModelHandle, S
 use ryzanstein::model::generate::FinishReason;
 use ryzanstein::model::sampler::SamplingParams;
 use ryzanstein::model::tokenizer::Tokenizer;
-use ryzanstein::model::Gemma3;
+use ryzanstein::model::Model;
 
 fn start(opts: EngineOptions) -> ModelHandle {
     let path = common::default_model_path();
-    let model = Gemma3::load(&path, opts.model_options()).expect("model loads");
+    let model = Model::load(&path, opts.model_options()).expect("model loads");
     let tok = Tokenizer::from_gguf(model.file()).expect("tokenizer");
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)

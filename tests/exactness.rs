@@ -13,7 +13,7 @@
 
 mod common;
 
-use ryzanstein::model::{BatchToken, Gemma3, ModelOptions, State};
+use ryzanstein::model::{BatchToken, Model, ModelOptions, State};
 
 /// A top-2 log-probability margin under this is a near-tie: float rounding may flip it.
 const NEAR_TIE_NATS: f32 = 0.05;
@@ -34,7 +34,7 @@ fn argmax(logits: &[f32]) -> u32 {
 }
 
 /// Prefills `prompt` in one batch and decodes `n` tokens greedily.
-fn greedy(model: &Gemma3, state: &mut State, prompt: &[u32], n: usize) -> Vec<u32> {
+fn greedy(model: &Model, state: &mut State, prompt: &[u32], n: usize) -> Vec<u32> {
     let batch: Vec<BatchToken> = prompt
         .iter()
         .enumerate()
@@ -68,7 +68,7 @@ fn greedy_matches_llama_cpp_reference() {
         max_batch_tokens: 64,
         max_logit_rows: 1,
     };
-    let model = Gemma3::load(&common::default_model_path(), opts).unwrap();
+    let model = Model::load(&common::default_model_path(), opts).unwrap();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()

@@ -4,7 +4,7 @@
 
 mod common;
 
-use ryzanstein::model::{BatchToken, Gemma3, ModelOptions};
+use ryzanstein::model::{BatchToken, Model, ModelOptions};
 
 const PROMPTS: [&[u32]; 3] = [
     &[2, 14946, 3324, 496, 990, 236764, 528, 496, 12010, 6426],
@@ -14,14 +14,14 @@ const PROMPTS: [&[u32]; 3] = [
     ],
 ];
 
-fn load() -> Gemma3 {
+fn load() -> Model {
     let opts = ModelOptions {
         n_ctx: 128,
         n_seq: 3,
         max_batch_tokens: 64,
         max_logit_rows: 3,
     };
-    Gemma3::load(&common::default_model_path(), opts).unwrap()
+    Model::load(&common::default_model_path(), opts).unwrap()
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -30,7 +30,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 /// Sequence 0 alone: its prompt prefilled in chunks of `chunk`, then 4 decode steps with fixed
 /// tokens. Returns the logits bits of every step that produced logits.
-fn alone(model: &Gemma3, threads: usize, chunk: usize) -> Vec<Vec<u32>> {
+fn alone(model: &Model, threads: usize, chunk: usize) -> Vec<Vec<u32>> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -69,7 +69,7 @@ fn alone(model: &Gemma3, threads: usize, chunk: usize) -> Vec<Vec<u32>> {
 
 /// Sequence 0 with two others in every batch: the other prompts are prefilled in the same
 /// batch as sequence 0's prompt, then all three decode together.
-fn batched(model: &Gemma3) -> Vec<Vec<u32>> {
+fn batched(model: &Model) -> Vec<Vec<u32>> {
     let mut state = model.new_state();
     let mut batch = Vec::new();
     for (seq, p) in PROMPTS.iter().enumerate().rev() {

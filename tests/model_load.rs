@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::TinyGemma3;
 use ryzanstein::gguf::writer::GgufWriter;
 use ryzanstein::gguf::{GgufFile, Value};
-use ryzanstein::model::{BatchToken, Gemma3, ModelOptions};
+use ryzanstein::model::{BatchToken, Model, ModelOptions};
 
 fn opts() -> ModelOptions {
     ModelOptions {
@@ -20,9 +20,9 @@ fn opts() -> ModelOptions {
 }
 
 /// Loads `bytes` as a Gemma 3 model labelled `label`; the error message if it fails.
-fn load(label: &str, bytes: Vec<u8>) -> Result<Gemma3, String> {
+fn load(label: &str, bytes: Vec<u8>) -> Result<Model, String> {
     let file = GgufFile::from_bytes(label, bytes).map_err(|e| format!("GGUF reader: {e}"))?;
-    Gemma3::from_file(Arc::new(file), opts()).map_err(|e| e.to_string())
+    Model::from_file(Arc::new(file), opts()).map_err(|e| e.to_string())
 }
 
 fn load_err(label: &str, bytes: Vec<u8>) -> String {
@@ -44,12 +44,12 @@ fn load_err(label: &str, bytes: Vec<u8>) -> String {
 }
 
 #[test]
-fn another_architecture_is_named() {
+fn an_unsupported_architecture_is_named() {
     let bytes = GgufWriter::new(3)
-        .kv("general.architecture", Value::String("llama".into()))
-        .kv("llama.context_length", Value::U32(64))
-        .kv("llama.embedding_length", Value::U32(64))
-        .kv("llama.block_count", Value::U32(1))
+        .kv("general.architecture", Value::String("mamba".into()))
+        .kv("mamba.context_length", Value::U32(64))
+        .kv("mamba.embedding_length", Value::U32(64))
+        .kv("mamba.block_count", Value::U32(1))
         .tensor(
             "token_embd.weight",
             &[8, 4],
@@ -57,9 +57,13 @@ fn another_architecture_is_named() {
             vec![0; 128],
         )
         .to_bytes();
-    let e = load_err("llama.gguf", bytes);
-    assert!(e.contains("llama'") || e.contains("'llama"), "{e}");
+    let e = load_err("mamba.gguf", bytes);
+    assert!(e.contains("'mamba'"), "{e}");
     assert!(e.contains("architecture"), "{e}");
+    // The message lists what is supported.
+    for name in ["gemma3", "llama", "qwen2", "qwen3"] {
+        assert!(e.contains(name), "{e}");
+    }
 }
 
 #[test]

@@ -66,6 +66,14 @@ fn models_list_states_admin_routes_and_failures() {
     d.write("a.gguf", &bytes);
     d.write("b.gguf", &bytes);
     d.write("broken.gguf", &bytes[..bytes.len() - 1000]);
+    std::os::unix::fs::symlink(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fixtures/tiny-llama.gguf"
+        ),
+        d.path().join("llama.gguf"),
+    )
+    .expect("link the tiny Llama");
     d.manifest(
         "default = \"a\"\n[[model]]\nid = \"a\"\npath = \"a.gguf\"\npreload = true\n\
          aliases = [\"alpha\"]\n[[model]]\nid = \"top\"\npath = \"b.gguf\"\n\
@@ -88,6 +96,12 @@ fn models_list_states_admin_routes_and_failures() {
         == "gemma3"
         || model(addr, "top")["architecture"] == "gemma3"));
     assert_eq!(model(addr, "top")["state"], "available");
+    // Another architecture in the same catalog.
+    assert!(eventually(WAIT, || model(addr, "llama")["architecture"] == "llama"));
+    assert_eq!(model(addr, "llama")["quantization"], "Q8_0");
+    let r = post_key(addr, "/v1/completions", &completion("llama"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], "llama");
     assert_eq!(model(addr, "top")["depends_on"], json!(["a"]));
 
     // The admin routes need the key.
@@ -152,9 +166,9 @@ fn models_list_states_admin_routes_and_failures() {
         "ryzanstein_model_cache_hits_total",
         "ryzanstein_model_cache_misses_total",
         "ryzanstein_model_evictions_total",
-        "ryzanstein_model_loads_total{outcome=\"ok\"} 2",
+        "ryzanstein_model_loads_total{outcome=\"ok\"} 3",
         "ryzanstein_model_loads_total{outcome=\"failed\"} 1",
-        "ryzanstein_model_load_seconds_count 3",
+        "ryzanstein_model_load_seconds_count 4",
         "ryzanstein_models_loaded_bytes",
         "ryzanstein_models{state=\"failed\"} 1",
         "ryzanstein_sequences_running{model=\"a\"}",

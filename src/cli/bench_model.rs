@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use ryzanstein::model::{BatchToken, Gemma3, ModelOptions};
+use ryzanstein::model::{BatchToken, Model, ModelOptions};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -43,7 +43,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         max_batch_tokens: a.n_prompt.max(1),
         max_logit_rows: 1,
     };
-    let model = Gemma3::load(&path, opts)?;
+    let model = Model::load(&path, opts)?;
     let pool = super::compute_pool(a.threads)?;
     let n_vocab = model.config().n_vocab as u64;
     let mut rng = 0x5EED_u64;

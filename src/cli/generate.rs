@@ -11,7 +11,7 @@ use ryzanstein::model::chat::{ChatMessage, ChatTemplate, TemplateSource, TEMPLAT
 use ryzanstein::model::generate::{generate, GenerateParams};
 use ryzanstein::model::sampler::SamplingParams;
 use ryzanstein::model::tokenizer::Tokenizer;
-use ryzanstein::model::{Gemma3, ModelOptions};
+use ryzanstein::model::{Model, ModelOptions};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -160,7 +160,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         n_ctx: a.ctx,
         ..ModelOptions::default()
     };
-    let model = Gemma3::load(&path, opts)?;
+    let model = Model::load(&path, opts)?;
     let tok = Tokenizer::from_gguf(model.file()).with_context(|| path.display().to_string())?;
     let prompt = if a.chat {
         chat_prompt(&a, override_source.as_deref(), model.file(), &tok)?

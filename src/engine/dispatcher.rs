@@ -21,7 +21,7 @@ use crate::model::generate::FinishReason;
 use crate::model::kv_cache::BLOCK_POSITIONS;
 use crate::model::sampler::Sampler;
 use crate::model::tokenizer::Tokenizer;
-use crate::model::{BatchToken, Gemma3, ModelError, ModelOptions, State};
+use crate::model::{BatchToken, Model, ModelError, ModelOptions, State};
 
 use super::policy::{self, Budgets, SeqView, Slice};
 use super::request::{Event, GenerationRequest, Queued, Stream, SubmitError, TokenEvent};
@@ -124,7 +124,7 @@ impl EngineStats {
 /// dispatcher.
 pub struct ModelHandle {
     id: String,
-    model: Arc<Gemma3>,
+    model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
     opts: EngineOptions,
     tx: Sender<Queued>,
@@ -138,7 +138,7 @@ impl ModelHandle {
     /// forward passes run inside `pool`.
     pub fn start(
         id: &str,
-        model: Arc<Gemma3>,
+        model: Arc<Model>,
         tokenizer: Arc<Tokenizer>,
         opts: EngineOptions,
         pool: Arc<rayon::ThreadPool>,
@@ -205,7 +205,7 @@ impl ModelHandle {
         &self.id
     }
 
-    pub fn model(&self) -> &Arc<Gemma3> {
+    pub fn model(&self) -> &Arc<Model> {
         &self.model
     }
 
@@ -381,7 +381,7 @@ enum Outcome {
 }
 
 struct Dispatcher {
-    model: Arc<Gemma3>,
+    model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
     state: State,
     opts: EngineOptions,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::gguf::GgufFile;
 use crate::model::chat::ChatTemplate;
 use crate::model::tokenizer::Tokenizer;
-use crate::model::Gemma3;
+use crate::model::Model;
 
 use super::catalog::quantization_name;
 use super::dispatcher::ModelHandle;
@@ -427,7 +427,7 @@ fn build(reg: &Registry, i: usize) -> Result<LoadedModel, String> {
         tracing::warn!(model = %entry.id, "chat completions are unavailable: {e}");
     }
     report(reg, i, progress(Phase::Map, 0, 0));
-    let model = Gemma3::from_file(file.clone(), opts.model_options()).map_err(|e| e.to_string())?;
+    let model = Model::from_file(file.clone(), opts.model_options()).map_err(|e| e.to_string())?;
     report(reg, i, progress(Phase::Map, 0, tensors_total));
     if reg.opts.prefault {
         prefault(&file, |bytes, tensors| {

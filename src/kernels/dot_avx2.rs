@@ -204,7 +204,10 @@ mod imp {
         _mm256_loadu_si256(p.as_ptr().cast())
     }
 
-    /// F32 · F32.
+    /// F32 · F32, in the order of llama.cpp's F32 matrix multiply (llamafile's tinyBLAS, which
+    /// ggml uses for F32 weights whenever a batch has two or more rows): one 8-lane FMA
+    /// accumulator along the row, summed across lanes at the end. (ggml's single-row
+    /// `vec_dot_f32` keeps four accumulators instead; its prompt logits are the reference.)
     ///
     /// # Safety
     /// The CPU must support avx2, fma and f16c.
@@ -212,25 +215,13 @@ mod imp {
     pub unsafe fn vec_dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let n = n.min(w.len() / 4).min(a.len() / 4);
         let (pw, pa) = (w.as_ptr().cast::<f32>(), a.as_ptr().cast::<f32>());
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = _mm256_setzero_ps();
         let mut i = 0;
-        while i + 32 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                let x = _mm256_loadu_ps(pw.add(i + 8 * k));
-                *acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(pa.add(i + 8 * k)), *acc);
-            }
-            i += 32;
-        }
         while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pw.add(i)),
-                _mm256_loadu_ps(pa.add(i)),
-                acc[0],
-            );
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(pw.add(i)), _mm256_loadu_ps(pa.add(i)), acc);
             i += 8;
         }
-        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut s = hsum_ps(v);
+        let mut s = hsum_ps(acc);
         while i < n {
             s += pw.add(i).read_unaligned() * pa.add(i).read_unaligned();
             i += 1;

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::decoder::{Model, State};
 use super::detokenizer::IncrementalDecoder;
-use super::gemma3::{Gemma3, State};
 use super::kv_cache::BatchToken;
 use super::sampler::{Sampler, SamplerError, SamplingParams, TokenLogprob};
 use super::stop::{StopError, StopStrings};
@@ -79,7 +79,7 @@ pub enum GenerateError {
 /// Generates from `prompt` in sequence slot 0 of `state`. `on_text` receives each piece of text
 /// as soon as it is final; returning `false` stops generation.
 pub fn generate(
-    model: &Gemma3,
+    model: &Model,
     state: &mut State,
     tok: &Tokenizer,
     prompt: &[u32],
@@ -162,7 +162,7 @@ pub fn generate(
 /// Runs the prompt through the model in chunks of at most `max_batch_tokens`; returns the
 /// logits of its last token.
 fn prefill<'s>(
-    model: &Gemma3,
+    model: &Model,
     state: &'s mut State,
     prompt: &[u32],
 ) -> Result<&'s [f32], ModelError> {

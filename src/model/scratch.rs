@@ -56,9 +56,10 @@ pub struct Scratch {
     pub proj: Vec<f32>,
     pub gate: Vec<f32>,
     pub up: Vec<f32>,
-    /// RoPE cos/sin per token: `[max_batch_tokens][n_rot / 2]`, for global and sliding layers.
-    pub rope_cos: [Vec<f32>; 2],
-    pub rope_sin: [Vec<f32>; 2],
+    /// RoPE cos/sin per token: `[max_batch_tokens][n_rot / 2]` for each RoPE frequency set
+    /// of the model (e.g. Gemma 3's global and sliding layers).
+    pub rope_cos: Vec<Vec<f32>>,
+    pub rope_sin: Vec<Vec<f32>>,
     /// Quantized activations for the current matmul input.
     pub acts: QuantActs,
     /// Indices (in the batch) of the tokens that want logits.
@@ -81,6 +82,8 @@ pub struct ScratchShape {
     pub attn_width: usize,
     pub n_ff: usize,
     pub n_rot: usize,
+    /// Distinct RoPE frequency sets among the layers.
+    pub n_rope_variants: usize,
     pub n_vocab: usize,
     /// Largest quantized activation row of any matmul input.
     pub act_row_bytes_max: usize,
@@ -99,8 +102,8 @@ impl Scratch {
             proj: vec![0.0; t * s.n_embd],
             gate: vec![0.0; t * s.n_ff],
             up: vec![0.0; t * s.n_ff],
-            rope_cos: [vec![0.0; t * s.n_rot / 2], vec![0.0; t * s.n_rot / 2]],
-            rope_sin: [vec![0.0; t * s.n_rot / 2], vec![0.0; t * s.n_rot / 2]],
+            rope_cos: vec![vec![0.0; t * s.n_rot / 2]; s.n_rope_variants],
+            rope_sin: vec![vec![0.0; t * s.n_rot / 2]; s.n_rope_variants],
             acts: QuantActs::new(t.max(s.max_logit_rows) * s.act_row_bytes_max),
             logit_rows: Vec::with_capacity(s.max_logit_rows),
             out_h: vec![0.0; s.max_logit_rows * s.n_embd],

@@ -285,3 +285,8 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// The committed architecture fixtures (`scripts/make-fixtures.sh` made them).
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixtures")
+}
