@@ -420,3 +420,32 @@ fn preloads_run_in_priority_order_on_named_loader_threads() {
     assert_eq!(state(&r, "lazy"), ModelState::Available);
     r.shutdown();
 }
+
+/// With one loader thread, a load that waits for room does not block the unload that would
+/// make room: the waiting loader finishes the unload itself.
+#[test]
+fn a_waiting_load_with_one_loader_runs_the_unload_that_frees_room() {
+    let d = dir(
+        &["a", "b"],
+        "[[model]]\nid = \"a\"\npath = \"a.gguf\"\npin = true\n",
+    );
+    let r = start(
+        &d,
+        RegistryOptions {
+            loader_threads: 1,
+            models_max: 1,
+            when_full: WhenFull::Wait,
+            ..options()
+        },
+    );
+    drop(r.acquire(Some("a"), WAIT).expect("a"));
+    assert!(r.acquire(Some("b"), Duration::from_millis(200)).is_err());
+    assert!(eventually(WAIT, || r.status(1).progress.phase == Phase::WaitingForRoom));
+    assert_eq!(
+        r.unload("a").expect("unload the pinned model"),
+        ModelState::Unloading
+    );
+    drop(r.acquire(Some("b"), WAIT).expect("b loads once a is gone"));
+    assert_eq!(loaded_ids(&r), ["b"]);
+    r.shutdown();
+}

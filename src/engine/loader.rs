@@ -257,6 +257,19 @@ fn make_room(reg: &Arc<Registry>, i: usize, need: u64) -> bool {
             waiting = true;
             reg.emit(&mut g, i, Progress::new(Phase::WaitingForRoom));
         }
+        // An unload ready to finish frees room: run it here, as this thread may be the only
+        // loader.
+        let ready_drain = g
+            .jobs
+            .iter()
+            .position(|j| j.kind == JobKind::Drain && g.slots[j.index].leases == 0);
+        if let Some(k) = ready_drain {
+            let job = g.jobs.swap_remove(k);
+            drop(g);
+            drain(reg, job.index);
+            g = reg.lock();
+            continue;
+        }
         g = reg
             .work
             .wait_timeout(g, ROOM_POLL)

@@ -441,8 +441,10 @@ impl Registry {
         });
         {
             let mut g = reg.lock();
+            let preloads = reg.catalog.preload_order();
             for i in 0..n {
-                if reg.catalog.entries()[i].file_bytes > 0 {
+                // Preload models learn theirs when they load.
+                if reg.catalog.entries()[i].file_bytes > 0 && !preloads.contains(&i) {
                     push_job(&mut g, JobKind::Probe, i, false);
                 }
             }
