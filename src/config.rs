@@ -103,6 +103,9 @@ pub struct ServeSettings {
     /// A step with decode tokens may take this many times a decode-only step [default: 2.5].
     #[arg(long, env = "RYZANSTEIN_ITL_FACTOR")]
     pub itl_factor: Option<f64>,
+    /// Prompts this short go into one step whole, one per step, past the ITL cap [default: 64].
+    #[arg(long, env = "RYZANSTEIN_WHOLE_PROMPT_TOKENS")]
+    pub whole_prompt_tokens: Option<usize>,
     /// Events buffered per sequence; a client this far behind is cancelled [default: 4096].
     #[arg(long, env = "RYZANSTEIN_EVENT_BUFFER")]
     pub event_buffer: Option<usize>,
@@ -229,6 +232,7 @@ pub struct EngineKnobs {
     pub kv_pool_bytes: usize,
     pub batch_window_ms: u64,
     pub itl_factor: f64,
+    pub whole_prompt_tokens: usize,
     pub event_buffer: usize,
 }
 
@@ -263,6 +267,7 @@ impl Default for EngineKnobs {
             kv_pool_bytes: 0,
             batch_window_ms: 0,
             itl_factor: 2.5,
+            whole_prompt_tokens: 64,
             event_buffer: 4096,
         }
     }
@@ -347,6 +352,7 @@ impl ServeSettings {
             kv_pool_bytes,
             batch_window_ms,
             itl_factor,
+            whole_prompt_tokens,
             event_buffer,
             models_dir,
             models_manifest,
@@ -391,6 +397,7 @@ impl ServeConfig {
             kv_pool_bytes: s.kv_pool_bytes.unwrap_or(de.kv_pool_bytes),
             batch_window_ms: s.batch_window_ms.unwrap_or(de.batch_window_ms),
             itl_factor: s.itl_factor.unwrap_or(de.itl_factor),
+            whole_prompt_tokens: s.whole_prompt_tokens.unwrap_or(de.whole_prompt_tokens),
             event_buffer: s.event_buffer.unwrap_or(de.event_buffer),
         };
         let dm = ModelsKnobs::default();
@@ -544,6 +551,7 @@ impl ServeConfig {
             kv_pool_bytes: Some(e.kv_pool_bytes),
             batch_window_ms: Some(e.batch_window_ms),
             itl_factor: Some(e.itl_factor),
+            whole_prompt_tokens: Some(e.whole_prompt_tokens),
             event_buffer: Some(e.event_buffer),
             models_dir: m.dir.clone(),
             models_manifest: m.manifest.clone(),

@@ -293,7 +293,7 @@ fn take_usage(v: &Value, s: &mut Sample) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads SSE events as they arrive: the first chunk with text sets TTFT, each later one adds
+/// Reads SSE events as they arrive: the first chunk with a choice sets TTFT, each later one adds
 /// an inter-chunk gap; the usage chunk gives the token counts.
 fn read_stream(
     conn: &mut Conn,
@@ -366,13 +366,11 @@ fn handle_event(event: &[u8], s: &mut Sample) -> Result<EventKind, String> {
         if v.get("error").is_some() {
             return Err("stream_error".into());
         }
+        // vLLM's definition: every chunk that carries a choice is a token event (its text may
+        // be empty, e.g. a special token), the usage-only chunk is not.
         let has_text = v["choices"].as_array().is_some_and(|c| {
-            c.iter().any(|c| {
-                c["text"].as_str().is_some_and(|t| !t.is_empty())
-                    || c["delta"]["content"]
-                        .as_str()
-                        .is_some_and(|t| !t.is_empty())
-            })
+            c.iter()
+                .any(|c| c["text"].is_string() || c["delta"]["content"].is_string())
         });
         if has_text {
             kind = EventKind::Text;

@@ -44,6 +44,9 @@ pub struct EngineOptions {
     /// A step that carries decode tokens may take at most this many times a decode-only step
     /// (sets how many prompt tokens ride along).
     pub itl_factor: f64,
+    /// Prompts with at most this many tokens left are prefilled whole in one step (one per
+    /// step) even past the ITL cap, so short requests do not queue behind it.
+    pub whole_prompt_tokens: usize,
     /// Events buffered per request; a client that falls this far behind is cancelled.
     pub event_buffer: usize,
 }
@@ -58,6 +61,7 @@ impl Default for EngineOptions {
             kv_pool_bytes: 0,
             batch_window: Duration::ZERO,
             itl_factor: 2.5,
+            whole_prompt_tokens: 64,
             event_buffer: 4096,
         }
     }
@@ -579,6 +583,7 @@ impl Dispatcher {
         let budgets = Budgets {
             max_batch_tokens: self.opts.max_batch_tokens,
             prefill_tokens_while_decoding: self.costs.prefill_cap(self.opts.itl_factor),
+            whole_prompt_tokens: self.opts.whole_prompt_tokens,
         };
         policy::next_batch(&self.views, &budgets, &mut self.plan);
         if !self.reserve_plan() {

@@ -4,7 +4,9 @@
 //! benchmarked alone. Every running sequence with one token pending (a decode step) gets it;
 //! the remaining token budget goes to pending prompt tokens (prefill), oldest sequence first,
 //! in chunks. While anything is decoding, prefill is capped at `prefill_tokens_while_decoding`
-//! so a long prompt cannot stall the streams that are already running.
+//! so a long prompt cannot stall the streams that are already running — except that one short
+//! prompt (at most `whole_prompt_tokens` left) per step is taken whole even past that cap, so
+//! new requests get their first token in one step instead of queueing behind the cap.
 
 /// What the policy needs to know of one running sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +24,9 @@ pub struct Budgets {
     pub max_batch_tokens: usize,
     /// Most prompt tokens in a step that also carries decode tokens.
     pub prefill_tokens_while_decoding: usize,
+    /// A prompt with at most this many tokens left may be taken whole past the cap above
+    /// (one per step).
+    pub whole_prompt_tokens: usize,
 }
 
 /// One entry of a step: `n_tokens` pending tokens of sequence `seq` (an index into the views).
@@ -45,16 +50,26 @@ pub fn next_batch(seqs: &[SeqView], b: &Budgets, out: &mut Vec<Slice>) -> usize 
             used += 1;
         }
     }
-    let prefill_cap = if used > 0 {
-        b.prefill_tokens_while_decoding
-            .min(b.max_batch_tokens - used)
+    let room = b.max_batch_tokens - used;
+    let mut prefill_cap = if used > 0 {
+        b.prefill_tokens_while_decoding.min(room)
     } else {
-        b.max_batch_tokens
+        room
     };
     let mut prefill = 0;
+    let mut whole_taken = false;
     for (i, s) in seqs.iter().enumerate() {
         if s.decoding || s.pending == 0 {
             continue;
+        }
+        let left = prefill_cap - prefill;
+        if !whole_taken
+            && s.pending > left
+            && s.pending <= b.whole_prompt_tokens.min(room - prefill)
+        {
+            // One short prompt goes in whole; the cap grows by what it took past it.
+            whole_taken = true;
+            prefill_cap = prefill + s.pending;
         }
         let n = s.pending.min(prefill_cap - prefill);
         if n == 0 {
@@ -104,10 +119,15 @@ mod tests {
     }
 
     fn plan(seqs: &[SeqView], max: usize, cap: usize) -> Vec<(usize, usize)> {
+        plan_whole(seqs, max, cap, 0)
+    }
+
+    fn plan_whole(seqs: &[SeqView], max: usize, cap: usize, whole: usize) -> Vec<(usize, usize)> {
         let mut out = Vec::new();
         let b = Budgets {
             max_batch_tokens: max,
             prefill_tokens_while_decoding: cap,
+            whole_prompt_tokens: whole,
         };
         let n = next_batch(seqs, &b, &mut out);
         assert_eq!(n, out.iter().map(|s| s.n_tokens).sum::<usize>());
@@ -134,6 +154,19 @@ mod tests {
             plan(&[dec(), pre(2000), dec()], 512, 16),
             [(0, 1), (2, 1), (1, 16)]
         );
+    }
+
+    #[test]
+    fn one_short_prompt_per_step_goes_in_whole() {
+        let seqs = [dec(), pre(20), pre(20), dec()];
+        assert_eq!(plan_whole(&seqs, 512, 4, 64), [(0, 1), (3, 1), (1, 20)]);
+        // A long prompt is still capped, and the short one behind it may go in whole.
+        let seqs = [dec(), pre(2000), pre(10)];
+        assert_eq!(plan_whole(&seqs, 512, 4, 64), [(0, 1), (1, 4), (2, 10)]);
+        let seqs = [dec(), pre(3), pre(30)];
+        assert_eq!(plan_whole(&seqs, 512, 4, 64), [(0, 1), (1, 3), (2, 30)]);
+        // Never past the token budget.
+        assert_eq!(plan_whole(&[dec(), pre(20)], 8, 4, 64), [(0, 1), (1, 4)]);
     }
 
     #[test]

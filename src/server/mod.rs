@@ -125,6 +125,7 @@ pub fn engine_options(cfg: &ServeConfig) -> EngineOptions {
         kv_pool_bytes: e.kv_pool_bytes,
         batch_window: Duration::from_millis(e.batch_window_ms),
         itl_factor: e.itl_factor,
+        whole_prompt_tokens: e.whole_prompt_tokens,
         event_buffer: e.event_buffer,
     }
 }
