@@ -409,6 +409,12 @@ fn report(reg: &Registry, i: usize, p: Progress) {
 
 /// Opens, validates, maps and prefaults model `i` and starts its engine.
 fn build(reg: &Registry, i: usize) -> Result<LoadedModel, String> {
+    assert!(
+        std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("load-")),
+        "models load on the load-N threads only"
+    );
     let entry = &reg.catalog.entries()[i];
     let path: &Path = &entry.path;
     let ctx = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
