@@ -255,7 +255,7 @@ fn render_models(out: &mut String, reg: &Registry) {
         out,
         "ryzanstein_models_loaded_bytes",
         "gauge",
-        "Bytes held by loaded models (mapped file and KV pool).",
+        "Bytes held by loaded models (mapped file, KV pools, scratch).",
         bytes,
     );
     scalar(
