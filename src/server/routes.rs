@@ -94,22 +94,24 @@ pub(crate) fn serve(st: &State, mut req: HttpRequest) {
     };
     let route = route_label(st, req.path());
     let result = catch_unwind(AssertUnwindSafe(|| dispatch(st, route, &mut req, &mut log)));
+    // Each answer is counted just before it is written, so a client that has its response
+    // finds it in /metrics.
     let status = match result {
-        Ok(Ok(reply)) => answer(&mut req, reply),
-        Ok(Err(e)) => answer_error(&mut req, route, &e),
+        Ok(Ok(reply)) => answer(st, route, &mut req, reply),
+        Ok(Err(e)) => answer_error(st, route, &mut req, &e),
         Err(_) => {
             st.metrics
                 .panics
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             log.note = Some("handler panicked");
             answer_error(
-                &mut req,
+                st,
                 route,
+                &mut req,
                 &ApiError::internal("the server failed on this request"),
             )
         }
     };
-    st.metrics.count_request(route, status);
     let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1e3);
     tracing::info!(
         id = format!("{:016x}", log.id),
@@ -127,41 +129,38 @@ pub(crate) fn serve(st: &State, mut req: HttpRequest) {
     );
 }
 
-fn answer(req: &mut HttpRequest, reply: Reply) -> u16 {
+/// Writes a handler's answer (counted first); returns its status.
+fn answer(st: &State, route: &'static str, req: &mut HttpRequest, reply: Reply) -> u16 {
     let json = |v: &Value| serde_json::to_vec(v).unwrap_or_default();
-    match reply {
-        Reply::Json(v) => {
-            req.respond(200, "application/json", json(&v), &[]);
-            200
-        }
-        Reply::Json503(v) => {
-            req.respond(
-                503,
-                "application/json",
-                json(&v),
-                &[("Retry-After", "1".into())],
-            );
-            503
-        }
-        Reply::Accepted(v) => {
-            req.respond(202, "application/json", json(&v), &[]);
-            202
-        }
-        Reply::Text(t, ct) => {
-            req.respond(200, ct, t.into_bytes(), &[]);
-            200
-        }
+    let (status, content_type, body, headers) = match reply {
+        Reply::Json(v) => (200, "application/json", json(&v), vec![]),
+        Reply::Json503(v) => (
+            503,
+            "application/json",
+            json(&v),
+            vec![("Retry-After", "1".to_string())],
+        ),
+        Reply::Accepted(v) => (202, "application/json", json(&v), vec![]),
+        Reply::Text(t, ct) => (200, ct, t.into_bytes(), vec![]),
         Reply::Done(status) => {
             if req.is_pending() {
                 // A handler bug; the client still gets an answer.
-                return answer_error(req, "", &ApiError::internal("no response was produced"));
+                let e = ApiError::internal("no response was produced");
+                return answer_error(st, route, req, &e);
             }
-            status
+            st.metrics.count_request(route, status);
+            return status;
         }
-    }
+    };
+    st.metrics.count_request(route, status);
+    req.respond(status, content_type, body, &headers);
+    status
 }
 
-fn answer_error(req: &mut HttpRequest, route: &str, e: &ApiError) -> u16 {
+/// Writes an error answer (counted first) unless a stream already started; returns its
+/// status.
+fn answer_error(st: &State, route: &'static str, req: &mut HttpRequest, e: &ApiError) -> u16 {
+    st.metrics.count_request(route, e.status);
     if !req.is_pending() {
         // Headers are out (a stream): nothing more can be said.
         return e.status;
