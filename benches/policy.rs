@@ -37,6 +37,7 @@ fn policy(c: &mut Criterion) {
     let b = Budgets {
         max_batch_tokens: 512,
         prefill_tokens_while_decoding: 16,
+        whole_prompt_tokens: 64,
     };
     let mut out = Vec::with_capacity(256);
     g.bench_function("256_decoding", |bch| {
