@@ -7,6 +7,8 @@
 //! - [`tensor`] — a typed view of one weight tensor that picks the kernel.
 //! - [`model`] — architectures (Gemma 3), KV cache, tokenizer, sampler, the generation loop.
 //! - [`engine`] — per-model request queues and the batching dispatcher.
+//! - [`client`] — a blocking client for any OpenAI-compatible server over a bounded pool of
+//!   keep-alive connections; [`bench`] is the load generator.
 //! - [`server`] — the OpenAI-compatible HTTP server over the engine; [`api`] holds its wire
 //!   types and [`config`] its settings and limits.
 //!
@@ -15,6 +17,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod gguf;

@@ -43,6 +43,9 @@ pub struct Common {
     pub include_usage: bool,
     pub user: Option<String>,
     pub sampling: Sampling,
+    /// Keep generating past end-of-generation tokens until `max_tokens` (extension, as in
+    /// llama-server and vLLM; benchmarks use it to fix the output length).
+    pub ignore_eos: bool,
 }
 
 /// One prompt of `/v1/completions`.
@@ -323,6 +326,7 @@ impl Fields {
             include_usage,
             user: self.string("user")?,
             sampling: self.sampling(limits)?,
+            ignore_eos: self.bool("ignore_eos")?.unwrap_or(false),
         })
     }
 }
@@ -561,6 +565,15 @@ mod tests {
             .expect("unknown fields are ignored");
         assert_eq!(r.common.sampling.seed, Some(u64::MAX));
         assert_eq!(r.common.sampling.top_k, 0);
+        assert!(!r.common.ignore_eos);
+        assert!(
+            completion(r#"{"prompt":"x","ignore_eos":true}"#)
+                .unwrap()
+                .common
+                .ignore_eos
+        );
+        let e = completion(r#"{"prompt":"x","ignore_eos":"yes"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("ignore_eos"));
         let e = completion("{not json").unwrap_err();
         assert_eq!((e.status, e.code), (400, Some("invalid_json")));
     }

@@ -3,8 +3,10 @@
 //! one ends) or open-loop (Poisson arrivals at a rate), and reports vLLM `bench serve` metrics:
 //! TTFT (time to the first streamed chunk), ITL (gaps between chunks), TPOT
 //! ((e2e − TTFT)/(completion tokens − 1)), E2EL, request and output-token throughput. Token
-//! counts come from the server's `usage`.
+//! counts come from the server's `usage`. Prompts are random token ids of a fixed length, or
+//! come from a JSONL file ([`parse_prompts`]); [`chart`] draws the SVG charts.
 
+pub mod chart;
 pub mod http;
 
 use std::collections::BTreeMap;
@@ -32,6 +34,76 @@ pub struct Workload {
     /// Per-request timeout.
     pub timeout: Duration,
     pub seed: u64,
+    /// Prompts from a file, used in turn (request i sends prompt i mod len); when set, they
+    /// replace the random token-id prompts.
+    pub prompts: Option<Arc<Vec<PromptSpec>>>,
+}
+
+/// One prompt of a prompt file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptSpec {
+    /// Sent to `/v1/chat/completions` as `messages` when true, else to `/v1/completions` as
+    /// `prompt`.
+    pub chat: bool,
+    /// The `prompt` (text or token ids) or `messages` value, as given.
+    pub input: Value,
+    /// Overrides the workload's `max_tokens`.
+    pub max_tokens: Option<usize>,
+}
+
+/// Most prompts a prompt file may hold.
+pub const PROMPTS_MAX: usize = 1_000_000;
+
+/// Parses a JSONL prompt file: one prompt per non-empty line, either a JSON string (a text
+/// prompt) or an object with `prompt` (text or token ids) or `messages` (chat), and an
+/// optional `max_tokens`. Errors name the line.
+pub fn parse_prompts(text: &str) -> Result<Vec<PromptSpec>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if out.len() == PROMPTS_MAX {
+            return Err(format!("more than {PROMPTS_MAX} prompts"));
+        }
+        let at = |m: &str| format!("line {}: {m}", i + 1);
+        let v: Value = serde_json::from_str(line).map_err(|e| at(&e.to_string()))?;
+        let spec = match v {
+            Value::String(_) => PromptSpec {
+                chat: false,
+                input: v,
+                max_tokens: None,
+            },
+            Value::Object(mut o) => {
+                let max_tokens = match o.remove("max_tokens") {
+                    None | Some(Value::Null) => None,
+                    Some(m) => Some(
+                        m.as_u64()
+                            .filter(|&m| m > 0)
+                            .ok_or_else(|| at("max_tokens must be a positive integer"))?
+                            as usize,
+                    ),
+                };
+                let (chat, input) = match (o.remove("prompt"), o.remove("messages")) {
+                    (Some(p @ (Value::String(_) | Value::Array(_))), None) => (false, p),
+                    (None, Some(m @ Value::Array(_))) => (true, m),
+                    _ => return Err(at("expected exactly one of prompt or messages")),
+                };
+                PromptSpec {
+                    chat,
+                    input,
+                    max_tokens,
+                }
+            }
+            _ => return Err(at("expected a JSON string or object")),
+        };
+        out.push(spec);
+    }
+    if out.is_empty() {
+        return Err("no prompts".into());
+    }
+    Ok(out)
 }
 
 /// How requests arrive in one level.
@@ -170,7 +242,7 @@ pub fn run_level(
                             std::thread::sleep(wait);
                         }
                     }
-                    let s = one_request(&mut conn, w, &mut rng);
+                    let s = one_request(&mut conn, w, &mut rng, i);
                     let mut all = samples.lock().unwrap_or_else(|e| e.into_inner());
                     all.push(s);
                     on_done(all.len());
@@ -210,18 +282,36 @@ fn next_u64(s: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn request_body(w: &Workload, rng: &mut u64) -> Vec<u8> {
-    let (lo, hi) = w.token_range;
-    let span = u64::from(hi.saturating_sub(lo).max(1));
-    let prompt: Vec<u32> = (0..w.prompt_tokens)
-        .map(|_| lo + (next_u64(rng) % span) as u32)
-        .collect();
-    let mut body = json!({
-        "prompt": prompt,
-        "max_tokens": w.max_tokens,
-        "temperature": 0.0,
-        "stream": w.stream,
-    });
+/// The path and JSON body of request `i`.
+fn request_body(w: &Workload, rng: &mut u64, i: usize) -> (&'static str, Vec<u8>) {
+    let spec = w
+        .prompts
+        .as_ref()
+        .filter(|p| !p.is_empty())
+        .map(|p| &p[i % p.len()]);
+    let (path, mut body) = match spec {
+        Some(s) if s.chat => (
+            "/v1/chat/completions",
+            json!({ "messages": s.input, "max_tokens": s.max_tokens.unwrap_or(w.max_tokens) }),
+        ),
+        Some(s) => (
+            "/v1/completions",
+            json!({ "prompt": s.input, "max_tokens": s.max_tokens.unwrap_or(w.max_tokens) }),
+        ),
+        None => {
+            let (lo, hi) = w.token_range;
+            let span = u64::from(hi.saturating_sub(lo).max(1));
+            let prompt: Vec<u32> = (0..w.prompt_tokens)
+                .map(|_| lo + (next_u64(rng) % span) as u32)
+                .collect();
+            (
+                "/v1/completions",
+                json!({ "prompt": prompt, "max_tokens": w.max_tokens }),
+            )
+        }
+    };
+    body["temperature"] = json!(0.0);
+    body["stream"] = json!(w.stream);
     if w.stream {
         body["stream_options"] = json!({ "include_usage": true });
     }
@@ -231,14 +321,17 @@ fn request_body(w: &Workload, rng: &mut u64) -> Vec<u8> {
     if let Some(m) = &w.model {
         body["model"] = json!(m);
     }
-    serde_json::to_vec(&body).expect("a JSON value serializes")
+    (
+        path,
+        serde_json::to_vec(&body).expect("a JSON value serializes"),
+    )
 }
 
-fn one_request(conn: &mut Conn, w: &Workload, rng: &mut u64) -> Sample {
-    let body = request_body(w, rng);
+fn one_request(conn: &mut Conn, w: &Workload, rng: &mut u64, i: usize) -> Sample {
+    let (path, body) = request_body(w, rng, i);
     let t0 = Instant::now();
     let mut s = Sample::default();
-    let head = match conn.post("/v1/completions", &body) {
+    let head = match conn.post(path, &body) {
         Ok(h) => h,
         Err(e) => {
             s.error = Some(io_kind(&e));
@@ -423,9 +516,6 @@ fn summarize(
     }
 }
 
-/// A shared counter for progress display.
-pub type Progress = Arc<AtomicUsize>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +544,51 @@ mod tests {
         }
         assert_eq!(kinds, ['t', 'o', 'o', 'd']);
         assert_eq!((s.prompt_tokens, s.completion_tokens), (5, 7));
+    }
+
+    #[test]
+    fn prompt_files_take_text_tokens_and_chats() {
+        let p = parse_prompts(
+            "\"plain\"\n\n{\"prompt\": [1, 2], \"max_tokens\": 3}\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
+        )
+        .unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!((p[0].chat, p[0].max_tokens), (false, None));
+        assert_eq!((p[1].chat, p[1].max_tokens), (false, Some(3)));
+        assert!(p[2].chat);
+        let w = Workload {
+            model: None,
+            prompt_tokens: 4,
+            max_tokens: 7,
+            stream: true,
+            token_range: (10, 20),
+            ignore_eos: true,
+            timeout: Duration::from_secs(1),
+            seed: 1,
+            prompts: Some(Arc::new(p)),
+        };
+        let mut rng = 1;
+        let (path, body) = request_body(&w, &mut rng, 4);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(path, "/v1/completions");
+        assert_eq!(
+            (v["prompt"].clone(), v["max_tokens"].clone()),
+            (json!([1, 2]), json!(3))
+        );
+        assert_eq!(v["ignore_eos"], json!(true));
+        let (path, _) = request_body(&w, &mut rng, 5);
+        assert_eq!(path, "/v1/chat/completions");
+        for bad in [
+            "",
+            "3",
+            "{\"prompt\": 1}",
+            "{\"prompt\": \"a\", \"messages\": []}",
+            "{\"prompt\": \"a\", \"max_tokens\": 0}",
+            "nope",
+        ] {
+            assert!(parse_prompts(bad).is_err(), "{bad}");
+        }
+        assert!(parse_prompts("\"a\"\n[").unwrap_err().starts_with("line 2"));
     }
 
     #[test]

@@ -1,12 +1,19 @@
 //! `ryzanstein bench`: load-test any OpenAI-compatible server (see `ryzanstein::bench`).
-//! With `--compare URL_B` it alternates the two servers level by level and prints B/A ratios.
+//! With `--compare URL_B` it alternates the two servers level by level and prints A÷B ratios.
+//! A progress bar runs on stderr while a level runs (hidden when stderr is not a terminal);
+//! `--json` writes the whole report and `--svg DIR` draws the charts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 
-use ryzanstein::bench::{run_level, Arrivals, LevelReport, Slo, Workload};
+use ryzanstein::bench::{chart, parse_prompts, run_level, Arrivals, LevelReport, Slo, Workload};
+
+/// Largest prompt file read.
+const PROMPT_FILE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -31,6 +38,11 @@ pub struct BenchArgs {
     /// Prompt length in tokens (random ids from --token-range).
     #[arg(long, default_value_t = 20)]
     prompt_tokens: usize,
+    /// Prompts from a JSONL file instead of random token ids, used in turn: each line a JSON
+    /// string (a text prompt) or an object with `prompt` (text or token ids) or `messages`
+    /// (sent to /v1/chat/completions), and optionally `max_tokens`.
+    #[arg(long)]
+    prompts: Option<std::path::PathBuf>,
     /// Token ids of the random prompts, LO..HI.
     #[arg(long, default_value = "100..1000")]
     token_range: String,
@@ -61,6 +73,9 @@ pub struct BenchArgs {
     /// Write the full report as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Draw throughput.svg and latency.svg (against concurrency or rate) into this directory.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -91,8 +106,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     print_header();
     for &(arr, n) in &levels {
         for (si, url) in servers.iter().enumerate() {
-            let r = run_level(url, &w, arr, n, &slo, &|_| {})
+            let bar = progress_bar(n, si, arr);
+            let r = run_level(url, &w, arr, n, &slo, &|done| bar.set_position(done as u64))
                 .with_context(|| format!("level {arr:?} against {url}"))?;
+            bar.finish_and_clear();
             print_row(si, &r);
             rows[si].push(r);
         }
@@ -104,6 +121,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let report = serde_json::json!({
             "servers": servers,
             "workload": {
+                "prompts_file": a.prompts.as_ref().map(|p| p.display().to_string()),
                 "prompt_tokens": w.prompt_tokens,
                 "max_tokens": w.max_tokens,
                 "stream": w.stream,
@@ -114,7 +132,44 @@ pub fn run(a: BenchArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(dir) = &a.svg {
+        for f in chart::write_charts(dir, &servers, &rows).map_err(anyhow::Error::msg)? {
+            eprintln!("wrote {}", f.display());
+        }
+    }
     Ok(())
+}
+
+/// A bar on stderr for one level; indicatif hides it when stderr is not a terminal.
+fn progress_bar(n: usize, server: usize, arr: Arrivals) -> ProgressBar {
+    let bar = ProgressBar::new(n as u64);
+    let level = match arr {
+        Arrivals::Closed { clients } => format!("{clients} clients"),
+        Arrivals::Open { rate, .. } => format!("{rate} req/s"),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{} {level}", ["A", "B"][server.min(1)]));
+    bar
+}
+
+fn load_prompts(path: &std::path::Path) -> Result<Vec<ryzanstein::bench::PromptSpec>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("{}", path.display()))?
+        .len();
+    if len > PROMPT_FILE_BYTES_MAX {
+        bail!(
+            "{}: {len} bytes; prompt files are at most {PROMPT_FILE_BYTES_MAX}",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    parse_prompts(&text)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{}", path.display()))
 }
 
 fn workload(a: &BenchArgs) -> Result<Workload> {
@@ -144,6 +199,10 @@ fn workload(a: &BenchArgs) -> Result<Workload> {
         ignore_eos: !a.allow_eos,
         timeout: Duration::from_secs_f64(a.timeout_s),
         seed: 0x5EED,
+        prompts: match &a.prompts {
+            Some(p) => Some(Arc::new(load_prompts(p)?)),
+            None => None,
+        },
     })
 }
 

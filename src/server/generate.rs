@@ -40,6 +40,7 @@ pub(crate) struct Plan {
     pub logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    pub ignore_eos: bool,
 }
 
 /// Holds one of the `max_concurrent_requests` slots while alive (taken before the request
@@ -235,7 +236,7 @@ fn submit_all(st: &State, m: &Loaded, plan: &Plan) -> Result<Vec<ChoiceRun>, Api
                     prompt: prompt.clone(),
                     max_tokens: plan.max_tokens,
                     sampling,
-                    ignore_eos: false,
+                    ignore_eos: plan.ignore_eos,
                 })
                 .map_err(|e| submit_error(e, limits.retry_after_s))?;
             let stops = StopStrings::new(&plan.stop, limits.stop_max, limits.stop_bytes_max)

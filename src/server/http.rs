@@ -231,6 +231,16 @@ pub struct SseWriter {
 }
 
 impl SseWriter {
+    /// A writer over any sink, `chunked` framing each event as one HTTP chunk. The server gets
+    /// its writers from [`HttpRequest::into_sse`]; this is for benches and tests.
+    pub fn new(out: Box<dyn Write + Send>, chunked: bool) -> SseWriter {
+        SseWriter {
+            out,
+            chunked,
+            buf: Vec::with_capacity(512),
+        }
+    }
+
     /// `data: <json>` as one event.
     pub fn data(&mut self, json: &serde_json::Value) -> io::Result<()> {
         let mut ev = Vec::with_capacity(256);

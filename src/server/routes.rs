@@ -403,6 +403,7 @@ fn plan(
         logprobs,
         stream: c.stream,
         include_usage: c.include_usage && c.stream,
+        ignore_eos: c.ignore_eos,
     })
 }
 

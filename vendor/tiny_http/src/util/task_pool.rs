@@ -69,7 +69,12 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // Ryzanstein patch: a waiting thread that was already notified for a queued task
+        // still counts in `waiting_tasks` until it takes the lock again. Comparing with zero
+        // queued a second task behind the first in a burst of connections, and with
+        // keep-alive connections holding every thread, that connection was never served.
+        // Spawn unless some waiting thread is not yet claimed by a queued task.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);

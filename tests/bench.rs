@@ -1,0 +1,195 @@
+//! `ryzanstein bench` against the real server (in-process on 127.0.0.1:0): the report's
+//! counts and token usage must add up. Timings are never asserted (shared, noisy machines).
+
+mod common;
+mod server_support;
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ryzanstein::bench::{parse_prompts, run_level, Arrivals, Slo, Workload};
+use ryzanstein::client::{Client, ClientConfig};
+use ryzanstein::server::Server;
+use serde_json::Value;
+
+fn server() -> std::net::SocketAddr {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| server_support::start(server_support::test_config(), false))
+        .local_addr()
+}
+
+fn workload(stream: bool) -> Workload {
+    Workload {
+        model: None,
+        prompt_tokens: 7,
+        max_tokens: 3,
+        stream,
+        token_range: (100, 1000),
+        ignore_eos: true,
+        timeout: Duration::from_secs(120),
+        seed: 11,
+        prompts: None,
+    }
+}
+
+#[test]
+fn closed_loop_counts_and_usage_add_up_streamed_and_not() {
+    let url = format!("http://{}", server());
+    for stream in [true, false] {
+        let r = run_level(
+            &url,
+            &workload(stream),
+            Arrivals::Closed { clients: 3 },
+            9,
+            &Slo {
+                e2el_ms: Some(1e9),
+                ..Slo::default()
+            },
+            &|_| {},
+        )
+        .expect("level");
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.completed, 9);
+        assert_eq!(
+            r.prompt_tokens,
+            9 * 7,
+            "token-id prompts are billed as sent"
+        );
+        assert_eq!(
+            r.completion_tokens,
+            9 * 3,
+            "ignore_eos: exactly max_tokens each"
+        );
+        assert!(
+            r.connections_opened <= 3,
+            "keep-alive: {}",
+            r.connections_opened
+        );
+        assert!(r.goodput.is_some());
+        assert!(r.ttft_ms.p50 > 0.0 && r.e2el_ms.max >= r.ttft_ms.max);
+        if stream {
+            // Three tokens per request: two gaps each.
+            assert!(r.itl_ms.p50 > 0.0 && r.tpot_ms.p50 > 0.0);
+        }
+    }
+}
+
+#[test]
+fn open_loop_completes_every_request() {
+    let url = format!("http://{}", server());
+    let r = run_level(
+        &url,
+        &workload(true),
+        Arrivals::Open {
+            rate: 50.0,
+            clients: 8,
+        },
+        10,
+        &Slo::default(),
+        &|_| {},
+    )
+    .expect("level");
+    assert_eq!((r.completed, r.errors.len()), (10, 0), "{:?}", r.errors);
+    assert_eq!(r.rate, Some(50.0));
+    assert_eq!(r.completion_tokens, 30);
+    assert!(r.goodput.is_none());
+}
+
+#[test]
+fn errors_are_counted_by_kind() {
+    let url = format!("http://{}", server());
+    let mut w = workload(false);
+    w.model = Some("no-such-model".into());
+    let r = run_level(
+        &url,
+        &w,
+        Arrivals::Closed { clients: 2 },
+        4,
+        &Slo::default(),
+        &|_| {},
+    )
+    .expect("level");
+    assert_eq!(r.completed, 0);
+    assert_eq!(r.errors.get("http_404"), Some(&4));
+    let r = run_level(
+        "http://127.0.0.1:1",
+        &workload(false),
+        Arrivals::Closed { clients: 1 },
+        2,
+        &Slo::default(),
+        &|_| {},
+    )
+    .expect("level");
+    assert_eq!(r.errors.get("connect_refused"), Some(&2));
+}
+
+/// The binary end to end: a JSONL prompt file (text, token ids, chat), the JSON report and the
+/// SVG charts. Prompt tokens billed must equal what `/tokenize` says of each text.
+#[test]
+fn cli_with_a_prompt_file_writes_json_and_charts() {
+    let addr = server();
+    let dir = std::env::temp_dir().join(format!("ryzanstein-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        concat!(
+            "\"The capital of France is\"\n",
+            "{\"prompt\": [2, 9259, 1902], \"max_tokens\": 2}\n",
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"Say hello.\"}]}\n",
+        ),
+    )
+    .unwrap();
+    let json = dir.join("report.json");
+    let svg = dir.join("charts");
+    let out = Command::new(env!("CARGO_BIN_EXE_ryzanstein"))
+        .args(["bench", "--url", &format!("http://{addr}")])
+        .args([
+            "--concurrency",
+            "1,3",
+            "--requests",
+            "6",
+            "--max-tokens",
+            "4",
+        ])
+        .args(["--warmup", "0", "--prompts"])
+        .arg(&prompts)
+        .arg("--json")
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains('['),
+        "no progress bar off a terminal: {stderr}"
+    );
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let levels = report["levels"][0].as_array().expect("levels of server A");
+    assert_eq!(levels.len(), 2);
+    // Requests take the prompts in turn: 6 requests = each prompt twice.
+    let client = Client::new(ClientConfig::new(&format!("http://{addr}"))).unwrap();
+    let text_tokens = client.tokenize("The capital of France is").unwrap().len() as u64;
+    let specs = parse_prompts(&std::fs::read_to_string(&prompts).unwrap()).unwrap();
+    assert_eq!(specs.len(), 3);
+    for l in levels {
+        assert_eq!(l["completed"], 6, "{l}");
+        assert_eq!(l["errors"], serde_json::json!({}));
+        assert_eq!(l["completion_tokens"], 2 * (4 + 2 + 4), "{l}");
+        let prompt = l["prompt_tokens"].as_u64().unwrap();
+        assert_eq!(prompt % 2, 0, "each prompt sent twice");
+        let chat_tokens = prompt / 2 - (text_tokens + 3);
+        assert!(chat_tokens > 3, "the chat template adds turn markers");
+    }
+    for f in ["throughput.svg", "latency.svg"] {
+        let s = std::fs::read_to_string(svg.join(f)).expect(f);
+        assert!(s.starts_with("<svg") && s.contains("<polyline"), "{f}");
+        assert!(s.contains("concurrent clients"), "{f}: axis label");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
