@@ -109,6 +109,36 @@ pub struct ServeSettings {
     /// Events buffered per sequence; a client this far behind is cancelled [default: 4096].
     #[arg(long, env = "RYZANSTEIN_EVENT_BUFFER")]
     pub event_buffer: Option<usize>,
+
+    /// A directory of GGUF models to serve (every *.gguf, plus models.toml if present);
+    /// replaces --model.
+    #[arg(long, env = "RYZANSTEIN_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// The manifest of the models directory [default: MODELS_DIR/models.toml if present].
+    #[arg(long, env = "RYZANSTEIN_MODELS_MANIFEST")]
+    pub models_manifest: Option<PathBuf>,
+    /// Loader threads (loads, unloads, file probes) [default: 2].
+    #[arg(long, env = "RYZANSTEIN_LOADER_THREADS")]
+    pub loader_threads: Option<usize>,
+    /// Model loads that may run at once [default: 1].
+    #[arg(long, env = "RYZANSTEIN_MAX_CONCURRENT_LOADS")]
+    pub max_concurrent_loads: Option<usize>,
+    /// Most models loaded at once (0 = no bound) [default: 0].
+    #[arg(long, env = "RYZANSTEIN_MODELS_MAX")]
+    pub models_max: Option<usize>,
+    /// Most bytes of loaded models: file, KV pool (0 = no bound) [default: 0].
+    #[arg(long, env = "RYZANSTEIN_MODELS_MEMORY_MAX")]
+    pub models_memory_max: Option<u64>,
+    /// When a load finds no room and nothing can be evicted: "wait" or "fail" (its
+    /// requests get 503 either way) [default: wait].
+    #[arg(long, env = "RYZANSTEIN_MODELS_WHEN_FULL")]
+    pub models_when_full: Option<String>,
+    /// How long a request waits for its model to load before a 503 [default: 10000].
+    #[arg(long, env = "RYZANSTEIN_LOAD_WAIT_MS")]
+    pub load_wait_ms: Option<u64>,
+    /// /health/ready waits for every preload model, not only the default one [default: true].
+    #[arg(long, env = "RYZANSTEIN_READY_REQUIRES_PRELOAD")]
+    pub ready_requires_preload: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -124,6 +154,46 @@ pub struct ServeConfig {
     pub log_level: Option<String>,
     pub limits: Limits,
     pub engine: EngineKnobs,
+    pub models: ModelsKnobs,
+}
+
+/// The model manager's settings (mapped onto `engine::RegistryOptions` by the server).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelsKnobs {
+    /// `Some`: serve this directory's catalog instead of `model`.
+    pub dir: Option<PathBuf>,
+    pub manifest: Option<PathBuf>,
+    /// Loads, unload drains and probes; two let an unload or probe proceed beside a load.
+    pub loader_threads: usize,
+    /// One load at a time keeps the disk and the page cache to one file and leaves CPU to the
+    /// running models.
+    pub max_concurrent_loads: usize,
+    /// 0: no bound.
+    pub models_max: usize,
+    /// 0: no bound. Counts each model's file and KV pool.
+    pub memory_max_bytes: u64,
+    /// true: a load that finds no room is given up ("fail"); false: it waits ("wait").
+    pub when_full_fail: bool,
+    /// A small model loads in well under a second from the page cache, a large one in
+    /// seconds; ten seconds covers both, and a client gets its 503 before typical timeouts.
+    pub load_wait_ms: u64,
+    pub ready_requires_preload: bool,
+}
+
+impl Default for ModelsKnobs {
+    fn default() -> Self {
+        ModelsKnobs {
+            dir: None,
+            manifest: None,
+            loader_threads: 2,
+            max_concurrent_loads: 1,
+            models_max: 0,
+            memory_max_bytes: 0,
+            when_full_fail: false,
+            load_wait_ms: 10_000,
+            ready_requires_preload: true,
+        }
+    }
 }
 
 /// Bounds on what one request may ask for and on the HTTP edge.
@@ -214,6 +284,8 @@ impl Default for ServeConfig {
 pub const SPARE_HTTP_WORKERS: usize = 8;
 /// Most HTTP workers: each is an OS thread.
 pub const HTTP_WORKERS_MAX: usize = 4096;
+/// Most loader threads: loads are disk- and memory-bound, a few threads saturate both.
+pub const LOADER_THREADS_MAX: usize = 64;
 
 /// A configuration error (bad file, bad value), naming what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -282,6 +354,15 @@ impl ServeSettings {
             itl_factor,
             whole_prompt_tokens,
             event_buffer,
+            models_dir,
+            models_manifest,
+            loader_threads,
+            max_concurrent_loads,
+            models_max,
+            models_memory_max,
+            models_when_full,
+            load_wait_ms,
+            ready_requires_preload,
         )
     }
 }
@@ -319,6 +400,31 @@ impl ServeConfig {
             whole_prompt_tokens: s.whole_prompt_tokens.unwrap_or(de.whole_prompt_tokens),
             event_buffer: s.event_buffer.unwrap_or(de.event_buffer),
         };
+        let dm = ModelsKnobs::default();
+        let when_full_fail = match s.models_when_full.as_deref() {
+            None | Some("wait") => false,
+            Some("fail") => true,
+            Some(v) => {
+                return Err(ConfigError::Invalid {
+                    key: "models_when_full",
+                    value: v.to_string(),
+                    reason: "must be \"wait\" or \"fail\"".into(),
+                })
+            }
+        };
+        let models = ModelsKnobs {
+            dir: s.models_dir,
+            manifest: s.models_manifest,
+            loader_threads: s.loader_threads.unwrap_or(dm.loader_threads),
+            max_concurrent_loads: s.max_concurrent_loads.unwrap_or(dm.max_concurrent_loads),
+            models_max: s.models_max.unwrap_or(dm.models_max),
+            memory_max_bytes: s.models_memory_max.unwrap_or(dm.memory_max_bytes),
+            when_full_fail,
+            load_wait_ms: s.load_wait_ms.unwrap_or(dm.load_wait_ms),
+            ready_requires_preload: s
+                .ready_requires_preload
+                .unwrap_or(dm.ready_requires_preload),
+        };
         let cfg = ServeConfig {
             listen: s.listen.unwrap_or_else(|| "127.0.0.1:8080".to_string()),
             model: s.model,
@@ -331,6 +437,7 @@ impl ServeConfig {
             log_level: s.log_level,
             limits,
             engine,
+            models,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -381,6 +488,28 @@ impl ServeConfig {
         if l.ping_interval_ms == 0 {
             return bad("ping_interval_ms", "0".into(), "must be at least 1");
         }
+        let m = &self.models;
+        if m.loader_threads == 0 || m.loader_threads > LOADER_THREADS_MAX {
+            return bad(
+                "loader_threads",
+                m.loader_threads.to_string(),
+                &format!("must be 1 to {LOADER_THREADS_MAX}"),
+            );
+        }
+        if m.max_concurrent_loads == 0 || m.max_concurrent_loads > m.loader_threads {
+            return bad(
+                "max_concurrent_loads",
+                m.max_concurrent_loads.to_string(),
+                &format!("must be 1 to loader_threads ({})", m.loader_threads),
+            );
+        }
+        if m.manifest.is_some() && m.dir.is_none() {
+            return bad(
+                "models_manifest",
+                format!("{:?}", m.manifest),
+                "needs models_dir",
+            );
+        }
         if !(e.itl_factor.is_finite() && e.itl_factor >= 1.0) {
             return bad(
                 "itl_factor",
@@ -393,7 +522,7 @@ impl ServeConfig {
 
     /// The configuration as TOML settings (the API key redacted), for `serve --print-config`.
     pub fn to_toml(&self) -> String {
-        let (l, e) = (&self.limits, &self.engine);
+        let (l, e, m) = (&self.limits, &self.engine, &self.models);
         let s = ServeSettings {
             listen: Some(self.listen.clone()),
             model: self.model.clone(),
@@ -424,6 +553,15 @@ impl ServeConfig {
             itl_factor: Some(e.itl_factor),
             whole_prompt_tokens: Some(e.whole_prompt_tokens),
             event_buffer: Some(e.event_buffer),
+            models_dir: m.dir.clone(),
+            models_manifest: m.manifest.clone(),
+            loader_threads: Some(m.loader_threads),
+            max_concurrent_loads: Some(m.max_concurrent_loads),
+            models_max: Some(m.models_max),
+            models_memory_max: Some(m.memory_max_bytes),
+            models_when_full: Some(if m.when_full_fail { "fail" } else { "wait" }.into()),
+            load_wait_ms: Some(m.load_wait_ms),
+            ready_requires_preload: Some(m.ready_requires_preload),
         };
         toml::to_string(&s).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }
@@ -474,6 +612,20 @@ mod tests {
         assert!(matches!(
             s(|s| s.n_ctx = Some(0)),
             Err(ConfigError::Invalid { key: "n_ctx", .. })
+        ));
+        assert!(matches!(
+            s(|s| s.models_when_full = Some("later".into())),
+            Err(ConfigError::Invalid {
+                key: "models_when_full",
+                ..
+            })
+        ));
+        assert!(matches!(
+            s(|s| s.max_concurrent_loads = Some(3)),
+            Err(ConfigError::Invalid {
+                key: "max_concurrent_loads",
+                ..
+            })
         ));
         assert!(matches!(
             s(|s| s.itl_factor = Some(0.5)),

@@ -104,6 +104,19 @@ fn small_opts() -> EngineOptions {
     }
 }
 
+/// Submits every prompt at once (odd ones sampled with a seed) and collects the outputs in order.
+fn run_all_at_once(h: &ModelHandle, n_new: usize) -> Vec<Output> {
+    let streams: Vec<_> = PROMPTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let seed = (i % 2 == 1).then_some(i as u64);
+            h.submit(request(h, p, n_new, seed)).unwrap()
+        })
+        .collect();
+    streams.into_iter().map(collect).collect()
+}
+
 #[test]
 fn outputs_are_identical_alone_and_batched_even_with_preemption() {
     let n_new = 12;
@@ -118,15 +131,7 @@ fn outputs_are_identical_alone_and_batched_even_with_preemption() {
         assert_eq!(fin.unwrap().0, FinishReason::Length);
         assert_eq!(fin.unwrap().2, n_new);
     }
-    let streams: Vec<_> = PROMPTS
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let seed = (i % 2 == 1).then_some(i as u64);
-            h.submit(request(&h, p, n_new, seed)).unwrap()
-        })
-        .collect();
-    let together: Vec<_> = streams.into_iter().map(collect).collect();
+    let together = run_all_at_once(&h, n_new);
     assert_eq!(alone, together, "batched outputs differ from solo ones");
     assert!(h.stats().batch_seqs.sum() > h.stats().steps.load(Ordering::Relaxed) as f64);
     drop(h);
@@ -138,15 +143,7 @@ fn outputs_are_identical_alone_and_batched_even_with_preemption() {
         ..small_opts()
     };
     let h = start(tight);
-    let streams: Vec<_> = PROMPTS
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let seed = (i % 2 == 1).then_some(i as u64);
-            h.submit(request(&h, p, n_new, seed)).unwrap()
-        })
-        .collect();
-    let squeezed: Vec<_> = streams.into_iter().map(collect).collect();
+    let squeezed = run_all_at_once(&h, n_new);
     assert_eq!(alone, squeezed, "preemption changed outputs");
     assert!(
         h.stats().preemptions.load(Ordering::Relaxed) > 0,

@@ -157,6 +157,7 @@ fn readiness_is_503_until_the_model_is_loaded() {
     let server = ryzanstein::server::Server::start(ryzanstein::server::ServerOptions {
         config: test_config(),
         model_path: fifo.clone(),
+        catalog: None,
         panic_route: false,
     })
     .expect("listens");

@@ -21,7 +21,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the OpenAI-compatible HTTP API (completions, chat, streaming) on one model.
+    /// Serve the OpenAI-compatible HTTP API (completions, chat, streaming) on a model or a
+    /// models directory.
     Serve(Box<serve::ServeArgs>),
     /// Generate text from a prompt, streamed to stdout as it is produced.
     Generate(generate::GenerateArgs),

@@ -85,6 +85,9 @@ pub struct EngineStats {
     pub waiting: AtomicUsize,
     pub kv_bytes_used: AtomicUsize,
     pub kv_bytes_total: AtomicUsize,
+    /// Bytes of the whole state (every KV pool and the scratch buffers), fixed at start:
+    /// what the model manager counts besides the file.
+    pub state_bytes: AtomicUsize,
     pub steps: AtomicU64,
     pub preemptions: AtomicU64,
     pub cancelled: AtomicU64,
@@ -107,6 +110,7 @@ impl EngineStats {
             waiting: AtomicUsize::new(0),
             kv_bytes_used: AtomicUsize::new(0),
             kv_bytes_total: AtomicUsize::new(0),
+            state_bytes: AtomicUsize::new(0),
             steps: AtomicU64::new(0),
             preemptions: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
@@ -159,6 +163,7 @@ impl ModelHandle {
             state.kv = state.kv.with_pool_positions(opts.kv_pool_bytes / per_pos);
         }
         let stats = Arc::new(EngineStats::new());
+        stats.state_bytes.store(state.bytes(), Ordering::Relaxed);
         stats.kv_bytes_total.store(
             state.kv.total_blocks() * BLOCK_POSITIONS * state.kv.bytes_per_position(),
             Ordering::Relaxed,

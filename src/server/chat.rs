@@ -5,7 +5,7 @@ use crate::api::request::ChatMessage;
 use crate::api::ApiError;
 use crate::model::chat::{ChatError, ChatMessage as TemplateMessage};
 
-use super::Loaded;
+use crate::engine::LoadedModel as Loaded;
 
 /// The prompt token ids for `messages`.
 pub(crate) fn prompt_tokens(m: &Loaded, messages: &[ChatMessage]) -> Result<Vec<u32>, ApiError> {

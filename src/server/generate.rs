@@ -23,7 +23,8 @@ use crate::model::tokenizer::Tokenizer;
 
 use super::http::{HttpRequest, SseWriter};
 use super::routes::{Log, Reply};
-use super::{Loaded, State};
+use super::State;
+use crate::engine::LoadedModel as Loaded;
 
 /// Everything a generation request asks for, validated and tokenized.
 pub(crate) struct Plan {
@@ -42,11 +43,12 @@ pub(crate) struct Plan {
     pub ignore_eos: bool,
 }
 
-/// Holds one of the `max_concurrent_requests` slots while alive.
-struct InFlight<'a>(&'a AtomicUsize);
+/// Holds one of the `max_concurrent_requests` slots while alive (taken before the request
+/// waits for its model, so waiting requests cannot take the spare workers).
+pub(crate) struct InFlight<'a>(&'a AtomicUsize);
 
 impl<'a> InFlight<'a> {
-    fn acquire(st: &'a State) -> Result<InFlight<'a>, ApiError> {
+    pub(crate) fn acquire(st: &'a State) -> Result<InFlight<'a>, ApiError> {
         let cap = st.cfg().limits.max_concurrent_requests;
         if st.in_flight.fetch_add(1, Ordering::SeqCst) >= cap {
             st.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -294,7 +296,6 @@ pub(crate) fn run(
     plan: Plan,
     log: &mut Log,
 ) -> Result<Reply, ApiError> {
-    let _slot = InFlight::acquire(st)?;
     let mut runs = submit_all(st, m, &plan)?;
     let cx = Ctx {
         st,
@@ -306,7 +307,7 @@ pub(crate) fn run(
         endpoint: plan.endpoint,
         id: format!("{}-{:016x}", Header::id_prefix(plan.endpoint), log.id),
         created: super::unix_now(),
-        model: st.model_id.clone(),
+        model: m.id.clone(),
     };
     let result = if plan.stream {
         stream(&cx, req, &plan, &header, &mut runs, log).map(|()| Reply::Done(200))

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::engine::EngineStats;
+use crate::engine::{EngineStats, ModelState, Registry};
 use crate::metrics::{Histogram, LATENCY_BOUNDS_S};
 
 /// Figures recorded by the HTTP workers.
@@ -30,7 +30,9 @@ pub struct ServerMetrics {
 
 /// Figures that live elsewhere and are read when the page is rendered.
 pub struct Live<'a> {
-    pub engine: Option<(&'a str, &'a EngineStats)>,
+    /// (model id, engine figures) of every loaded model.
+    pub engines: Vec<(&'a str, &'a EngineStats)>,
+    pub registry: &'a Registry,
     pub ready: bool,
     pub in_flight: usize,
     pub connections_accepted: u64,
@@ -80,14 +82,13 @@ impl ServerMetrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_http(&mut out, live);
         self.render_latency(&mut out);
-        if let Some((model, st)) = live.engine {
-            render_engine(&mut out, model, st);
-        }
+        render_engines(&mut out, &live.engines);
+        render_models(&mut out, live.registry);
         scalar(
             &mut out,
             "ryzanstein_model_ready",
             "gauge",
-            "1 once the default model is loaded.",
+            "1 once the models readiness requires are loaded.",
             u8::from(live.ready),
         );
         if let Some(rss) = resident_bytes() {
@@ -199,87 +200,181 @@ impl ServerMetrics {
     }
 }
 
-fn render_engine(out: &mut String, model: &str, st: &EngineStats) {
-    let l = format!("model=\"{model}\"");
-    let gauges: [(&str, &str, &str, u64); 8] = [
+/// The model manager's figures: cache hits and misses, evictions, loads by outcome, load
+/// durations, loaded models and their bytes, models by state.
+fn render_models(out: &mut String, reg: &Registry) {
+    let m = &reg.metrics;
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "ryzanstein_model_cache_hits_total",
+            "Requests whose model was loaded.",
+            m.hits.load(Ordering::Relaxed),
+        ),
+        (
+            "ryzanstein_model_cache_misses_total",
+            "Requests whose model was not loaded (they started or joined its load).",
+            m.misses.load(Ordering::Relaxed),
+        ),
+        (
+            "ryzanstein_model_evictions_total",
+            "Models evicted (least recently used) to make room for another.",
+            m.evictions.load(Ordering::Relaxed),
+        ),
+        (
+            "ryzanstein_model_unloads_total",
+            "Models unloaded through the admin API.",
+            m.unloads.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, v) in counters {
+        scalar(out, name, "counter", help, v);
+    }
+    let name = "ryzanstein_model_loads_total";
+    header(out, name, "counter", "Model loads, by outcome.");
+    for (outcome, v) in [
+        ("ok", &m.loads_ok),
+        ("failed", &m.loads_failed),
+        ("no_room", &m.loads_no_room),
+    ] {
+        let _ = writeln!(
+            out,
+            "{name}{{outcome=\"{outcome}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let name = "ryzanstein_model_load_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "Seconds per model load (ready or failed).",
+    );
+    m.load_seconds.render(out, name, "");
+    let (bytes, n) = reg.loaded_bytes();
+    scalar(
+        out,
+        "ryzanstein_models_loaded_bytes",
+        "gauge",
+        "Bytes held by loaded models (mapped file, KV pools, scratch).",
+        bytes,
+    );
+    scalar(
+        out,
+        "ryzanstein_models_loaded",
+        "gauge",
+        "Models loaded now.",
+        n,
+    );
+    let name = "ryzanstein_models";
+    header(out, name, "gauge", "Catalog models, by state.");
+    let statuses = reg.statuses();
+    for state in [
+        ModelState::Available,
+        ModelState::Queued,
+        ModelState::Loading,
+        ModelState::Loaded,
+        ModelState::Unloading,
+        ModelState::Failed,
+    ] {
+        let k = statuses.iter().filter(|s| s.state == state).count();
+        let label = serde_json::to_value(state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(out, "{name}{{state=\"{label}\"}} {k}");
+    }
+}
+
+/// Per-model engine figures, each metric's lines grouped under one header.
+fn render_engines(out: &mut String, engines: &[(&str, &EngineStats)]) {
+    type Scalar = fn(&EngineStats) -> u64;
+    let scalars: [(&str, &str, &str, Scalar); 8] = [
         (
             "ryzanstein_sequences_running",
             "gauge",
             "Sequences in the running batch.",
-            st.running.load(Ordering::Relaxed) as u64,
+            |s| s.running.load(Ordering::Relaxed) as u64,
         ),
         (
             "ryzanstein_sequences_waiting",
             "gauge",
             "Requests queued for admission.",
-            st.waiting.load(Ordering::Relaxed) as u64,
+            |s| s.waiting.load(Ordering::Relaxed) as u64,
         ),
         (
             "ryzanstein_kv_cache_bytes_used",
             "gauge",
             "KV-cache pool bytes held by sequences.",
-            st.kv_bytes_used.load(Ordering::Relaxed) as u64,
+            |s| s.kv_bytes_used.load(Ordering::Relaxed) as u64,
         ),
         (
             "ryzanstein_kv_cache_bytes_total",
             "gauge",
             "KV-cache pool size in bytes.",
-            st.kv_bytes_total.load(Ordering::Relaxed) as u64,
+            |s| s.kv_bytes_total.load(Ordering::Relaxed) as u64,
         ),
         (
             "ryzanstein_engine_steps_total",
             "counter",
             "Forward passes run.",
-            st.steps.load(Ordering::Relaxed),
+            |s| s.steps.load(Ordering::Relaxed),
         ),
         (
             "ryzanstein_preemptions_total",
             "counter",
             "Sequences pushed out of the KV pool (recomputed later).",
-            st.preemptions.load(Ordering::Relaxed),
+            |s| s.preemptions.load(Ordering::Relaxed),
         ),
         (
             "ryzanstein_sequences_cancelled_total",
             "counter",
             "Sequences dropped because their receiver went away.",
-            st.cancelled.load(Ordering::Relaxed),
+            |s| s.cancelled.load(Ordering::Relaxed),
         ),
         (
             "ryzanstein_engine_prefill_tokens_total",
             "counter",
             "Prompt tokens run through the model (recomputation included).",
-            st.prompt_tokens.load(Ordering::Relaxed),
+            |s| s.prompt_tokens.load(Ordering::Relaxed),
         ),
     ];
-    for (name, kind, help, v) in gauges {
-        header(out, name, kind, help);
-        let _ = writeln!(out, "{name}{{{l}}} {v}");
+    if engines.is_empty() {
+        return;
     }
-    let hists = [
+    for (name, kind, help, get) in scalars {
+        header(out, name, kind, help);
+        for (model, st) in engines {
+            let _ = writeln!(out, "{name}{{model=\"{model}\"}} {}", get(st));
+        }
+    }
+    type Hist = fn(&EngineStats) -> &Histogram;
+    let hists: [(&str, &str, Hist); 4] = [
         (
             "ryzanstein_request_queue_time_seconds",
             "From submission to admission into the running batch.",
-            &st.queue_seconds,
+            |s| &s.queue_seconds,
         ),
         (
             "ryzanstein_batch_size_sequences",
             "Sequences per forward pass.",
-            &st.batch_seqs,
+            |s| &s.batch_seqs,
         ),
         (
             "ryzanstein_batch_size_tokens",
             "Tokens per forward pass.",
-            &st.batch_tokens,
+            |s| &s.batch_tokens,
         ),
         (
             "ryzanstein_step_seconds",
             "Seconds per forward pass.",
-            &st.step_seconds,
+            |s| &s.step_seconds,
         ),
     ];
-    for (name, help, h) in hists {
+    for (name, help, get) in hists {
         header(out, name, "histogram", help);
-        h.render(out, name, &l);
+        for (model, st) in engines {
+            get(st).render(out, name, &format!("model=\"{model}\""));
+        }
     }
 }
 

@@ -1,9 +1,13 @@
-//! The HTTP server: an OpenAI-compatible API over one model's engine.
+//! The HTTP server: an OpenAI-compatible API over the models of a catalog.
 //!
 //! Brief overview:
 //! - [`Server::start`] binds the listener ([`http::HttpServer`]) and starts answering at once
-//!   (`/health` is 200 from the first moment), loads the model on a `load` thread (then
-//!   `/health/ready` turns 200), and runs a fixed pool of `http-N` workers.
+//!   (`/health` is 200 from the first moment), starts the model registry
+//!   ([`crate::engine::Registry`]: `load-N` threads, LRU cache) and queues the preload models
+//!   (`/health/ready` turns 200 once the default model — and, by default, every preload model
+//!   — is loaded), and runs a fixed pool of `http-N` workers.
+//! - A request resolves its model through the registry: a loaded model at once; otherwise its
+//!   load starts (or is joined) and the request waits up to `load_wait_ms`, then gets 503.
 //! - Each worker takes one request at a time and serves it end to end ([`routes`]): parse,
 //!   validate, tokenize, submit to the engine, write the answer — a whole JSON body, or SSE
 //!   events as tokens arrive ([`generate`]). A panic in a handler is caught and answered 500.
@@ -13,26 +17,24 @@
 //! - [`metrics::ServerMetrics`] holds what the workers record; `/metrics` adds the engine's
 //!   figures.
 //!
-//! **Boundary:** only [`http`] knows the HTTP crate; only the `load` thread touches the model
-//! file. Nothing here computes: tokens come from the engine's dispatcher.
+//! **Boundary:** only [`http`] knows the HTTP crate; only the engine's `load-N` threads touch
+//! model files. Nothing here computes: tokens come from the engine's dispatchers.
 
 mod chat;
 mod generate;
 pub mod http;
 pub mod metrics;
+mod models;
 mod routes;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ServeConfig;
-use crate::engine::{EngineOptions, ModelHandle};
-use crate::model::chat::ChatTemplate;
-use crate::model::tokenizer::Tokenizer;
-use crate::model::Model;
+use crate::engine::{Catalog, EngineOptions, ModelState, Registry, RegistryOptions, WhenFull};
 
 use self::http::HttpServer;
 use self::metrics::ServerMetrics;
@@ -44,29 +46,24 @@ const WORKER_POLL: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub config: ServeConfig,
-    /// The model file (already resolved from the config and defaults).
+    /// The model file (already resolved from the config and defaults), served as a catalog of
+    /// one when `catalog` is `None`.
     pub model_path: PathBuf,
+    /// The models to serve (from `models_dir`, validated by the caller); `None`: `model_path`.
+    pub catalog: Option<Catalog>,
     /// Adds `POST /debug/panic`, whose handler panics: for the test that shows a panic
     /// becomes a 500 for that request only. Never set by the binary.
     pub panic_route: bool,
 }
 
-/// A loaded model, ready to serve.
-pub(crate) struct Loaded {
-    pub handle: ModelHandle,
-    pub tokenizer: Arc<Tokenizer>,
-    /// The chat template, or why the model has no usable one (chat answers 500 with it).
-    pub chat: Result<ChatTemplate, String>,
-    /// Unix seconds at which it finished loading.
-    pub created: u64,
-}
-
 /// Everything the workers share.
 pub(crate) struct State {
     pub opts: ServerOptions,
-    pub model_id: String,
-    pub model: OnceLock<Loaded>,
-    pub load_error: OnceLock<String>,
+    pub registry: Arc<Registry>,
+    /// Models that must be loaded for `/health/ready`.
+    pub ready_models: Vec<usize>,
+    /// Serving one file (`-m`): its failure is fatal to the binary, as before the catalog.
+    pub single: bool,
     pub metrics: ServerMetrics,
     pub in_flight: AtomicUsize,
     pub shutting_down: AtomicBool,
@@ -93,6 +90,14 @@ impl State {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+
+    /// The first failure among the readiness models, if any.
+    pub fn ready_failure(&self) -> Option<(String, String)> {
+        self.ready_models.iter().find_map(|&i| {
+            let s = self.registry.status(i);
+            (s.state == ModelState::Failed).then(|| (s.id, s.error.unwrap_or_default()))
+        })
+    }
 }
 
 /// Unix seconds now.
@@ -107,7 +112,6 @@ pub(crate) fn unix_now() -> u64 {
 pub struct Server {
     state: Arc<State>,
     workers: Vec<JoinHandle<()>>,
-    loader: Option<JoinHandle<()>>,
 }
 
 /// The engine options the configuration asks for.
@@ -126,6 +130,24 @@ pub fn engine_options(cfg: &ServeConfig) -> EngineOptions {
     }
 }
 
+/// The registry options the configuration asks for.
+pub fn registry_options(cfg: &ServeConfig) -> RegistryOptions {
+    let m = &cfg.models;
+    RegistryOptions {
+        engine: engine_options(cfg),
+        loader_threads: m.loader_threads,
+        max_concurrent_loads: m.max_concurrent_loads,
+        models_max: m.models_max,
+        memory_max_bytes: m.memory_max_bytes,
+        when_full: if m.when_full_fail {
+            WhenFull::Fail
+        } else {
+            WhenFull::Wait
+        },
+        prefault: true,
+    }
+}
+
 /// The API name of a model file: its file name without `.gguf`.
 pub fn default_model_id(path: &std::path::Path) -> String {
     let name = path
@@ -137,25 +159,43 @@ pub fn default_model_id(path: &std::path::Path) -> String {
 
 impl Server {
     /// Binds, starts the workers (the server answers from here on) and starts loading the
-    /// model in the background.
+    /// preload models (with one file: that model) in the background.
     pub fn start(opts: ServerOptions) -> std::io::Result<Server> {
         let cfg = &opts.config;
         let http = Arc::new(HttpServer::bind(
             &cfg.listen,
             Duration::from_millis(cfg.limits.write_timeout_ms),
         )?);
-        let model_id = cfg
-            .model_id
-            .clone()
-            .unwrap_or_else(|| default_model_id(&opts.model_path));
+        let single = opts.catalog.is_none();
+        let catalog = opts.catalog.clone().unwrap_or_else(|| {
+            let id = cfg
+                .model_id
+                .clone()
+                .unwrap_or_else(|| default_model_id(&opts.model_path));
+            Catalog::single(&id, &opts.model_path)
+        });
+        let mut ready_models: Vec<usize> = catalog.default_index().into_iter().collect();
+        if cfg.models.ready_requires_preload {
+            for i in catalog.preload_order() {
+                if !ready_models.contains(&i) {
+                    ready_models.push(i);
+                }
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads)
+            .thread_name(|i| format!("compute-{i}"))
+            .build()
+            .map_err(|e| std::io::Error::other(format!("cannot start the compute threads: {e}")))?;
+        let registry = Registry::start(catalog, registry_options(cfg), Arc::new(pool))?;
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         let state = Arc::new(State {
-            model_id,
-            model: OnceLock::new(),
-            load_error: OnceLock::new(),
+            registry,
+            ready_models,
+            single,
             metrics: ServerMetrics::default(),
             in_flight: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
@@ -173,32 +213,46 @@ impl Server {
                     .spawn(move || worker(&st))?,
             );
         }
-        let st = state.clone();
-        let loader = std::thread::Builder::new()
-            .name("load-0".into())
-            .spawn(move || load(&st))?;
-        tracing::info!(addr = %state.http.local_addr(), workers = workers.len(), "listening");
-        Ok(Server {
-            state,
-            workers,
-            loader: Some(loader),
-        })
+        state.registry.preload();
+        tracing::info!(
+            addr = %state.http.local_addr(),
+            workers = workers.len(),
+            models = state.registry.catalog().len(),
+            "listening"
+        );
+        Ok(Server { state, workers })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.state.http.local_addr()
     }
 
+    /// The model registry (load, unload, statuses, events).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.state.registry
+    }
+
+    /// Whether every model readiness requires is loaded.
     pub fn is_ready(&self) -> bool {
-        self.state.model.get().is_some()
+        self.state.registry.all_loaded(&self.state.ready_models)
     }
 
-    /// The load error, if loading failed.
-    pub fn load_error(&self) -> Option<&str> {
-        self.state.load_error.get().map(String::as_str)
+    /// Why a model readiness requires failed to load, if one did.
+    pub fn load_error(&self) -> Option<String> {
+        self.state.ready_failure().map(|(_, e)| e)
     }
 
-    /// Waits until the model is loaded (true) or failed or `timeout` passed (false).
+    /// A failure that should stop the binary: serving one file (`-m`) that failed to load.
+    pub fn fatal_error(&self) -> Option<String> {
+        if self.state.single {
+            self.load_error()
+        } else {
+            None
+        }
+    }
+
+    /// Waits until the readiness models are loaded (true) or one failed or `timeout` passed
+    /// (false).
     pub fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -213,8 +267,8 @@ impl Server {
         self.is_ready()
     }
 
-    /// Stops taking requests, lets the workers finish the ones they hold, then drains the
-    /// engine.
+    /// Stops taking requests, lets the workers finish the ones they hold, then stops the
+    /// loaders and drains every engine.
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -228,12 +282,7 @@ impl Server {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        if let Some(l) = self.loader.take() {
-            let _ = l.join();
-        }
-        if let Some(m) = st.model.get() {
-            m.handle.drain();
-        }
+        st.registry.shutdown();
         tracing::info!("stopped");
     }
 }
@@ -244,57 +293,6 @@ impl Drop for Server {
             self.stop();
         }
     }
-}
-
-/// The `load` thread: model, tokenizer, compute pool, engine.
-fn load(st: &State) {
-    let t0 = Instant::now();
-    match load_model(st) {
-        Ok(loaded) => {
-            tracing::info!(
-                model = %st.model_id,
-                secs = format!("{:.2}", t0.elapsed().as_secs_f64()),
-                "model loaded"
-            );
-            let _ = st.model.set(loaded);
-        }
-        Err(e) => {
-            tracing::error!(model = %st.model_id, "cannot load the model: {e}");
-            let _ = st.load_error.set(e);
-        }
-    }
-}
-
-fn load_model(st: &State) -> Result<Loaded, String> {
-    let cfg = st.cfg();
-    let path = &st.opts.model_path;
-    let opts = engine_options(cfg);
-    let ctx = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let model = Model::load(path, opts.model_options()).map_err(|e| ctx(&e))?;
-    let tokenizer = Arc::new(Tokenizer::from_gguf(model.file()).map_err(|e| ctx(&e))?);
-    let chat = ChatTemplate::from_gguf(model.file(), &tokenizer, None).map_err(|e| ctx(&e));
-    if let Err(e) = &chat {
-        tracing::warn!("chat completions are unavailable: {e}");
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cfg.threads)
-        .thread_name(|i| format!("compute-{i}"))
-        .build()
-        .map_err(|e| format!("cannot start the compute threads: {e}"))?;
-    let handle = ModelHandle::start(
-        &st.model_id,
-        Arc::new(model),
-        tokenizer.clone(),
-        opts,
-        Arc::new(pool),
-    )
-    .map_err(|e| ctx(&e))?;
-    Ok(Loaded {
-        handle,
-        tokenizer,
-        chat,
-        created: unix_now(),
-    })
 }
 
 /// An `http-N` worker: one request at a time until shutdown.

@@ -13,15 +13,19 @@ use crate::api::response::Endpoint;
 use crate::api::ApiError;
 use crate::model::sampler::SamplingParams;
 
-use super::generate::{self, Plan};
+use crate::engine::{AcquireError, Lease, LoadedModel as Loaded};
+
+use super::generate::{self, InFlight, Plan};
 use super::http::{BodyError, HttpRequest};
 use super::metrics::Live;
-use super::{chat, Loaded, State};
+use super::{chat, models, State};
 
 /// How a handler answered.
 pub(crate) enum Reply {
     Json(Value),
     Json503(Value),
+    /// 202: an admin action was started.
+    Accepted(Value),
     Text(String, &'static str),
     /// The handler wrote the answer itself (a stream) with this status.
     Done(u16),
@@ -37,6 +41,8 @@ pub(crate) struct Log {
     pub queue: Option<Duration>,
     pub ttft: Option<Duration>,
     pub note: Option<&'static str>,
+    /// The model that served it (empty if none).
+    pub model: String,
 }
 
 /// (method, path) of every route; the path doubles as the metrics label.
@@ -52,12 +58,26 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/debug/panic"),
 ];
 
-/// The metrics label of a path: the route's path, or "other" (bounded label values).
+/// The metrics label of a path: the route's path or pattern (`/v1/models/{id}/load`), or
+/// "other" (bounded label values).
 fn route_label(st: &State, path: &str) -> &'static str {
+    if let Some((pattern, _)) = models::route_of(path) {
+        return pattern;
+    }
     ROUTES
         .iter()
         .find(|(_, p)| *p == path && (*p != "/debug/panic" || st.opts.panic_route))
         .map_or("other", |(_, p)| p)
+}
+
+/// The methods allowed on a route label.
+fn allowed_methods(route: &str) -> Vec<&'static str> {
+    let fixed = ROUTES.iter().filter(|(_, p)| *p == route).map(|(m, _)| *m);
+    let per_model = models::MODEL_ROUTES
+        .iter()
+        .filter(|(_, p, _)| *p == route)
+        .map(|(m, _, _)| *m);
+    fixed.chain(per_model).collect()
 }
 
 /// Serves one request end to end; never panics.
@@ -70,31 +90,35 @@ pub(crate) fn serve(st: &State, mut req: HttpRequest) {
         queue: None,
         ttft: None,
         note: None,
+        model: String::new(),
     };
     let route = route_label(st, req.path());
     let result = catch_unwind(AssertUnwindSafe(|| dispatch(st, route, &mut req, &mut log)));
+    // Each answer is counted just before it is written, so a client that has its response
+    // finds it in /metrics.
     let status = match result {
-        Ok(Ok(reply)) => answer(&mut req, reply),
-        Ok(Err(e)) => answer_error(&mut req, &e),
+        Ok(Ok(reply)) => answer(st, route, &mut req, reply),
+        Ok(Err(e)) => answer_error(st, route, &mut req, &e),
         Err(_) => {
             st.metrics
                 .panics
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             log.note = Some("handler panicked");
             answer_error(
+                st,
+                route,
                 &mut req,
                 &ApiError::internal("the server failed on this request"),
             )
         }
     };
-    st.metrics.count_request(route, status);
     let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1e3);
     tracing::info!(
         id = format!("{:016x}", log.id),
         method = req.method(),
         route,
         status,
-        model = %st.model_id,
+        model = %log.model,
         prompt_tokens = log.prompt_tokens,
         generated_tokens = log.completion_tokens,
         queue_ms = format!("{:.1}", ms(log.queue)),
@@ -105,37 +129,38 @@ pub(crate) fn serve(st: &State, mut req: HttpRequest) {
     );
 }
 
-fn answer(req: &mut HttpRequest, reply: Reply) -> u16 {
+/// Writes a handler's answer (counted first); returns its status.
+fn answer(st: &State, route: &'static str, req: &mut HttpRequest, reply: Reply) -> u16 {
     let json = |v: &Value| serde_json::to_vec(v).unwrap_or_default();
-    match reply {
-        Reply::Json(v) => {
-            req.respond(200, "application/json", json(&v), &[]);
-            200
-        }
-        Reply::Json503(v) => {
-            req.respond(
-                503,
-                "application/json",
-                json(&v),
-                &[("Retry-After", "1".into())],
-            );
-            503
-        }
-        Reply::Text(t, ct) => {
-            req.respond(200, ct, t.into_bytes(), &[]);
-            200
-        }
+    let (status, content_type, body, headers) = match reply {
+        Reply::Json(v) => (200, "application/json", json(&v), vec![]),
+        Reply::Json503(v) => (
+            503,
+            "application/json",
+            json(&v),
+            vec![("Retry-After", "1".to_string())],
+        ),
+        Reply::Accepted(v) => (202, "application/json", json(&v), vec![]),
+        Reply::Text(t, ct) => (200, ct, t.into_bytes(), vec![]),
         Reply::Done(status) => {
             if req.is_pending() {
                 // A handler bug; the client still gets an answer.
-                return answer_error(req, &ApiError::internal("no response was produced"));
+                let e = ApiError::internal("no response was produced");
+                return answer_error(st, route, req, &e);
             }
-            status
+            st.metrics.count_request(route, status);
+            return status;
         }
-    }
+    };
+    st.metrics.count_request(route, status);
+    req.respond(status, content_type, body, &headers);
+    status
 }
 
-fn answer_error(req: &mut HttpRequest, e: &ApiError) -> u16 {
+/// Writes an error answer (counted first) unless a stream already started; returns its
+/// status.
+fn answer_error(st: &State, route: &'static str, req: &mut HttpRequest, e: &ApiError) -> u16 {
+    st.metrics.count_request(route, e.status);
     if !req.is_pending() {
         // Headers are out (a stream): nothing more can be said.
         return e.status;
@@ -145,12 +170,7 @@ fn answer_error(req: &mut HttpRequest, e: &ApiError) -> u16 {
         headers.push(("Retry-After", s.to_string()));
     }
     if e.status == 405 {
-        let allow: Vec<&str> = ROUTES
-            .iter()
-            .filter(|(_, p)| *p == req.path())
-            .map(|(m, _)| *m)
-            .collect();
-        headers.push(("Allow", allow.join(", ")));
+        headers.push(("Allow", allowed_methods(route).join(", ")));
     }
     let body = serde_json::to_vec(&e.to_json()).unwrap_or_default();
     req.respond(e.status, "application/json", body, &headers);
@@ -195,57 +215,61 @@ fn dispatch(
         return Err(ApiError::not_found(req.path()));
     }
     let method = req.method().to_string();
-    if !ROUTES.iter().any(|(m, p)| *p == route && *m == method) {
+    if !allowed_methods(route).contains(&method.as_str()) {
         return Err(ApiError::method_not_allowed(&method, route));
+    }
+    if let Some((pattern, id)) = models::route_of(req.path()) {
+        let id = id.to_string();
+        log.model.clone_from(&id);
+        return match pattern {
+            "/v1/models/{id}" => models::one(st, &id),
+            "/v1/models/{id}/events" => models::events(st, req, &id),
+            "/v1/models/{id}/load" => models::load(st, &id),
+            _ => models::unload(st, &id),
+        };
     }
     match route {
         "/health" => Ok(Reply::Json(json!({"status": "ok"}))),
         "/health/ready" => Ok(ready(st)),
         "/metrics" => Ok(Reply::Text(metrics_page(st), "text/plain; version=0.0.4")),
-        "/v1/models" => Ok(Reply::Json(models(st))),
+        "/v1/models" => Ok(Reply::Json(models::list(st))),
         "/v1/completions" => completions(st, req, log),
         "/v1/chat/completions" => chat_completions(st, req, log),
-        "/tokenize" => tokenize(st, req),
-        "/detokenize" => detokenize(st, req),
+        "/tokenize" => tokenize(st, req, log),
+        "/detokenize" => detokenize(st, req, log),
         "/debug/panic" => panic!("a panic requested through /debug/panic"),
         _ => Err(ApiError::not_found(req.path())),
     }
 }
 
 fn ready(st: &State) -> Reply {
-    if st.model.get().is_some() {
-        return Reply::Json(json!({"status": "ready", "model": st.model_id}));
+    let default = st
+        .registry
+        .catalog()
+        .default_index()
+        .map(|i| st.registry.id(i).to_string());
+    if st.registry.all_loaded(&st.ready_models) {
+        return Reply::Json(json!({"status": "ready", "model": default}));
     }
-    match st.load_error.get() {
-        Some(e) => Reply::Json503(json!({"status": "failed", "model": st.model_id, "error": e})),
-        None => Reply::Json503(json!({"status": "loading", "model": st.model_id})),
+    match st.ready_failure() {
+        Some((id, e)) => Reply::Json503(json!({"status": "failed", "model": id, "error": e})),
+        None => Reply::Json503(json!({"status": "loading", "model": default})),
     }
 }
 
 fn metrics_page(st: &State) -> String {
-    let m = st.model.get();
+    let loaded = st.registry.loaded();
     st.metrics.render(&Live {
-        engine: m.map(|m| (st.model_id.as_str(), m.handle.stats())),
-        ready: m.is_some(),
+        engines: loaded
+            .iter()
+            .map(|m| (m.id.as_str(), m.handle.stats()))
+            .collect(),
+        registry: &st.registry,
+        ready: st.registry.all_loaded(&st.ready_models),
         in_flight: st.in_flight.load(std::sync::atomic::Ordering::Relaxed),
         connections_accepted: st.http.connections_accepted(),
         connections_open: st.http.connections_open(),
         accept_errors: st.http.accept_errors(),
-    })
-}
-
-fn models(st: &State) -> Value {
-    let created = st.model.get().map_or(0, |m| m.created);
-    json!({
-        "object": "list",
-        "data": [{
-            "id": st.model_id,
-            "object": "model",
-            "created": created,
-            "owned_by": "ryzanstein",
-            "ready": st.model.get().is_some(),
-            "max_model_len": st.cfg().engine.n_ctx,
-        }],
     })
 }
 
@@ -257,26 +281,34 @@ fn read_body(st: &State, req: &mut HttpRequest) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-/// The loaded model named by the request (or the default if it names none): 404 for another
-/// name, 503 while it loads.
-fn model<'a>(st: &'a State, name: Option<&str>) -> Result<&'a Loaded, ApiError> {
-    if let Some(n) = name {
-        if n != st.model_id {
-            return Err(ApiError::model_not_found(n));
+/// The model named by the request (or the default if it names none), loaded: at once if
+/// it is; otherwise its load is started or joined and this waits up to `wait`. Unknown name:
+/// 404; still loading at the deadline: 503 + Retry-After; failed to load: 500 with the reason.
+fn model(st: &State, name: Option<&str>, wait: Duration, log: &mut Log) -> Result<Lease, ApiError> {
+    let retry = st.cfg().limits.retry_after_s;
+    let lease = st.registry.acquire(name, wait).map_err(|e| match e {
+        AcquireError::NotFound(n) => ApiError::model_not_found(&n),
+        AcquireError::NoDefault => ApiError::missing("model"),
+        AcquireError::Loading { .. } | AcquireError::ShuttingDown => {
+            ApiError::unavailable(e.to_string(), retry)
         }
-    }
-    st.model.get().ok_or_else(|| {
-        let why = match st.load_error.get() {
-            Some(e) => format!("the model failed to load: {e}"),
-            None => format!("the model '{}' is still loading", st.model_id),
-        };
-        ApiError::unavailable(why, st.cfg().limits.retry_after_s)
-    })
+        AcquireError::Failed { .. } => ApiError {
+            code: Some("model_load_failed"),
+            ..ApiError::internal(e.to_string())
+        },
+    })?;
+    log.model.clone_from(&lease.id);
+    Ok(lease)
 }
 
-/// Longest prompt this server takes.
-fn prompt_limit(st: &State) -> usize {
-    let ctx_max = st.cfg().engine.n_ctx.saturating_sub(1);
+/// How long a generation request waits for its model to load.
+fn load_wait(st: &State) -> Duration {
+    Duration::from_millis(st.cfg().models.load_wait_ms)
+}
+
+/// Longest prompt model `m` takes.
+fn prompt_limit(st: &State, m: &Loaded) -> usize {
+    let ctx_max = m.n_ctx().saturating_sub(1);
     match st.cfg().limits.prompt_tokens_max {
         0 => ctx_max,
         n => n.min(ctx_max),
@@ -292,7 +324,7 @@ pub(crate) fn check_prompt(st: &State, m: &Loaded, ids: &[u32]) -> Result<(), Ap
             format!("token id {id} is outside the vocabulary of {n_vocab}"),
         ));
     }
-    let max = prompt_limit(st);
+    let max = prompt_limit(st, m);
     if ids.len() > max {
         return Err(ApiError {
             code: Some("context_length_exceeded"),
@@ -378,7 +410,9 @@ fn plan(
 fn completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
     let body = read_body(st, req)?;
     let r = CompletionRequest::parse(&body, &st.cfg().limits)?;
-    let m = model(st, r.common.model.as_deref())?;
+    let _slot = InFlight::acquire(st)?;
+    let m = model(st, r.common.model.as_deref(), load_wait(st), log)?;
+    let m: &Loaded = &m;
     let prompts = r
         .prompts
         .iter()
@@ -391,7 +425,9 @@ fn completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply
 fn chat_completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
     let body = read_body(st, req)?;
     let r = ChatRequest::parse(&body, &st.cfg().limits)?;
-    let m = model(st, r.common.model.as_deref())?;
+    let _slot = InFlight::acquire(st)?;
+    let m = model(st, r.common.model.as_deref(), load_wait(st), log)?;
+    let m: &Loaded = &m;
     let ids = chat::prompt_tokens(m, &r.messages)?;
     check_prompt(st, m, &ids)?;
     let logprobs = r.logprobs.then_some(r.top_logprobs);
@@ -399,22 +435,24 @@ fn chat_completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<
     generate::run(st, m, req, plan, log)
 }
 
-fn tokenize(st: &State, req: &mut HttpRequest) -> Result<Reply, ApiError> {
+// Tokenizing does not wait for a load (it starts one): it holds no generation slot, so it
+// must not hold a worker either.
+fn tokenize(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
     let body = read_body(st, req)?;
     let r = TokenizeRequest::parse(&body)?;
-    let m = model(st, r.model.as_deref())?;
+    let m = model(st, r.model.as_deref(), Duration::ZERO, log)?;
     let tokens = m.tokenizer.encode(&r.prompt, r.add_special_tokens, true);
     Ok(Reply::Json(json!({
         "tokens": tokens,
         "count": tokens.len(),
-        "max_model_len": st.cfg().engine.n_ctx,
+        "max_model_len": m.n_ctx(),
     })))
 }
 
-fn detokenize(st: &State, req: &mut HttpRequest) -> Result<Reply, ApiError> {
+fn detokenize(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
     let body = read_body(st, req)?;
     let r = DetokenizeRequest::parse(&body)?;
-    let m = model(st, r.model.as_deref())?;
+    let m = model(st, r.model.as_deref(), Duration::ZERO, log)?;
     let n_vocab = m.tokenizer.n_vocab();
     if let Some(id) = r.tokens.iter().find(|&&t| t as usize >= n_vocab) {
         return Err(ApiError::invalid(

@@ -32,6 +32,7 @@ pub fn start(config: ServeConfig, panic_route: bool) -> Server {
     let s = Server::start(ServerOptions {
         config,
         model_path: super::common::default_model_path(),
+        catalog: None,
         panic_route,
     })
     .expect("server starts");
