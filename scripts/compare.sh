@@ -2,9 +2,10 @@
 # Ryzanstein beside llama.cpp's llama-server: the same model file, the same threads, one run.
 #
 #   scripts/compare.sh [--overhead] [--model FILE] [--threads N] [--out DIR] [--tiny-requests N]
+#                      [--token-range LO..HI]
 #
 # Default (full) mode prints one table: single-stream prefill and decode (`ryzanstein
-# bench-model` beside `llama-bench`), aggregate generated tokens/s at 1, 4, 16 and 32 streams
+# bench-model` beside `llama-bench`), aggregate generated tokens/s at 1, 4, 8, 16 and 32 streams
 # (~20-token prompts, 64 new tokens, ignore_eos), time to first token and inter-token latency
 # p50/p99, tiny-request throughput (max_tokens 1, 5-token prompt, 64 keep-alive connections)
 # and each server's peak resident memory (VmHWM). `--overhead` runs only the tiny-request part:
@@ -23,6 +24,7 @@ MODEL=""
 THREADS=2
 OUT=""
 TINY_REQUESTS=1000
+TOKEN_RANGE=1000..30000
 while [ $# -gt 0 ]; do
   case "$1" in
     --overhead) MODE=overhead ;;
@@ -30,7 +32,8 @@ while [ $# -gt 0 ]; do
     --threads) THREADS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --tiny-requests) TINY_REQUESTS="$2"; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --token-range) TOKEN_RANGE="$2"; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -106,9 +109,11 @@ wait_ok "$PEER/health" "$PEER_PID"
 echo "servers up: ryzanstein pid $OURS_PID at $OURS, llama-server pid $PEER_PID at $PEER" >&2
 
 if [ "$MODE" = full ]; then
-  echo "streams: 1, 4, 16, 32 concurrent (20-token prompts, 64 new tokens) ..." >&2
-  "$BIN" bench --url "$OURS" --compare "$PEER" --concurrency 1,4,16,32 \
-    --prompt-tokens 20 --max-tokens 64 --json "$OUT/streams.json" --svg "$OUT/charts" \
+  # Token ids 1000..30000 are ordinary Gemma 3 word pieces (below ~1000 lie special, unused
+  # and byte tokens), so the prompts look like text to both servers.
+  echo "streams: 1, 4, 8, 16, 32 concurrent (20-token prompts, 64 new tokens) ..." >&2
+  "$BIN" bench --url "$OURS" --compare "$PEER" --concurrency 1,4,8,16,32 \
+    --prompt-tokens 20 --token-range "$TOKEN_RANGE" --max-tokens 64 --json "$OUT/streams.json" --svg "$OUT/charts" \
     | tee "$OUT/streams.txt"
 fi
 echo "tiny requests: max_tokens 1, 5-token prompt, 64 keep-alive connections ..." >&2
