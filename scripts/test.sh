@@ -33,6 +33,30 @@ if ! PYTHONPATH="$OPENAI_DIR" "$PY" -c "import openai" >/dev/null 2>&1; then
 fi
 export RYZANSTEIN_OPENAI_PYTHONPATH="$OPENAI_DIR"
 
+# nginx, for tests/deploy_nginx.rs (deploy/nginx.conf in front of two replicas): the Debian
+# package, installed once; the tests run it as their own child, never the system service.
+export PATH="$PATH:/usr/sbin"
+if ! command -v nginx >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "installing nginx ..." >&2
+  NGINX_LOG="${TMPDIR:-/tmp}/ryzanstein-nginx-install.log"
+  # A policy-rc.d that answers 101 keeps the package from starting the system service.
+  own_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  apt-get update -qq >"$NGINX_LOG" 2>&1 || true
+  for pkg in nginx-light nginx; do
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" \
+      >>"$NGINX_LOG" 2>&1 && break
+  done
+  if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+  command -v nginx >/dev/null 2>&1 || {
+    cat "$NGINX_LOG" >&2
+    echo "nginx could not be installed: tests/deploy_nginx.rs will skip" >&2
+  }
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 log="$(mktemp)"
