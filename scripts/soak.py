@@ -289,6 +289,16 @@ class Client:
             self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=IO_TIMEOUT_S)
         return self.conn
 
+    def connect(self):
+        """Opens the connection now (a GET /health on it), so the open-loop phase holds all
+        its connections from its start and threads and descriptors are flat from then on."""
+        c = self._conn()
+        try:
+            c.request("GET", "/health")
+            c.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+
     def close(self):
         if self.conn is not None:
             self.conn.close()
@@ -401,6 +411,7 @@ def open_loop(port, stats, gemma, rate, until, seed, late):
 
     def worker():
         c = Client(port, stats)
+        c.connect()
         while True:
             item = q.get()
             if item is None:
@@ -459,9 +470,11 @@ def summarize(a, stats, samples, measure_from, capacity, rate, started, late, st
     mib = 1 << 20
     after = [s for s in samples if s[0] >= measure_from]
     failures = []
-    lines = [f"soak: {(time.monotonic() - started) / 60:.1f} min; capacity {capacity:.2f} req/s "
-             f"(mix, {PROBE_CONCURRENCY} closed-loop clients), driven at {rate:.2f} req/s "
-             f"({a.load_fraction:.0%}) by {WORKERS} client threads"]
+    probe_s, warm_s = phases(a.minutes)
+    lines = [f"soak: {(time.monotonic() - started) / 60:.1f} min (probe {probe_s:.0f} s, then "
+             f"warm-up {warm_s:.0f} s); capacity {capacity:.2f} req/s (the mix, "
+             f"{PROBE_CONCURRENCY} closed-loop clients), driven at {rate:.2f} req/s "
+             f"({a.load_fraction:.0%}, Poisson arrivals) by {WORKERS} client threads"]
     lines.append(f"requests: {stats.total()} in all: {stats.total(Outcome.OK)} ok, "
                  f"{stats.total(Outcome.UNAVAILABLE)} 503 (by design), "
                  f"{stats.total(Outcome.CANCELLED)} cancelled by the client, "
@@ -530,8 +543,16 @@ def phases(minutes):
     return min(60.0, max(8.0, total * 0.05)), min(300.0, max(10.0, total * 0.15))
 
 
+def on_signal(signum, _frame):
+    # Also when started in the background, where SIGINT is ignored: unwind, so that the
+    # `finally` below stops the server.
+    raise SystemExit(f"soak: signal {signum}: stopping")
+
+
 def main():
     a = parse_args()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     started = time.monotonic()
     total_s = a.minutes * 60
     probe_s, warm_s = phases(a.minutes)
