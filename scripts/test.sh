@@ -33,29 +33,38 @@ if ! PYTHONPATH="$OPENAI_DIR" "$PY" -c "import openai" >/dev/null 2>&1; then
 fi
 export RYZANSTEIN_OPENAI_PYTHONPATH="$OPENAI_DIR"
 
-# nginx, for tests/deploy_nginx.rs (deploy/nginx.conf in front of two replicas): the Debian
-# package, installed once; the tests run it as their own child, never the system service.
+# Debian packages the deploy tests use, installed once when missing (as root with apt-get;
+# otherwise those tests skip with a message): nginx for tests/deploy_nginx.rs, which runs it
+# as its own child, never the system service; systemd for the systemd-analyze of
+# tests/deploy_systemd.rs.
 export PATH="$PATH:/usr/sbin"
-if ! command -v nginx >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  echo "installing nginx ..." >&2
-  NGINX_LOG="${TMPDIR:-/tmp}/ryzanstein-nginx-install.log"
-  # A policy-rc.d that answers 101 keeps the package from starting the system service.
-  own_policy=""
+apt_install_once() { # COMMAND PACKAGE...: the first package that installs and provides COMMAND
+  local cmd="$1" pkg own_policy="" log="${TMPDIR:-/tmp}/ryzanstein-apt-$1.log"
+  shift
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" != 0 ]; then
+    echo "$cmd is missing and cannot be installed here: its tests will skip" >&2
+    return 0
+  fi
+  echo "installing $cmd ..." >&2
+  # A policy-rc.d that answers 101 keeps a package from starting its system service.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     own_policy=1
   fi
-  apt-get update -qq >"$NGINX_LOG" 2>&1 || true
-  for pkg in nginx-light nginx; do
+  apt-get update -qq >"$log" 2>&1 || true
+  for pkg in "$@"; do
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" \
-      >>"$NGINX_LOG" 2>&1 && break
+      >>"$log" 2>&1 && command -v "$cmd" >/dev/null 2>&1 && break
   done
   if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
-  command -v nginx >/dev/null 2>&1 || {
-    cat "$NGINX_LOG" >&2
-    echo "nginx could not be installed: tests/deploy_nginx.rs will skip" >&2
+  command -v "$cmd" >/dev/null 2>&1 || {
+    cat "$log" >&2
+    echo "$cmd could not be installed: its tests will skip" >&2
   }
-fi
+}
+apt_install_once nginx nginx-light nginx
+apt_install_once systemd-analyze systemd
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
