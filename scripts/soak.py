@@ -6,13 +6,14 @@ the default model. What it does, in order:
 
 1. Starts the binary on 127.0.0.1 (port 0) with a models directory of symlinks: Gemma 3 270M
    (pinned, preloaded) and three tiny fixtures, under `models_max` = 3, so the three tiny
-   models share two places and requests for them load and evict models all the time.
+   models share two places and requests for them load and evict models all the time
+   (without --gemma: the three tiny models under `models_max` = 2).
 2. Probe: measures capacity quickly, as the completions per second of the request mix with
    PROBE_CONCURRENCY closed-loop clients.
 3. Drives about --load-fraction (70%) of that capacity with Poisson arrivals of the same mix:
-   streamed and whole completions on Gemma, streams the client cancels by closing the
-   connection after a few events, requests to the tiny models (streamed or whole), and now
-   and then an admin unload of a tiny model.
+   streamed and whole completions on Gemma and on the tiny models, streams the client
+   cancels by closing the connection after a few events, and now and then an admin unload
+   of a tiny model (see `draw` for the shares).
 4. Samples the server's resident memory (VmRSS), threads and open descriptors from /proc
    every --sample-s seconds.
 5. Stops the arrivals, lets the requests in flight finish, sends SIGTERM and waits (bounded)
