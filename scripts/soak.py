@@ -56,6 +56,8 @@ PROBE_MIN = 30
 WORKERS = 48
 # Every socket operation of the client gives up after this long.
 IO_TIMEOUT_S = 120
+# Arrivals that may wait for a free client thread; past it the client sheds them (counted).
+BACKLOG_MAX = 16
 # Requests still running at the end get this long to finish.
 DRAIN_S = 120
 # Threads and descriptors may exceed their first-half maximum by this much in the second
@@ -96,7 +98,7 @@ def models_dir(workdir, fixtures, gemma):
         # to sample; a short context keeps its KV pool small.
         manifest.append(
             '[[model]]\nid = "gemma"\npath = "gemma.gguf"\npin = true\npreload = true\n'
-            "priority = 10\nn_ctx = 1024\nmax_batch_size = 16\n"
+            "priority = 10\nn_ctx = 1024\n"
         )
     for m in TINY_MODELS:
         os.symlink(os.path.join(os.path.abspath(fixtures), m + ".gguf"), os.path.join(d, m + ".gguf"))
@@ -405,10 +407,19 @@ def probe_capacity(port, stats, gemma, seconds, seed):
     return max(counted, 1) / (now - ramp_end)
 
 
-def open_loop(port, stats, gemma, rate, until, seed, late):
-    """Poisson arrivals at `rate`/s until `until` (monotonic), served by WORKERS threads."""
+def open_loop(port, stats, gemma, rate, until, seed, client):
+    """Poisson arrivals at `rate`/s until `until` (monotonic), served by WORKERS threads.
+    `client` counts what the client itself did not send as planned: arrivals shed because
+    BACKLOG_MAX others already waited for a free client thread (the server was slower than
+    the probe said: on a shared machine its CPU share varies), requests that started over
+    1 s late, and arrivals still waiting at the end (not sent: after the end, only the
+    requests in flight finish). Returns the client threads still busy after DRAIN_S."""
     q = queue.Queue()
-    late_lock = threading.Lock()
+    lock = threading.Lock()
+
+    def count(what):
+        with lock:
+            client[what] += 1
 
     def worker():
         c = Client(port, stats)
@@ -418,9 +429,12 @@ def open_loop(port, stats, gemma, rate, until, seed, late):
             if item is None:
                 break
             due, req = item
-            if time.monotonic() - due > 1.0:
-                with late_lock:
-                    late[0] += 1
+            now = time.monotonic()
+            if now >= until:
+                count("unsent")
+                continue
+            if now - due > 1.0:
+                count("late")
             c.run(req)
         c.close()
 
@@ -434,7 +448,11 @@ def open_loop(port, stats, gemma, rate, until, seed, late):
         delay = t - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        q.put((t, draw(rng, gemma)))
+        req = draw(rng, gemma)
+        if q.qsize() >= BACKLOG_MAX:
+            count("shed")
+        else:
+            q.put((t, req))
     for _ in workers:
         q.put(None)
     deadline = time.monotonic() + DRAIN_S
@@ -466,7 +484,7 @@ def window_median(values, frac):
     return statistics.median(values[:n]), statistics.median(values[-n:])
 
 
-def summarize(a, stats, samples, measure_from, capacity, rate, started, late, stuck,
+def summarize(a, stats, samples, measure_from, capacity, rate, started, client, stuck,
               loads, evictions, exit_code, exit_s):
     mib = 1 << 20
     after = [s for s in samples if s[0] >= measure_from]
@@ -479,7 +497,10 @@ def summarize(a, stats, samples, measure_from, capacity, rate, started, late, st
     lines.append(f"requests: {stats.total()} in all: {stats.total(Outcome.OK)} ok, "
                  f"{stats.total(Outcome.UNAVAILABLE)} 503 (by design), "
                  f"{stats.total(Outcome.CANCELLED)} cancelled by the client, "
-                 f"{stats.total(Outcome.ERROR)} errors; {late[0]} started over 1 s late")
+                 f"{stats.total(Outcome.ERROR)} errors")
+    lines.append(f"client: {client['late']} requests started over 1 s late, {client['shed']} "
+                 f"arrivals shed (backlog of {BACKLOG_MAX}), {client['unsent']} left unsent "
+                 f"at the end")
     kinds = sorted({k for k, _ in stats.counts})
     for k in kinds:
         c = {o: stats.counts[(k, o)] for o in (Outcome.OK, Outcome.UNAVAILABLE, Outcome.CANCELLED, Outcome.ERROR)}
@@ -573,9 +594,9 @@ def main():
             rate = capacity * a.load_fraction
             log(f"soak: capacity {capacity:.2f} req/s; driving {rate:.2f} req/s")
             measure_from = time.monotonic() + warm_s
-            late = [0]
+            client = collections.Counter()
             stuck = open_loop(server.port, stats, bool(a.gemma), rate, started + total_s,
-                              a.seed + 1, late)
+                              a.seed + 1, client)
             page = get(server.port, "/metrics")[1].decode()
             loads = metric(page, 'ryzanstein_model_loads_total{outcome="ok"}')
             evictions = metric(page, "ryzanstein_model_evictions_total")
@@ -585,7 +606,7 @@ def main():
         finally:
             server.kill()
         text, ok = summarize(a, stats, sampler.samples, measure_from, capacity, rate, started,
-                             late, stuck, loads, evictions, code, exit_s)
+                             client, stuck, loads, evictions, code, exit_s)
         print(text, flush=True)
         if a.samples_csv:
             with open(a.samples_csv, "w") as f:
