@@ -1,4 +1,4 @@
-//! `scripts/soak.sh` for one minute: the same script as the 30-minute soak of
+//! `scripts/soak.sh` for a minute and a half: the same script as the 30-minute soak of
 //! docs/OPERATIONS.md (probe, mixed open-loop load with cancellations, loads and evictions,
 //! /proc sampling, SIGTERM), on the binary under test, so its code path stays covered.
 
@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 const TIME_MAX: Duration = Duration::from_secs(420);
 
 #[test]
-fn a_one_minute_soak_passes() {
+fn a_short_soak_passes() {
     let gemma = common::default_model_path();
     let mut child = Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/soak.sh"))
-        .args(["--minutes", "1", "--sample-s", "2"])
+        // Probe 8 s, warm-up 45 s (the shortest that covers the first rise of resident
+        // memory), then ~37 s measured with a sample every 2 s.
+        .args(["--minutes", "1.5", "--sample-s", "2"])
         .args(["--binary", env!("CARGO_BIN_EXE_ryzanstein")])
         .arg("--gemma")
         .arg(&gemma)
