@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
+use rayon::ThreadPool;
+
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::metrics::{Histogram, LATENCY_BOUNDS_S, SIZE_BOUNDS};
@@ -366,6 +369,11 @@ struct Seq {
     admitted_seq_no: u64,
     /// Sent `Admitted` already (a resumed sequence does not send it twice).
     announced: bool,
+    /// This step's row of the logits, when it gets one (set and cleared by [`advance`]).
+    sample_row: Option<usize>,
+    /// This step's sampled token (or the sampler's error), between the parallel sampling
+    /// and the in-order sending of [`advance`].
+    sampled: Option<Result<TokenEvent, String>>,
 }
 
 impl Seq {
@@ -538,6 +546,8 @@ impl Dispatcher {
             n_generated: 0,
             admitted_seq_no: *no,
             announced: false,
+            sample_row: None,
+            sampled: None,
         });
     }
 
@@ -611,6 +621,7 @@ impl Dispatcher {
                 n_ctx: self.opts.n_ctx,
                 n_vocab: self.model.config().n_vocab,
             },
+            &self.pool,
             &mut self.done,
         );
         self.record_step(secs);
@@ -724,9 +735,18 @@ struct Ctx<'a> {
 
 /// Advances every planned sequence past its slice, samples those that got logits (rows of
 /// `logits` in plan order), sends their events, and lists the finished ones in `done`
-/// (ascending).
-fn advance(running: &mut [Seq], plan: &[Slice], logits: &[f32], cx: &Ctx, done: &mut Vec<usize>) {
-    let mut row = 0;
+/// (ascending). Sampling runs on the compute pool, one task per sequence: for a large
+/// vocabulary it is a pass (or several) over a row of logits per sequence, which serially
+/// would leave the pool idle for milliseconds each step. Events are then sent in plan order.
+fn advance(
+    running: &mut [Seq],
+    plan: &[Slice],
+    logits: &[f32],
+    cx: &Ctx,
+    pool: &ThreadPool,
+    done: &mut Vec<usize>,
+) {
+    let mut n_rows = 0;
     for sl in plan {
         let s = &mut running[sl.seq];
         s.n_cached += sl.n_tokens;
@@ -739,38 +759,68 @@ fn advance(running: &mut [Seq], plan: &[Slice], logits: &[f32], cx: &Ctx, done: 
             }
             continue;
         }
-        let l = &logits[row * cx.n_vocab..][..cx.n_vocab];
-        row += 1;
-        if matches!(sample_one(s, l, cx), Outcome::Done) {
-            done.push(sl.seq);
+        s.sample_row = Some(n_rows);
+        n_rows += 1;
+    }
+    sample_rows(running, logits, cx.n_vocab, pool, n_rows);
+    for sl in plan {
+        let s = &mut running[sl.seq];
+        if let Some(sampled) = s.sampled.take() {
+            if matches!(send_sampled(s, sampled, cx), Outcome::Done) {
+                done.push(sl.seq);
+            }
         }
     }
     done.sort_unstable();
 }
 
-/// Samples the next token of `s`; sends it; says whether the sequence is done.
-fn sample_one(s: &mut Seq, logits: &[f32], cx: &Ctx) -> Outcome {
-    let sampled = match s.sampler.sample(logits, &s.tokens) {
-        Ok(x) => x,
+/// Samples every sequence with a `sample_row` (`n_rows` of them) from its row of `logits`.
+fn sample_rows(
+    running: &mut [Seq],
+    logits: &[f32],
+    n_vocab: usize,
+    pool: &ThreadPool,
+    n_rows: usize,
+) {
+    let sample = |s: &mut Seq| {
+        let Some(row) = s.sample_row.take() else {
+            return;
+        };
+        let l = &logits[row * n_vocab..][..n_vocab];
+        s.sampled = Some(match s.sampler.sample(l, &s.tokens) {
+            Ok(x) => Ok(TokenEvent {
+                id: x.token,
+                logprob: x.logprob,
+                top: x.top_logprobs.to_vec(),
+            }),
+            Err(e) => Err(e.to_string()),
+        });
+    };
+    if n_rows < 2 {
+        running.iter_mut().for_each(sample);
+    } else {
+        pool.install(|| running.par_iter_mut().for_each(sample));
+    }
+}
+
+/// Sends `s`'s sampled token (or its sampler's error); says whether the sequence is done.
+fn send_sampled(s: &mut Seq, sampled: Result<TokenEvent, String>, cx: &Ctx) -> Outcome {
+    let ev = match sampled {
+        Ok(ev) => ev,
         Err(e) => {
-            let _ = s.q.tx.try_send(Event::Failed(e.to_string()));
+            let _ = s.q.tx.try_send(Event::Failed(e));
             s.q.cancel.store(true, Ordering::Relaxed);
             return Outcome::Done;
         }
     };
-    let id = sampled.token;
+    let id = ev.id;
     s.n_generated += 1;
     cx.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
     if cx.tokenizer.is_eog(id) && !s.q.req.ignore_eos {
         return Outcome::Done;
     }
-    let ev = Event::Token(TokenEvent {
-        id,
-        logprob: sampled.logprob,
-        top: sampled.top_logprobs.to_vec(),
-    });
     s.tokens.push(id);
-    if s.q.tx.try_send(ev).is_err() {
+    if s.q.tx.try_send(Event::Token(ev)).is_err() {
         // Disconnected, or a reader so slow its buffer filled: cancel only this request.
         s.q.cancel.store(true, Ordering::Relaxed);
         return Outcome::Done;

@@ -359,7 +359,7 @@ fn sampling(
     st: &State,
     m: &Loaded,
     c: &Common,
-    n_logprobs: usize,
+    n_logprobs: Option<usize>,
 ) -> Result<SamplingParams, ApiError> {
     let s = &c.sampling;
     let n_vocab = m.tokenizer.n_vocab();
@@ -381,7 +381,8 @@ fn sampling(
         penalty_last_n: 64,
         logit_bias: s.logit_bias.clone(),
         seed: s.seed.unwrap_or_else(|| st.next_u64()),
-        n_logprobs,
+        n_logprobs: n_logprobs.unwrap_or(0),
+        logprob: n_logprobs.is_some(),
     })
 }
 
@@ -398,7 +399,7 @@ fn plan(
         prompts,
         n: c.n,
         max_tokens: c.max_tokens.unwrap_or(st.cfg().limits.max_tokens_default),
-        sampling: sampling(st, m, c, logprobs.unwrap_or(0))?,
+        sampling: sampling(st, m, c, logprobs)?,
         stop: c.stop.clone(),
         logprobs,
         stream: c.stream,
