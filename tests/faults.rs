@@ -446,3 +446,176 @@ fn sigterm_with_32_endless_streams_ends_them_with_an_error_event_at_the_drain_de
     );
     assert!(last_end < drain + Duration::from_secs(8), "{last_end:?}");
 }
+
+/// The variable the `fault-injection` build reads its faults from (`src/faults.rs`).
+const FAULTS: &str = "RYZANSTEIN_FAULT_INJECTION";
+
+/// A build without the feature ignores the variable: nothing to trigger from outside.
+#[test]
+#[cfg_attr(
+    feature = "fault-injection",
+    ignore = "a build without fault-injection"
+)]
+fn without_the_feature_the_fault_variable_does_nothing() {
+    let model = tiny_llama();
+    let s = Spawned::start(
+        &["-m", model.to_str().unwrap()],
+        &[(FAULTS, "handler_panic,loader_panic=tiny-llama")],
+    );
+    s.wait_ready();
+    let r = Conn::open(s.addr).request("POST", "/debug/panic", &[], b"{}");
+    assert_eq!(r.status, 404, "{}", r.text());
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection"
+)]
+fn a_handler_panic_is_a_500_for_that_request_and_the_server_lives() {
+    let model = tiny_llama();
+    // RUST_BACKTRACE=0: the panic hook's one line, not the default hook's backtrace.
+    let s = Spawned::start(
+        &["-m", model.to_str().unwrap()],
+        &[(FAULTS, "handler_panic"), ("RUST_BACKTRACE", "0")],
+    );
+    s.wait_ready();
+    let mut c = Conn::open(s.addr);
+    let r = c.request("POST", "/debug/panic", &[], b"{}");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "server_error");
+    // The same connection and worker go on.
+    let r = c.post(
+        "/v1/completions",
+        &json!({"prompt": "Hello", "max_tokens": 4}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = get(s.addr, "/metrics").text();
+    assert_eq!(
+        server_support::metric(&page, "ryzanstein_handler_panics_total"),
+        Some(1.0)
+    );
+    let log = s.stderr.lock().unwrap().clone();
+    let panic_line = log
+        .lines()
+        .find(|l| l.contains("panic: a panic requested through /debug/panic"))
+        .unwrap_or_else(|| panic!("no panic line:\n{log}"));
+    assert!(panic_line.contains("thread=\"http-"), "{panic_line}");
+    assert!(log.contains("note=\"handler panicked\""), "{log}");
+}
+
+/// Two copies of the tiny Llama, `a` and `b`, served from a directory with `faults`.
+fn two_models(faults: &str, extra: &[&str]) -> (TempDir, Spawned) {
+    let dir = TempDir::new("panic");
+    for id in ["a", "b"] {
+        std::fs::copy(tiny_llama(), dir.path().join(format!("{id}.gguf"))).unwrap();
+    }
+    let s = serve_dir(dir.path(), extra, &[(FAULTS, faults)]);
+    (dir, s)
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection"
+)]
+fn a_dispatcher_panic_ends_its_streams_with_an_error_and_fails_the_model_until_reloaded() {
+    // The batch window puts the four streams into the same first step.
+    let (_dir, s) = two_models("dispatcher_panic=a@5", &["--batch-window-ms", "300"]);
+    assert_eq!(admin(s.addr, "a", "load"), 202);
+    wait_state(s.addr, "a", "loaded");
+    let (tx, _rx) = mpsc::channel();
+    let body = json!({"model": "a", "prompt": "Hello", "max_tokens": 100, "ignore_eos": true,
+                      "stream": true});
+    let streams: Vec<_> = (0..4)
+        .map(|_| spawn_stream(s.addr, body.clone(), tx.clone()))
+        .collect();
+    for h in streams {
+        let end = h.join().unwrap();
+        assert_eq!(end.outcome(), "error");
+        let msg = end.events.last().unwrap()["error"]["message"].clone();
+        assert!(
+            msg.as_str().unwrap().contains("the dispatcher panicked"),
+            "{msg}"
+        );
+        assert!(end.events.len() > 1, "tokens came before the panic");
+    }
+    let m = wait_state(s.addr, "a", "failed");
+    let why = m["error"].as_str().unwrap();
+    assert!(why.contains("injected fault: dispatcher_panic"), "{why}");
+    let (status, body) = complete(s.addr, "a");
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "model_load_failed");
+    assert_eq!(complete(s.addr, "b").0, 200, "the other model serves on");
+    // Loaded again, it serves (the fault fires once).
+    assert_eq!(admin(s.addr, "a", "load"), 202);
+    wait_state(s.addr, "a", "loaded");
+    assert_eq!(complete(s.addr, "a").0, 200);
+    let log = s.stderr.lock().unwrap().clone();
+    assert!(
+        log.contains("the dispatcher panicked: injected fault"),
+        "{log}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection"
+)]
+fn a_dispatcher_panic_with_one_model_file_stops_the_binary_with_exit_1() {
+    let model = tiny_llama();
+    let mut s = Spawned::start(
+        &["-m", model.to_str().unwrap()],
+        &[(FAULTS, "dispatcher_panic=tiny-llama@3")],
+    );
+    s.wait_ready();
+    let (tx, _rx) = mpsc::channel();
+    let body = json!({"prompt": "Hello", "max_tokens": 100, "ignore_eos": true, "stream": true});
+    let end = spawn_stream(s.addr, body, tx).join().unwrap();
+    assert_eq!(end.outcome(), "error");
+    let code = exit_code(&mut s);
+    let log = s.stderr.lock().unwrap().clone();
+    assert_eq!(code, Some(1), "{log}");
+    let last = log.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: ") && last.contains("the dispatcher panicked"),
+        "{log}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection"
+)]
+fn a_loader_panic_fails_the_model_with_the_reason_and_a_new_load_succeeds() {
+    let (_dir, s) = two_models("loader_panic=a", &[]);
+    let (status, body) = complete(s.addr, "a");
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "model_load_failed");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("the loader panicked: injected fault: loader_panic"),
+        "{msg}"
+    );
+    assert_eq!(model(s.addr, "a")["state"], "failed");
+    assert_eq!(complete(s.addr, "b").0, 200, "the other model serves on");
+    assert_eq!(admin(s.addr, "a", "load"), 202);
+    wait_state(s.addr, "a", "loaded");
+    assert_eq!(complete(s.addr, "a").0, 200);
+    drop(s);
+    // With one model file, the binary stops: one error line, exit 1.
+    let model = tiny_llama();
+    let (code, log) = serve_to_exit(
+        &["-m", model.to_str().unwrap()],
+        &[(FAULTS, "loader_panic=tiny-llama")],
+    );
+    assert_eq!(code, Some(1), "{log}");
+    let last = log.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: ") && last.contains("the loader panicked"),
+        "{log}"
+    );
+    assert!(log.contains("load failed: the loader panicked"), "{log}");
+}

@@ -111,9 +111,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
 /// Logs every panic as one error line (thread, place, message) instead of the default
 /// hook's lines on stderr: a handler, dispatcher or loader panic is caught and reported by
 /// the server, and this is the line that says where it happened. With `RUST_BACKTRACE` set
-/// the default hook stays, backtrace included.
+/// (and not "0") the default hook stays, backtrace included.
 fn log_panics() {
-    if std::env::var_os("RUST_BACKTRACE").is_some() {
+    if std::env::var("RUST_BACKTRACE").is_ok_and(|v| !v.is_empty() && v != "0") {
         return;
     }
     std::panic::set_hook(Box::new(|info| {

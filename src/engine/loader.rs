@@ -182,7 +182,7 @@ fn load(reg: &Arc<Registry>, i: usize) {
         return;
     }
     let result = catch_unwind(AssertUnwindSafe(|| build(reg, i)))
-        .unwrap_or_else(|p| Err(format!("the loader panicked: {}", panic_message(&p))));
+        .unwrap_or_else(|p| Err(format!("the loader panicked: {}", panic_message(&*p))));
     let secs = t0.elapsed().as_secs_f64();
     reg.metrics.load_seconds.observe(secs);
     let mut g = reg.lock();
