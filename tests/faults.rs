@@ -521,7 +521,7 @@ fn two_models(faults: &str, extra: &[&str]) -> (TempDir, Spawned) {
 )]
 fn a_dispatcher_panic_ends_its_streams_with_an_error_and_fails_the_model_until_reloaded() {
     // The batch window puts the four streams into the same first step.
-    let (_dir, s) = two_models("dispatcher_panic=a@5", &["--batch-window-ms", "300"]);
+    let (_dir, s) = two_models("dispatcher_panic=a@5", &["--batch-window-ms", "1000"]);
     assert_eq!(admin(s.addr, "a", "load"), 202);
     wait_state(s.addr, "a", "loaded");
     let (tx, _rx) = mpsc::channel();

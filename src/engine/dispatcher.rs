@@ -453,7 +453,7 @@ fn run_guarded(mut d: Dispatcher, failure: &OnceLock<String>, draining: &AtomicB
         return;
     };
     let reason = format!("the dispatcher panicked: {}", panic_message(&*p));
-    tracing::error!(model = %d.id, "{reason}; its requests end with an error and the model is marked failed");
+    tracing::error!(model = %d.id, "{reason}; its requests fail, its model is marked failed");
     // Before the requests hear of it, so a retry does not queue on the dead engine.
     draining.store(true, Ordering::Relaxed);
     let _ = failure.set(reason.clone());
@@ -464,8 +464,7 @@ impl Dispatcher {
     fn run(&mut self) {
         let mut admitted_seq_no = 0u64;
         loop {
-            if let Some(reason) = self.abort.get() {
-                let reason = reason.clone();
+            if let Some(reason) = self.abort.get().cloned() {
                 self.fail_everything(&reason);
                 return;
             }

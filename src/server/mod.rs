@@ -52,8 +52,9 @@ pub struct ServerOptions {
     pub model_path: PathBuf,
     /// The models to serve (from `models_dir`, validated by the caller); `None`: `model_path`.
     pub catalog: Option<Catalog>,
-    /// Adds `POST /debug/panic`, whose handler panics: for the test that shows a panic
-    /// becomes a 500 for that request only. Never set by the binary.
+    /// Adds `POST /debug/panic`, whose handler panics: for the tests that show a panic
+    /// becomes a 500 for that request only. The binary sets it only when built with the
+    /// `fault-injection` feature and asked to (`crate::faults`).
     pub panic_route: bool,
 }
 
