@@ -419,6 +419,10 @@ fn sigterm_with_32_streams_in_flight_lets_them_finish_and_exits_0() {
         "refused after {refused:?}"
     );
     assert!(
+        last_end > refused,
+        "streams were still in flight when the listener closed"
+    );
+    assert!(
         last_end < Duration::from_secs(60),
         "within the drain deadline"
     );
