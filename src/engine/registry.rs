@@ -811,9 +811,9 @@ impl Registry {
     }
 
     /// Marks failed every loaded model whose engine stopped (its dispatcher panicked) and
-    /// returns them, to be dropped by the caller after it releases the lock. Called by the
+    /// returns them, to be dropped by the caller after it releases the lock. Called by idle
     /// loader threads at every wake-up (at most `ROOM_POLL` apart) and by every `acquire`,
-    /// so a request never queues on a dead engine and `/v1/models` says `failed` at once.
+    /// so a request never queues on a dead engine and `/v1/models` soon says `failed`.
     pub(crate) fn reap_failed(&self, g: &mut Inner) -> Vec<Arc<LoadedModel>> {
         let mut dead = Vec::new();
         for i in 0..g.slots.len() {
