@@ -33,9 +33,21 @@ pub struct ServeSettings {
     /// HTTP worker threads; each serves one request at a time [default: max_concurrent_requests + 8].
     #[arg(long, env = "RYZANSTEIN_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
-    /// Require `Authorization: Bearer KEY` on /v1/* (and /tokenize, /detokenize).
+    /// Require `Authorization: Bearer KEY` (or `x-api-key: KEY`) on /v1/*, /tokenize and
+    /// /detokenize.
     #[arg(long, env = "RYZANSTEIN_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Read the API key from the first line of this file (instead of api_key: keeps it out
+    /// of the process list and the environment).
+    #[arg(long, env = "RYZANSTEIN_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// /metrics also requires the API key (when one is set) [default: false].
+    #[arg(long, env = "RYZANSTEIN_METRICS_REQUIRE_KEY")]
+    pub metrics_require_key: Option<bool>,
+    /// On SIGTERM, requests in flight get this long to finish; then they end with an error
+    /// [default: 25000].
+    #[arg(long, env = "RYZANSTEIN_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<u64>,
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "ryzanstein=debug") [default:
     /// $RUST_LOG, else info].
     #[arg(long, env = "RYZANSTEIN_LOG_LEVEL")]
@@ -150,7 +162,15 @@ pub struct ServeConfig {
     pub model_id: Option<String>,
     pub threads: usize,
     pub http_workers: usize,
+    /// The key itself, from `api_key` or read from `api_key_file`.
     pub api_key: Option<String>,
+    /// Where the key was read from (printed by `--print-config` instead of the key).
+    pub api_key_file: Option<PathBuf>,
+    /// /metrics needs the key too (when one is set): the page names models and traffic.
+    pub metrics_require_key: bool,
+    /// How long a shutdown waits for the requests in flight. Under the 30 s that Kubernetes
+    /// and most supervisors give before SIGKILL, with room for the engines to stop.
+    pub drain_timeout_ms: u64,
     pub log_level: Option<String>,
     pub limits: Limits,
     pub engine: EngineKnobs,
@@ -287,6 +307,32 @@ pub const HTTP_WORKERS_MAX: usize = 4096;
 /// Most loader threads: loads are disk- and memory-bound, a few threads saturate both.
 pub const LOADER_THREADS_MAX: usize = 64;
 
+/// Default of `drain_timeout_ms`.
+pub const DRAIN_TIMEOUT_MS: u64 = 25_000;
+
+/// The API key: `key` (an empty one means none), or the first line of `file`, trimmed.
+/// Both, an unreadable file or an empty first line are errors: a key file that yields no
+/// key must not leave the server open.
+fn api_key(key: Option<String>, file: Option<&Path>) -> Result<Option<String>, ConfigError> {
+    let Some(path) = file else {
+        return Ok(key.filter(|k| !k.is_empty()));
+    };
+    let bad = |reason: String| ConfigError::Invalid {
+        key: "api_key_file",
+        value: path.display().to_string(),
+        reason,
+    };
+    if key.is_some() {
+        return Err(bad("api_key is set too: give one of them".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Err(bad("its first line is empty".into()));
+    }
+    Ok(Some(line.to_string()))
+}
+
 /// A configuration error (bad file, bad value), naming what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
@@ -331,6 +377,9 @@ impl ServeSettings {
             threads,
             http_workers,
             api_key,
+            api_key_file,
+            metrics_require_key,
+            drain_timeout_ms,
             log_level,
             body_bytes_max,
             max_concurrent_requests,
@@ -433,7 +482,10 @@ impl ServeConfig {
             http_workers: s
                 .http_workers
                 .unwrap_or(limits.max_concurrent_requests + SPARE_HTTP_WORKERS),
-            api_key: s.api_key.filter(|k| !k.is_empty()),
+            api_key: api_key(s.api_key, s.api_key_file.as_deref())?,
+            api_key_file: s.api_key_file,
+            metrics_require_key: s.metrics_require_key.unwrap_or(false),
+            drain_timeout_ms: s.drain_timeout_ms.unwrap_or(DRAIN_TIMEOUT_MS),
             log_level: s.log_level,
             limits,
             engine,
@@ -529,7 +581,13 @@ impl ServeConfig {
             model_id: self.model_id.clone(),
             threads: Some(self.threads),
             http_workers: Some(self.http_workers),
-            api_key: self.api_key.as_ref().map(|_| "<redacted>".to_string()),
+            api_key: match &self.api_key_file {
+                Some(_) => None,
+                None => self.api_key.as_ref().map(|_| "<redacted>".to_string()),
+            },
+            api_key_file: self.api_key_file.clone(),
+            metrics_require_key: Some(self.metrics_require_key),
+            drain_timeout_ms: Some(self.drain_timeout_ms),
             log_level: self.log_level.clone(),
             body_bytes_max: Some(l.body_bytes_max),
             max_concurrent_requests: Some(l.max_concurrent_requests),

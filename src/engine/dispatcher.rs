@@ -9,8 +9,9 @@
 //! later: its output is the same as if it had never been preempted.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use crate::model::sampler::Sampler;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{BatchToken, Model, ModelError, ModelOptions, State};
 
+use super::panic_message;
 use super::policy::{self, Budgets, SeqView, Slice};
 use super::request::{Event, GenerationRequest, Queued, Stream, SubmitError, TokenEvent};
 
@@ -137,6 +139,10 @@ pub struct ModelHandle {
     tx: Sender<Queued>,
     stats: Arc<EngineStats>,
     draining: Arc<AtomicBool>,
+    /// Set once if the dispatcher panicked: why. The engine serves nothing more.
+    failure: Arc<OnceLock<String>>,
+    /// Set by [`ModelHandle::abort`]: every request ends with this reason.
+    abort: Arc<OnceLock<String>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -173,7 +179,11 @@ impl ModelHandle {
         );
         let (tx, rx) = bounded(opts.queue_depth.max(1));
         let draining = Arc::new(AtomicBool::new(false));
-        let mut d = Dispatcher {
+        let failure = Arc::new(OnceLock::new());
+        let abort = Arc::new(OnceLock::new());
+        let d = Dispatcher {
+            id: id.to_string(),
+            abort: abort.clone(),
             model: model.clone(),
             tokenizer: tokenizer.clone(),
             state,
@@ -192,9 +202,10 @@ impl ModelHandle {
             batch: Vec::with_capacity(opts.max_batch_tokens),
             costs: StepCosts::default(),
         };
+        let (failed, stop) = (failure.clone(), draining.clone());
         let thread = std::thread::Builder::new()
             .name(format!("dispatch-{id}"))
-            .spawn(move || d.run())
+            .spawn(move || run_guarded(d, &failed, &stop))
             .map_err(|e| ModelError::Batch(format!("cannot start the dispatcher thread: {e}")))?;
         Ok(ModelHandle {
             id: id.to_string(),
@@ -204,8 +215,24 @@ impl ModelHandle {
             tx,
             stats,
             draining,
+            failure,
+            abort,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Why the dispatcher stopped, if it panicked: the engine then serves nothing more (the
+    /// registry marks the model failed).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    /// Ends every request in flight or queued with `Event::Failed(reason)` at the dispatcher's
+    /// next step, admits nothing more, and stops the dispatcher (the drain deadline of a
+    /// shutdown). [`ModelHandle::drain`] then returns at once.
+    pub fn abort(&self, reason: &str) {
+        self.draining.store(true, Ordering::Relaxed);
+        let _ = self.abort.set(reason.to_string());
     }
 
     pub fn id(&self) -> &str {
@@ -393,6 +420,10 @@ enum Outcome {
 }
 
 struct Dispatcher {
+    /// The model's id (logs, fault injection).
+    id: String,
+    /// Set by [`ModelHandle::abort`].
+    abort: Arc<OnceLock<String>>,
     model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
     state: State,
@@ -422,10 +453,29 @@ const NO_SLOT: usize = usize::MAX;
 /// How long an idle dispatcher blocks before checking for a drain.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
+/// Runs a dispatcher and catches its panic: the reason is logged and kept in `failure`, no
+/// more requests are taken, and every request it held ends with `Event::Failed` (so no
+/// stream waits forever on a dead engine).
+fn run_guarded(mut d: Dispatcher, failure: &OnceLock<String>, draining: &AtomicBool) {
+    let Err(p) = catch_unwind(AssertUnwindSafe(|| d.run())) else {
+        return;
+    };
+    let reason = format!("the dispatcher panicked: {}", panic_message(&*p));
+    tracing::error!(model = %d.id, "{reason}; its requests fail, its model is marked failed");
+    // Before the requests hear of it, so a retry does not queue on the dead engine.
+    draining.store(true, Ordering::Relaxed);
+    let _ = failure.set(reason.clone());
+    d.fail_everything(&format!("the engine failed: {reason}"));
+}
+
 impl Dispatcher {
     fn run(&mut self) {
         let mut admitted_seq_no = 0u64;
         loop {
+            if let Some(reason) = self.abort.get().cloned() {
+                self.fail_everything(&reason);
+                return;
+            }
             self.drop_cancelled();
             self.publish();
             if self.running.is_empty() && self.preempted.is_empty() && self.held.is_empty() {
@@ -600,6 +650,7 @@ impl Dispatcher {
             return; // preempted; plan again next step
         }
         self.build_batch();
+        crate::faults::dispatcher_step(&self.id, self.stats.steps.load(Ordering::Relaxed) + 1);
         let t0 = Instant::now();
         let (model, state, batch) = (&self.model, &mut self.state, &self.batch);
         let logits = match self.pool.install(|| model.forward(state, batch)) {
@@ -707,6 +758,24 @@ impl Dispatcher {
         st.step_seconds.observe(secs);
         st.prompt_tokens
             .fetch_add(n_prefill as u64, Ordering::Relaxed);
+    }
+
+    /// Ends every request it holds — running, preempted, held, queued — with
+    /// `Event::Failed(msg)`. Touches only the requests' channels, so it is safe after a panic
+    /// left the KV cache or the batch half updated.
+    fn fail_everything(&mut self, msg: &str) {
+        let failed = || Event::Failed(msg.to_string());
+        for s in self.running.drain(..).chain(self.preempted.drain(..)) {
+            let _ = s.q.tx.try_send(failed());
+        }
+        for q in self.held.drain(..) {
+            let _ = q.tx.try_send(failed());
+        }
+        while let Ok(q) = self.rx.try_recv() {
+            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            let _ = q.tx.try_send(failed());
+        }
+        self.stats.running.store(0, Ordering::Relaxed);
     }
 
     fn fail_all(&mut self, msg: &str) {

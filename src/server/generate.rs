@@ -349,6 +349,15 @@ fn collect(cx: &Ctx, runs: &mut [ChoiceRun], log: &mut Log) -> Result<(), ApiErr
         };
         let up = runs[i].on_event(ev, cx, log);
         if let Some(msg) = up.failed {
+            if cx.st.shutting_down.load(Ordering::Relaxed) {
+                // Cut by the drain deadline: another replica (or this one, restarted) can
+                // serve it.
+                let retry = cx.st.cfg().limits.retry_after_s;
+                return Err(ApiError::unavailable(
+                    format!("generation failed: {msg}"),
+                    retry,
+                ));
+            }
             return Err(ApiError::internal(format!("generation failed: {msg}")));
         }
         let r = &mut runs[i];

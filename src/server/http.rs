@@ -60,6 +60,12 @@ impl HttpServer {
         self.inner.unblock();
     }
 
+    /// Closes the listening socket: new connections are refused; those already open go on
+    /// (the first step of a shutdown).
+    pub fn stop_accepting(&self) {
+        self.inner.stop_accepting();
+    }
+
     pub fn connections_accepted(&self) -> u64 {
         self.inner.connections_accepted()
     }

@@ -18,7 +18,7 @@ use crate::engine::{AcquireError, Lease, LoadedModel as Loaded};
 use super::generate::{self, InFlight, Plan};
 use super::http::{BodyError, HttpRequest};
 use super::metrics::Live;
-use super::{chat, models, State};
+use super::{auth, chat, models, State};
 
 /// How a handler answered.
 pub(crate) enum Reply {
@@ -93,7 +93,17 @@ pub(crate) fn serve(st: &State, mut req: HttpRequest) {
         model: String::new(),
     };
     let route = route_label(st, req.path());
-    let result = catch_unwind(AssertUnwindSafe(|| dispatch(st, route, &mut req, &mut log)));
+    let result = if st.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+        // Taken after the drain began (a kept-alive connection): the client retries
+        // elsewhere or later.
+        log.note = Some("shutting down");
+        Ok(Err(ApiError::unavailable(
+            "the server is shutting down",
+            st.cfg().limits.retry_after_s,
+        )))
+    } else {
+        catch_unwind(AssertUnwindSafe(|| dispatch(st, route, &mut req, &mut log)))
+    };
     // Each answer is counted just before it is written, so a client that has its response
     // finds it in /metrics.
     let status = match result {
@@ -172,36 +182,12 @@ fn answer_error(st: &State, route: &'static str, req: &mut HttpRequest, e: &ApiE
     if e.status == 405 {
         headers.push(("Allow", allowed_methods(route).join(", ")));
     }
+    if e.status == 401 {
+        headers.push(("WWW-Authenticate", "Bearer".to_string()));
+    }
     let body = serde_json::to_vec(&e.to_json()).unwrap_or_default();
     req.respond(e.status, "application/json", body, &headers);
     e.status
-}
-
-/// Whether a path needs the API key (when one is set): the API, not health or metrics.
-fn needs_key(path: &str) -> bool {
-    path.starts_with("/v1/") || path == "/tokenize" || path == "/detokenize"
-}
-
-/// Compares in time independent of where the strings differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn check_key(st: &State, req: &HttpRequest) -> Result<(), ApiError> {
-    let Some(key) = &st.cfg().api_key else {
-        return Ok(());
-    };
-    if !needs_key(req.path()) {
-        return Ok(());
-    }
-    let given = req
-        .header("Authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(g) if same_secret(g.as_bytes(), key.as_bytes()) => Ok(()),
-        _ => Err(ApiError::unauthorized()),
-    }
 }
 
 fn dispatch(
@@ -210,7 +196,7 @@ fn dispatch(
     req: &mut HttpRequest,
     log: &mut Log,
 ) -> Result<Reply, ApiError> {
-    check_key(st, req)?;
+    auth::check(st, req, route)?;
     if route == "other" {
         return Err(ApiError::not_found(req.path()));
     }

@@ -463,6 +463,29 @@ impl Server {
     pub fn unblock(&self) {
         self.messages.unblock();
     }
+
+    /// Ryzanstein patch (PATCHES.md #5): stops accepting connections and closes the listening
+    /// socket, so new connections are refused, while the connections already accepted go on
+    /// (their requests still arrive through `recv`). Upstream could only stop accepting by
+    /// dropping the `Server`, which also drops the request queue. Wakes the accept thread as
+    /// `Drop` does: the flag, then a connection to ourselves; the thread then ends and drops
+    /// the listener.
+    pub fn stop_accepting(&self) {
+        if self.close.swap(true, Relaxed) {
+            return;
+        }
+        let maybe_stream = match &self.listening_addr {
+            ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),
+            #[cfg(unix)]
+            ListenAddr::Unix(addr) => match addr.as_pathname() {
+                Some(path) => std::os::unix::net::UnixStream::connect(path).map(Connection::from),
+                None => return,
+            },
+        };
+        if let Ok(stream) = maybe_stream {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 impl Iterator for IncomingRequests<'_> {
