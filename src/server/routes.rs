@@ -269,6 +269,7 @@ fn metrics_page(st: &State) -> String {
         in_flight: st.in_flight.load(std::sync::atomic::Ordering::Relaxed),
         connections_accepted: st.http.connections_accepted(),
         connections_open: st.http.connections_open(),
+        connections_rejected: st.http.connections_rejected(),
         accept_errors: st.http.accept_errors(),
     })
 }
@@ -277,6 +278,7 @@ fn read_body(st: &State, req: &mut HttpRequest) -> Result<Vec<u8>, ApiError> {
     let limit = st.cfg().limits.body_bytes_max;
     req.read_body(limit).map_err(|e| match e {
         BodyError::TooLarge => ApiError::body_too_large(limit),
+        BodyError::TimedOut => ApiError::read_timeout(st.cfg().limits.request_read_timeout_ms),
         BodyError::Io(e) => ApiError::bad_json(format!("cannot read the request body: {e}")),
     })
 }

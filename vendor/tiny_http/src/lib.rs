@@ -96,6 +96,7 @@ use zeroize::Zeroizing;
 
 use std::error::Error;
 use std::io::Error as IoError;
+use std::io::Write;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -115,6 +116,7 @@ pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
+pub use util::ReadTimeouts;
 
 mod client;
 mod common;
@@ -151,6 +153,36 @@ struct Counters {
     accepted: Arc<AtomicU64>,
     accept_errors: Arc<AtomicU64>,
     open: Arc<AtomicU64>,
+    rejected: Arc<AtomicU64>,
+}
+
+/// Bounds on connections (Ryzanstein patch, PATCHES.md #5, #6).
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionLimits {
+    /// Read timeouts of every accepted connection; `None`: reads wait forever (upstream).
+    pub read_timeouts: Option<ReadTimeouts>,
+    /// A connection accepted while this many are open is over the cap: its first request is
+    /// answered with `reject_response` (never queued for the application) and it is closed.
+    pub max_connections: Option<usize>,
+    /// A whole HTTP response (status line, headers, body), written as it is.
+    pub reject_response: Vec<u8>,
+}
+
+/// How long an over-cap connection may take to send its request (and its body to drain).
+const REJECT_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Answers an over-cap connection's first request and ends the connection (Ryzanstein patch,
+/// PATCHES.md #6). The answer goes out before the body is read; the body is drained after
+/// (bounded by the read timeouts), so that closing does not reset the connection before the
+/// client has read the answer.
+fn reject(mut client: ClientConnection, response: &[u8]) {
+    if let Some(mut rq) = client.next() {
+        let body = rq.take_body();
+        let mut w = rq.into_writer();
+        let _ = w.write_all(response).and_then(|()| w.flush());
+        drop(w);
+        drop(body);
+    }
 }
 
 /// Counts one open connection while alive.
@@ -270,6 +302,15 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, ConnectionLimits::default())
+    }
+
+    /// `from_listener` with bounds on connections (Ryzanstein patch, PATCHES.md #5, #6).
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: ConnectionLimits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -316,18 +357,21 @@ impl Server {
         let inside_accepted = Arc::clone(&counters.accepted);
         let inside_accept_errors = Arc::clone(&counters.accept_errors);
         let inside_open = Arc::clone(&counters.open);
+        let inside_rejected = Arc::clone(&counters.rejected);
+        let reject_response: Arc<[u8]> = limits.reject_response.clone().into();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
+                let mut over_cap = false;
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
                         // Ryzanstein patch (PATCHES.md #3): count connections.
                         inside_accepted.fetch_add(1, Relaxed);
-                        let (read_closable, write_closable) = match ssl {
+                        let (mut read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -343,6 +387,18 @@ impl Server {
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
                         };
+                        // Ryzanstein patch (PATCHES.md #5, #6): no read waits forever, and
+                        // past the cap a connection gets a second to send its request.
+                        over_cap = limits
+                            .max_connections
+                            .is_some_and(|m| inside_open.load(Relaxed) >= m as u64);
+                        if let Some(mut t) = limits.read_timeouts {
+                            if over_cap {
+                                t.idle = t.idle.min(REJECT_READ_TIMEOUT);
+                                t.request = t.request.min(REJECT_READ_TIMEOUT);
+                            }
+                            read_closable.set_read_timeouts(t);
+                        }
 
                         Ok(ClientConnection::new(write_closable, read_closable))
                     }
@@ -352,12 +408,21 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let rejected = Arc::clone(&inside_rejected);
+                        let reject_response = Arc::clone(&reject_response);
                         let mut client = Some(client);
                         let open = OpenGuard::new(Arc::clone(&inside_open));
                         let mut open = Some(open);
                         tasks_pool.spawn(Box::new(move || {
                             // Held for the connection's life: counts open connections.
                             let _open = open.take();
+                            if over_cap {
+                                if let Some(client) = client.take() {
+                                    rejected.fetch_add(1, Relaxed);
+                                    reject(client, &reject_response);
+                                }
+                                return;
+                            }
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
@@ -423,6 +488,12 @@ impl Server {
     /// Connections accepted since the server started (Ryzanstein patch, PATCHES.md #3).
     pub fn connections_accepted(&self) -> u64 {
         self.counters.accepted.load(Relaxed)
+    }
+
+    /// Connections refused past `ConnectionLimits::max_connections` (Ryzanstein patch,
+    /// PATCHES.md #6).
+    pub fn connections_rejected(&self) -> u64 {
+        self.counters.rejected.load(Relaxed)
     }
 
     /// Failed `accept()` calls since the server started (Ryzanstein patch, PATCHES.md #2).

@@ -387,6 +387,12 @@ impl Request {
     /// the writing of the next response.
     /// Therefore you should always destroy the `Writer` as soon as possible.
     #[inline]
+    /// Takes the body reader out (Ryzanstein patch, PATCHES.md #6): a rejected request is
+    /// answered first and its unread body drained after, when the caller drops it.
+    pub(crate) fn take_body(&mut self) -> Option<Box<dyn Read + Send + 'static>> {
+        self.data_reader.take()
+    }
+
     pub fn into_writer(mut self) -> Box<dyn Write + Send + 'static> {
         let writer = self.extract_writer_impl();
         if let Some(sender) = self.notify_when_responded.take() {
