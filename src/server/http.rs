@@ -97,6 +97,8 @@ fn connection_limits(l: &Limits) -> tiny_http::ConnectionLimits {
         }),
         max_connections: Some(l.max_connections),
         reject_response: reject_response(l.max_connections, l.retry_after_s),
+        // Slow bodies hold connection threads, never workers.
+        prefetch_body_bytes: Some(l.body_bytes_max),
     }
 }
 

@@ -410,9 +410,11 @@ fn plan(
 }
 
 fn completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
+    // The slot first: past the cap the 503 costs no parsing (the body is already in memory,
+    // read by the connection's thread).
+    let _slot = InFlight::acquire(st)?;
     let body = read_body(st, req)?;
     let r = CompletionRequest::parse(&body, &st.cfg().limits)?;
-    let _slot = InFlight::acquire(st)?;
     let m = model(st, r.common.model.as_deref(), load_wait(st), log)?;
     let m: &Loaded = &m;
     let prompts = r
@@ -425,9 +427,11 @@ fn completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply
 }
 
 fn chat_completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
+    // The slot first: past the cap the 503 costs no parsing (the body is already in memory,
+    // read by the connection's thread).
+    let _slot = InFlight::acquire(st)?;
     let body = read_body(st, req)?;
     let r = ChatRequest::parse(&body, &st.cfg().limits)?;
-    let _slot = InFlight::acquire(st)?;
     let m = model(st, r.common.model.as_deref(), load_wait(st), log)?;
     let m: &Loaded = &m;
     let ids = chat::prompt_tokens(m, &r.messages)?;

@@ -166,6 +166,35 @@ pub struct ConnectionLimits {
     pub max_connections: Option<usize>,
     /// A whole HTTP response (status line, headers, body), written as it is.
     pub reject_response: Vec<u8>,
+    /// Bodies up to this many bytes are read by the connection's thread before the request
+    /// is queued (PATCHES.md #7); `None`: upstream (1 KiB, and never with `Expect`).
+    pub prefetch_body_bytes: Option<usize>,
+}
+
+/// Splits an accepted socket into its read and write halves (a `dup`). Ryzanstein patch
+/// (PATCHES.md #8): out of descriptors, the `dup` is retried every 10 ms (each failure counted
+/// as an accept error) until one frees up, so the connection waits as the backlog does instead
+/// of being dropped; upstream panicked the accept thread.
+fn split_retrying(
+    sock: Connection,
+    close: &AtomicBool,
+    errors: &AtomicU64,
+) -> IoResult<(util::RefinedTcpStream, util::RefinedTcpStream)> {
+    let mut stream: util::refined_tcp_stream::Stream = sock.into();
+    loop {
+        match util::RefinedTcpStream::new(stream) {
+            Ok(pair) => return Ok(pair),
+            Err((e, back)) => {
+                log::error!("Error setting up a new client: {}", e);
+                errors.fetch_add(1, Relaxed);
+                if close.load(Relaxed) {
+                    return Err(e);
+                }
+                stream = back;
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
 }
 
 /// How long an over-cap connection may take to send its request (and its body to drain).
@@ -371,8 +400,8 @@ impl Server {
                         use util::RefinedTcpStream;
                         // Ryzanstein patch (PATCHES.md #3): count connections.
                         inside_accepted.fetch_add(1, Relaxed);
-                        let (mut read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
+                        let pair = match ssl {
+                            None => split_retrying(sock, &inside_close_trigger, &inside_accept_errors),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
                                 // trying to apply SSL over the connection
@@ -382,10 +411,14 @@ impl Server {
                                     Err(_) => continue,
                                 };
 
-                                RefinedTcpStream::new(sock)
+                                RefinedTcpStream::new(sock).map_err(|(e, _)| e)
                             }
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
+                        };
+                        let (mut read_closable, write_closable) = match pair {
+                            Ok(pair) => pair,
+                            Err(_) => continue, // shutting down
                         };
                         // Ryzanstein patch (PATCHES.md #5, #6): no read waits forever, and
                         // past the cap a connection gets a second to send its request.
@@ -409,6 +442,7 @@ impl Server {
                     Ok(client) => {
                         let messages = inside_messages.clone();
                         let rejected = Arc::clone(&inside_rejected);
+                        let prefetch = limits.prefetch_body_bytes;
                         let reject_response = Arc::clone(&reject_response);
                         let mut client = Some(client);
                         let open = OpenGuard::new(Arc::clone(&inside_open));
@@ -432,7 +466,19 @@ impl Server {
                                         receiver.recv().unwrap();
                                     }
                                 } else {
-                                    for rq in client {
+                                    for mut rq in client {
+                                        // Ryzanstein patch (PATCHES.md #7): a body that cannot
+                                        // be read in time is answered here; the connection ends.
+                                        if let Some(limit) = prefetch {
+                                            if let Err(e) = rq.prefetch_body(limit) {
+                                                let status = match e.kind() {
+                                                    IoErrorKind::TimedOut => 408,
+                                                    _ => 400,
+                                                };
+                                                let _ = rq.respond(Response::empty(status));
+                                                break;
+                                            }
+                                        }
                                         messages.push(rq.into());
                                     }
                                 }

@@ -30,6 +30,14 @@ impl From<Connection> for Stream {
 }
 
 impl Stream {
+    fn try_clone(&self) -> IoResult<Stream> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.try_clone().map(Stream::Http),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(ssl_stream) => Ok(Stream::Https(ssl_stream.clone())),
+        }
+    }
+
     fn secure(&self) -> bool {
         match self {
             Stream::Http(_) => false,
@@ -119,13 +127,19 @@ pub struct ReadTimeouts {
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
+    /// Ryzanstein patch (PATCHES.md #8): a failed `dup` (EMFILE) gives the stream back with
+    /// the error instead of panicking the accept thread.
+    pub(crate) fn new<S>(stream: S) -> Result<(RefinedTcpStream, RefinedTcpStream), (IoError, Stream)>
     where
         S: Into<Stream>,
     {
         let stream: Stream = stream.into();
 
-        let (read, write) = (stream.clone(), stream);
+        let read = match stream.try_clone() {
+            Ok(r) => r,
+            Err(e) => return Err((e, stream)),
+        };
+        let write = stream;
 
         let read = RefinedTcpStream {
             stream: read,
@@ -147,7 +161,7 @@ impl RefinedTcpStream {
             expired: false,
         };
 
-        (read, write)
+        Ok((read, write))
     }
 
     /// Returns true if this struct wraps around a secure connection.
