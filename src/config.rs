@@ -90,6 +90,17 @@ pub struct ServeSettings {
     /// [default: 30000].
     #[arg(long, env = "RYZANSTEIN_WRITE_TIMEOUT_MS")]
     pub write_timeout_ms: Option<u64>,
+    /// Open connections past which a new connection's request gets 503 and the connection is
+    /// closed [default: 1024].
+    #[arg(long, env = "RYZANSTEIN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// A connection with no request for this long is closed [default: 75000].
+    #[arg(long, env = "RYZANSTEIN_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// A request's head and body must arrive within this from its first byte; else 408 and
+    /// the connection is closed [default: 30000].
+    #[arg(long, env = "RYZANSTEIN_REQUEST_READ_TIMEOUT_MS")]
+    pub request_read_timeout_ms: Option<u64>,
     /// A stream with nothing to send for this long gets an SSE comment ping [default: 1000].
     #[arg(long, env = "RYZANSTEIN_PING_INTERVAL_MS")]
     pub ping_interval_ms: Option<u64>,
@@ -118,7 +129,7 @@ pub struct ServeSettings {
     /// Prompts this short go into one step whole, one per step, past the ITL cap [default: 64].
     #[arg(long, env = "RYZANSTEIN_WHOLE_PROMPT_TOKENS")]
     pub whole_prompt_tokens: Option<usize>,
-    /// Events buffered per sequence; a client this far behind is cancelled [default: 4096].
+    /// Events buffered per sequence; a client this far behind is cancelled [default: 256].
     #[arg(long, env = "RYZANSTEIN_EVENT_BUFFER")]
     pub event_buffer: Option<usize>,
 
@@ -238,6 +249,16 @@ pub struct Limits {
     pub retry_after_s: u64,
     /// Bounds how long a client that stops reading can hold a worker.
     pub write_timeout_ms: u64,
+    /// Each connection is a thread (tiny_http). Past the cap a connection is answered 503 by
+    /// its own thread, which waits at most a second for the request, so a flood holds
+    /// threads and descriptors for a second each, never the workers.
+    pub max_connections: usize,
+    /// Longer than the idle timeouts of client pools (ureq 15 s, nginx's upstream keep-alive
+    /// 60 s) so that the client side closes first and never sends on a connection the server
+    /// is closing; nginx's own client keep-alive is 75 s.
+    pub idle_timeout_ms: u64,
+    /// Bounds slowloris: a 1 MiB body needs only 35 KB/s to arrive in 30 s.
+    pub request_read_timeout_ms: u64,
     /// Proxies drop idle streams; a comment ping every second keeps them open.
     pub ping_interval_ms: u64,
 }
@@ -253,6 +274,12 @@ pub struct EngineKnobs {
     pub batch_window_ms: u64,
     pub itl_factor: f64,
     pub whole_prompt_tokens: usize,
+    /// Events (about one per token) a sequence may have waiting for its HTTP worker. A worker
+    /// only falls behind when its socket write blocks, i.e. after the kernel's send and
+    /// receive buffers (hundreds of KiB, thousands of events) are full: a client this far
+    /// behind has stopped reading, and its sequence is cancelled rather than left to generate
+    /// up to 4096 tokens nobody reads. Lower than the engine's own 4096, which suits callers
+    /// that read a stream only after it ends.
     pub event_buffer: usize,
 }
 
@@ -271,13 +298,16 @@ impl Default for Limits {
             logit_bias_max: 300,
             retry_after_s: 1,
             write_timeout_ms: 30_000,
+            max_connections: 1024,
+            idle_timeout_ms: 75_000,
+            request_read_timeout_ms: 30_000,
             ping_interval_ms: 1000,
         }
     }
 }
 
 impl Default for EngineKnobs {
-    /// The engine's own defaults (`engine::EngineOptions::default`).
+    /// The engine's own defaults (`engine::EngineOptions::default`), but `event_buffer`.
     fn default() -> Self {
         EngineKnobs {
             n_ctx: 4096,
@@ -288,7 +318,7 @@ impl Default for EngineKnobs {
             batch_window_ms: 0,
             itl_factor: 2.5,
             whole_prompt_tokens: 64,
-            event_buffer: 4096,
+            event_buffer: 256,
         }
     }
 }
@@ -393,6 +423,9 @@ impl ServeSettings {
             logit_bias_max,
             retry_after_s,
             write_timeout_ms,
+            max_connections,
+            idle_timeout_ms,
+            request_read_timeout_ms,
             ping_interval_ms,
             n_ctx,
             max_batch_size,
@@ -436,6 +469,11 @@ impl ServeConfig {
             logit_bias_max: s.logit_bias_max.unwrap_or(dl.logit_bias_max),
             retry_after_s: s.retry_after_s.unwrap_or(dl.retry_after_s),
             write_timeout_ms: s.write_timeout_ms.unwrap_or(dl.write_timeout_ms),
+            max_connections: s.max_connections.unwrap_or(dl.max_connections),
+            idle_timeout_ms: s.idle_timeout_ms.unwrap_or(dl.idle_timeout_ms),
+            request_read_timeout_ms: s
+                .request_read_timeout_ms
+                .unwrap_or(dl.request_read_timeout_ms),
             ping_interval_ms: s.ping_interval_ms.unwrap_or(dl.ping_interval_ms),
         };
         let engine = EngineKnobs {
@@ -540,6 +578,14 @@ impl ServeConfig {
         if l.ping_interval_ms == 0 {
             return bad("ping_interval_ms", "0".into(), "must be at least 1");
         }
+        let edge: [(&'static str, u64); 3] = [
+            ("max_connections", l.max_connections as u64),
+            ("idle_timeout_ms", l.idle_timeout_ms),
+            ("request_read_timeout_ms", l.request_read_timeout_ms),
+        ];
+        if let Some((key, v)) = edge.iter().find(|(_, v)| *v == 0) {
+            return bad(key, v.to_string(), "must be at least 1");
+        }
         let m = &self.models;
         if m.loader_threads == 0 || m.loader_threads > LOADER_THREADS_MAX {
             return bad(
@@ -601,6 +647,9 @@ impl ServeConfig {
             logit_bias_max: Some(l.logit_bias_max),
             retry_after_s: Some(l.retry_after_s),
             write_timeout_ms: Some(l.write_timeout_ms),
+            max_connections: Some(l.max_connections),
+            idle_timeout_ms: Some(l.idle_timeout_ms),
+            request_read_timeout_ms: Some(l.request_read_timeout_ms),
             ping_interval_ms: Some(l.ping_interval_ms),
             n_ctx: Some(e.n_ctx),
             max_batch_size: Some(e.max_batch_size),

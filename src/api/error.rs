@@ -100,6 +100,16 @@ impl ApiError {
         )
     }
 
+    /// 408: the body did not arrive within the request read timeout.
+    pub fn read_timeout(timeout_ms: u64) -> ApiError {
+        ApiError::new(
+            408,
+            "invalid_request_error",
+            "request_timeout",
+            format!("the request did not arrive within {timeout_ms} ms"),
+        )
+    }
+
     /// 401, as OpenAI answers a missing or wrong key.
     pub fn unauthorized() -> ApiError {
         ApiError::new(

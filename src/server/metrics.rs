@@ -37,6 +37,8 @@ pub struct Live<'a> {
     pub in_flight: usize,
     pub connections_accepted: u64,
     pub connections_open: usize,
+    /// Connections answered 503 past `max_connections`.
+    pub connections_rejected: u64,
     pub accept_errors: u64,
 }
 
@@ -117,7 +119,7 @@ impl ServerMetrics {
                 let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{status}\"}} {n}");
             }
         }
-        let counters: [(&str, &str, &str, u64); 6] = [
+        let counters: [(&str, &str, &str, u64); 7] = [
             (
                 "ryzanstein_http_connections_accepted_total",
                 "counter",
@@ -129,6 +131,12 @@ impl ServerMetrics {
                 "gauge",
                 "TCP connections open now.",
                 live.connections_open as u64,
+            ),
+            (
+                "ryzanstein_http_connections_rejected_total",
+                "counter",
+                "Connections answered 503 for being over max_connections.",
+                live.connections_rejected,
             ),
             (
                 "ryzanstein_http_accept_errors_total",

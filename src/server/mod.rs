@@ -164,10 +164,8 @@ impl Server {
     /// preload models (with one file: that model) in the background.
     pub fn start(opts: ServerOptions) -> std::io::Result<Server> {
         let cfg = &opts.config;
-        let http = Arc::new(HttpServer::bind(
-            &cfg.listen,
-            Duration::from_millis(cfg.limits.write_timeout_ms),
-        )?);
+        raise_descriptor_limit(cfg.limits.max_connections);
+        let http = Arc::new(HttpServer::bind(&cfg.listen, &cfg.limits)?);
         let single = opts.catalog.is_none();
         let catalog = opts.catalog.clone().unwrap_or_else(|| {
             let id = cfg
@@ -322,6 +320,44 @@ impl Drop for Server {
         if !self.workers.is_empty() {
             self.stop();
         }
+    }
+}
+
+/// Descriptors besides connections: listener, model files, logs, a margin.
+const SPARE_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft `RLIMIT_NOFILE` (up to the hard limit) so that `max_connections` fit: each
+/// connection holds two descriptors (tiny_http reads and writes through a dup). systemd and
+/// most shells start services at a soft 1024; the hard limit is usually far higher. Too low
+/// a limit is not fatal (accept errors are survived) but is logged.
+fn raise_descriptor_limit(max_connections: usize) {
+    let needed = 2 * max_connections as u64 + SPARE_DESCRIPTORS;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= needed {
+        return;
+    }
+    let want = needed.min(lim.rlim_max);
+    if want > lim.rlim_cur {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = want;
+        }
+    }
+    if lim.rlim_cur < needed {
+        tracing::warn!(
+            limit = lim.rlim_cur,
+            needed,
+            "the open-file limit is below what max_connections needs: connections past it \
+             fail to be accepted until descriptors free up (raise LimitNOFILE / ulimit -n)"
+        );
     }
 }
 

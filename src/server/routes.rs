@@ -255,6 +255,7 @@ fn metrics_page(st: &State) -> String {
         in_flight: st.in_flight.load(std::sync::atomic::Ordering::Relaxed),
         connections_accepted: st.http.connections_accepted(),
         connections_open: st.http.connections_open(),
+        connections_rejected: st.http.connections_rejected(),
         accept_errors: st.http.accept_errors(),
     })
 }
@@ -263,6 +264,7 @@ fn read_body(st: &State, req: &mut HttpRequest) -> Result<Vec<u8>, ApiError> {
     let limit = st.cfg().limits.body_bytes_max;
     req.read_body(limit).map_err(|e| match e {
         BodyError::TooLarge => ApiError::body_too_large(limit),
+        BodyError::TimedOut => ApiError::read_timeout(st.cfg().limits.request_read_timeout_ms),
         BodyError::Io(e) => ApiError::bad_json(format!("cannot read the request body: {e}")),
     })
 }
@@ -395,9 +397,11 @@ fn plan(
 }
 
 fn completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
+    // The slot first: past the cap the 503 costs no parsing (the body is already in memory,
+    // read by the connection's thread).
+    let _slot = InFlight::acquire(st)?;
     let body = read_body(st, req)?;
     let r = CompletionRequest::parse(&body, &st.cfg().limits)?;
-    let _slot = InFlight::acquire(st)?;
     let m = model(st, r.common.model.as_deref(), load_wait(st), log)?;
     let m: &Loaded = &m;
     let prompts = r
@@ -410,9 +414,11 @@ fn completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply
 }
 
 fn chat_completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
+    // The slot first: past the cap the 503 costs no parsing (the body is already in memory,
+    // read by the connection's thread).
+    let _slot = InFlight::acquire(st)?;
     let body = read_body(st, req)?;
     let r = ChatRequest::parse(&body, &st.cfg().limits)?;
-    let _slot = InFlight::acquire(st)?;
     let m = model(st, r.common.model.as_deref(), load_wait(st), log)?;
     let m: &Loaded = &m;
     let ids = chat::prompt_tokens(m, &r.messages)?;

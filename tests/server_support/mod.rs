@@ -44,6 +44,33 @@ pub fn start(config: ServeConfig, panic_route: bool) -> Server {
     s
 }
 
+/// The tiny Llama fixture (random weights, 2 layers of 64): for tests of the serving machinery,
+/// where the model's cost should be small.
+pub fn tiny_llama_path() -> std::path::PathBuf {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/fixtures/tiny-llama.gguf"
+    )
+    .into()
+}
+
+/// Starts the server in-process on the tiny Llama and waits until it is ready.
+pub fn start_tiny(config: ServeConfig) -> Server {
+    let s = Server::start(ServerOptions {
+        config,
+        model_path: tiny_llama_path(),
+        catalog: None,
+        panic_route: false,
+    })
+    .expect("server starts");
+    assert!(
+        s.wait_ready(Duration::from_secs(60)),
+        "model loads: {:?}",
+        s.load_error()
+    );
+    s
+}
+
 /// Header (lowercase name, value) pairs.
 pub type Headers = Vec<(String, String)>;
 /// SSE events with the time each arrived.
@@ -248,7 +275,21 @@ pub struct Spawned {
 impl Spawned {
     /// Starts `ryzanstein serve --listen 127.0.0.1:0 ARGS` and waits for its "listening" line.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Spawned {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ryzanstein"));
+        Spawned::start_wrapped(&[], args, envs)
+    }
+
+    /// As [`Spawned::start`], run through `wrapper` (a program and its arguments, given the
+    /// binary and its arguments after them; e.g. `sh -c 'ulimit -n 64; exec "$@"' sh`).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Spawned {
+        let bin = env!("CARGO_BIN_EXE_ryzanstein");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--threads", "2"])
             .args(args)
             .env_remove("RUST_LOG")

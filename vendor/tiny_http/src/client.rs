@@ -73,6 +73,14 @@ impl ClientConnection {
         self.secure
     }
 
+    /// Ryzanstein patch (PATCHES.md #6): once the previous request's body reader is done, the
+    /// socket waits for a new request (the idle timeout, not the previous request's deadline).
+    fn await_request(&mut self) {
+        if let Some(r) = self.next_header_source.turn() {
+            r.get_mut().await_request();
+        }
+    }
+
     /// Reads the next line from self.next_header_source.
     ///
     /// Reads until `CRLF` is reached. The next read will start
@@ -184,6 +192,8 @@ impl Iterator for ClientConnection {
         }
 
         loop {
+            // Ryzanstein patch (PATCHES.md #6): the idle timeout applies from here.
+            self.await_request();
             let rq = match self.read() {
                 Err(ReadError::WrongRequestLine) => {
                     let writer = self.sink.next().unwrap();
