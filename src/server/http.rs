@@ -90,6 +90,8 @@ pub fn listener(addr: SocketAddr, write_timeout: Duration) -> io::Result<TcpList
 #[derive(Debug)]
 pub enum BodyError {
     TooLarge,
+    /// `Connection: upgrade`: not supported (see [`HttpRequest::read_body`]).
+    Upgrade,
     Io(io::Error),
 }
 
@@ -155,6 +157,18 @@ impl HttpRequest {
         if r.body_length().is_some_and(|n| n > limit) {
             return Err(BodyError::TooLarge);
         }
+        // tiny_http gives a `Connection: upgrade` request the raw socket as its body, so
+        // reading it would wait for the client to close: a worker held by one idle client.
+        if self
+            .header("Connection")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+        {
+            return Err(BodyError::Upgrade);
+        }
+        let r = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| BodyError::Io(io::Error::other("request already answered")))?;
         let mut body = Vec::with_capacity(r.body_length().unwrap_or(0));
         r.as_reader()
             .take(limit as u64 + 1)
