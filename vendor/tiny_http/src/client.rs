@@ -174,9 +174,10 @@ impl ClientConnection {
                     if headers.len() == HEADERS_MAX {
                         return Err(ReadError::HeadTooLarge(version));
                     }
-                    headers.push(match FromStr::from_str(line.as_str().trim()) {
+                    headers.push(match crate::Header::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
-                        Ok(h) => h,
+                        // Ryzanstein patch (PATCHES.md #5): a header needs a name.
+                        Ok(h) if !h.field.as_str().is_empty() => h,
                         _ => return Err(ReadError::WrongHeader(version)),
                     });
                 }
@@ -310,14 +311,19 @@ impl Iterator for ClientConnection {
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
+                // Ryzanstein patch (PATCHES.md #5): answer through the request's own writer.
+                // Upstream took the connection's next writer, which waits until this
+                // request's writer is dropped: the connection thread hung for good and the
+                // client never got an answer.
+                let mut writer = rq.into_writer();
                 let response = error_response(
                     505,
                     "http_version_not_supported",
                     "this server only supports HTTP versions 1.0 and 1.1",
                 );
                 response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                    .raw_print(&mut writer, HTTPVersion(1, 1), &[], false, None)
+                    .and_then(|()| writer.flush())
                     .ok();
                 continue;
             }
