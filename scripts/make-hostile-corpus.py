@@ -9,14 +9,21 @@ tests/data/hostile/README.md.
 
     scripts/make-hostile-corpus.py            # rewrites the corpus in place
 
-The output depends only on this script: same script, same bytes.
+It also writes fuzz/seeds/request/: the body of every case addressed to a route with a body,
+as seeds of the fuzz target `request`. The output depends only on this script: same script,
+same bytes.
 """
 
 import json
 import os
 import sys
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "hostile")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+OUT = os.path.join(ROOT, "tests", "data", "hostile")
+# Seeds of the fuzz target `request` (fuzz/fuzz_targets/request.rs): the route's index in
+# `api::request::BODY_ROUTES` as the first byte, then the body.
+SEEDS = os.path.join(ROOT, "fuzz", "seeds", "request")
+SEED_ROUTES = ["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"]
 
 # The tiny Llama fixture's special tokens (tests/data/fixtures/README.md).
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
@@ -536,6 +543,24 @@ def pipelined():
     add("pipeline-ten-health", http("GET", "/health") * 10, [200] * 10, "ten pipelined GETs")
 
 
+def write_seeds():
+    """The first request of each case whose path is a body route: route index, then body."""
+    os.makedirs(SEEDS, exist_ok=True)
+    for f in os.listdir(SEEDS):
+        os.remove(os.path.join(SEEDS, f))
+    n = 0
+    for i, (name, raw, _, _) in enumerate(cases):
+        head, sep, body = raw.partition(b"\r\n\r\n")
+        parts = head.split(b"\r\n", 1)[0].split(b" ")
+        path = parts[1].split(b"?")[0].decode("latin-1") if len(parts) > 1 else ""
+        if not sep or path not in SEED_ROUTES:
+            continue
+        with open(os.path.join(SEEDS, f"{i:03d}-{name}"), "wb") as f:
+            f.write(bytes([SEED_ROUTES.index(path)]) + body)
+        n += 1
+    print(f"{n} fuzz seeds in {os.path.normpath(SEEDS)}", file=sys.stderr)
+
+
 def main():
     broken_json()
     wrong_types()
@@ -562,6 +587,7 @@ def main():
         lines.append(f"{fname}\t{answers}\t{why}")
     with open(os.path.join(OUT, "expect.tsv"), "w") as f:
         f.write("\n".join(lines) + "\n")
+    write_seeds()
     total = sum(len(c[1]) for c in cases)
     print(f"{len(cases)} cases, {total} bytes, in {os.path.normpath(OUT)}", file=sys.stderr)
 
