@@ -35,10 +35,7 @@ fn manifest() -> Vec<(String, Vec<u16>, String)> {
             let (name, statuses, why) = (f.next(), f.next(), f.next());
             let statuses = match statuses.expect("statuses column") {
                 "none" => Vec::new(),
-                s => s
-                    .split(',')
-                    .map(|x| x.parse().expect("a status"))
-                    .collect(),
+                s => s.split(',').map(|x| x.parse().expect("a status")).collect(),
             };
             (
                 name.expect("file").to_string(),
@@ -113,8 +110,7 @@ fn read_answer(r: &mut BufReader<TcpStream>) -> Result<Option<Answer>, String> {
 fn read_body(r: &mut BufReader<TcpStream>, a: &Answer) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     let io = |e: std::io::Error| format!("body: {e}");
-    if a
-        .header("transfer-encoding")
+    if a.header("transfer-encoding")
         .is_some_and(|v| v.contains("chunked"))
     {
         loop {
@@ -167,7 +163,10 @@ fn check_body(a: &Answer) -> Result<(), String> {
     let text = String::from_utf8_lossy(&a.body);
     if a.status >= 400 {
         if a.header("content-type") != Some("application/json") {
-            return Err(format!("error without a JSON content type: {:?}", a.headers));
+            return Err(format!(
+                "error without a JSON content type: {:?}",
+                a.headers
+            ));
         }
         let v: Value = serde_json::from_slice(&a.body).map_err(|e| format!("{e}: {text}"))?;
         let e = &v["error"];

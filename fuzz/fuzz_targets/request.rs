@@ -42,16 +42,24 @@ fn check_error(e: &ApiError) {
     assert!(matches!(e.status, 400 | 404), "{e}");
     let v = e.to_json();
     let err = &v["error"];
-    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
     assert!(err["type"].is_string() && err.get("param").is_some() && err.get("code").is_some());
     serde_json::to_vec(&v).expect("serializes");
 }
 
 fn check_common(c: &Common, l: &Limits) {
-    assert!(c.max_tokens.is_none_or(|m| (1..=l.max_tokens_cap).contains(&m)));
+    assert!(c
+        .max_tokens
+        .is_none_or(|m| (1..=l.max_tokens_cap).contains(&m)));
     assert!((1..=l.n_max).contains(&c.n));
     assert!(c.stop.len() <= l.stop_max);
-    assert!(c.stop.iter().all(|s| !s.is_empty() && s.len() <= l.stop_bytes_max));
+    assert!(c
+        .stop
+        .iter()
+        .all(|s| !s.is_empty() && s.len() <= l.stop_bytes_max));
     let s = &c.sampling;
     assert!((0.0..=2.0).contains(&s.temperature));
     assert!(s.top_p > 0.0 && s.top_p <= 1.0);
@@ -60,7 +68,10 @@ fn check_common(c: &Common, l: &Limits) {
     assert!((-2.0..=2.0).contains(&s.presence_penalty));
     assert!((-2.0..=2.0).contains(&s.frequency_penalty));
     assert!(s.logit_bias.len() <= l.logit_bias_max);
-    assert!(s.logit_bias.iter().all(|(_, b)| (-100.0..=100.0).contains(b)));
+    assert!(s
+        .logit_bias
+        .iter()
+        .all(|(_, b)| (-100.0..=100.0).contains(b)));
 }
 
 /// What the server does with a parsed body before the engine, on the fixture's vocabulary.
