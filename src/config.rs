@@ -104,6 +104,10 @@ pub struct ServeSettings {
     /// A stream with nothing to send for this long gets an SSE comment ping [default: 1000].
     #[arg(long, env = "RYZANSTEIN_PING_INTERVAL_MS")]
     pub ping_interval_ms: Option<u64>,
+    /// A generation request still running this long after it arrived is cancelled: 504, or a
+    /// final SSE error event (0 = no deadline) [default: 600000].
+    #[arg(long, env = "RYZANSTEIN_REQUEST_DEADLINE_MS")]
+    pub request_deadline_ms: Option<u64>,
 
     /// Context length per sequence (positions) [default: 4096].
     #[arg(long, env = "RYZANSTEIN_N_CTX")]
@@ -261,6 +265,10 @@ pub struct Limits {
     pub request_read_timeout_ms: u64,
     /// Proxies drop idle streams; a comment ping every second keeps them open.
     pub ping_interval_ms: u64,
+    /// 0: none. Ten minutes is 4096 tokens (`max_tokens_cap`) at under 7 tokens/s, well
+    /// below what a loaded server gives one stream, so only a runaway request meets it; it
+    /// bounds how long one request can hold a worker, a slot and KV memory.
+    pub request_deadline_ms: u64,
 }
 
 /// The engine's batching knobs (mapped onto `engine::EngineOptions` by the server).
@@ -302,6 +310,7 @@ impl Default for Limits {
             idle_timeout_ms: 75_000,
             request_read_timeout_ms: 30_000,
             ping_interval_ms: 1000,
+            request_deadline_ms: 600_000,
         }
     }
 }
@@ -427,6 +436,7 @@ impl ServeSettings {
             idle_timeout_ms,
             request_read_timeout_ms,
             ping_interval_ms,
+            request_deadline_ms,
             n_ctx,
             max_batch_size,
             max_batch_tokens,
@@ -475,6 +485,7 @@ impl ServeConfig {
                 .request_read_timeout_ms
                 .unwrap_or(dl.request_read_timeout_ms),
             ping_interval_ms: s.ping_interval_ms.unwrap_or(dl.ping_interval_ms),
+            request_deadline_ms: s.request_deadline_ms.unwrap_or(dl.request_deadline_ms),
         };
         let engine = EngineKnobs {
             n_ctx: s.n_ctx.unwrap_or(de.n_ctx),
@@ -651,6 +662,7 @@ impl ServeConfig {
             idle_timeout_ms: Some(l.idle_timeout_ms),
             request_read_timeout_ms: Some(l.request_read_timeout_ms),
             ping_interval_ms: Some(l.ping_interval_ms),
+            request_deadline_ms: Some(l.request_deadline_ms),
             n_ctx: Some(e.n_ctx),
             max_batch_size: Some(e.max_batch_size),
             max_batch_tokens: Some(e.max_batch_tokens),

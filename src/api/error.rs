@@ -140,6 +140,16 @@ impl ApiError {
         }
     }
 
+    /// 504: the request ran past its deadline (`request_deadline_ms`) and was cancelled.
+    pub fn deadline_exceeded(deadline_ms: u64) -> ApiError {
+        ApiError::new(
+            504,
+            "timeout",
+            "deadline_exceeded",
+            format!("the request ran past its deadline of {deadline_ms} ms and was cancelled"),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "server_error", "internal_error", message.into())
     }

@@ -145,6 +145,8 @@ pub enum BodyError {
     TooLarge,
     /// Not all in within `request_read_timeout_ms` of the request's first byte.
     TimedOut,
+    /// `Connection: upgrade`: not supported (see [`HttpRequest::read_body`]).
+    Upgrade,
     Io(io::Error),
 }
 
@@ -210,6 +212,18 @@ impl HttpRequest {
         if r.body_length().is_some_and(|n| n > limit) {
             return Err(BodyError::TooLarge);
         }
+        // tiny_http gives a `Connection: upgrade` request the raw socket as its body, so
+        // reading it would wait for the client to close: a worker held by one idle client.
+        if self
+            .header("Connection")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+        {
+            return Err(BodyError::Upgrade);
+        }
+        let r = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| BodyError::Io(io::Error::other("request already answered")))?;
         let mut body = Vec::with_capacity(r.body_length().unwrap_or(0));
         r.as_reader()
             .take(limit as u64 + 1)

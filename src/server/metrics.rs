@@ -26,6 +26,8 @@ pub struct ServerMetrics {
     pub client_disconnects: AtomicU64,
     /// Handlers that panicked (answered 500).
     pub panics: AtomicU64,
+    /// Generation requests cancelled at `request_deadline_ms`.
+    pub deadlines_exceeded: AtomicU64,
 }
 
 /// Figures that live elsewhere and are read when the page is rendered.
@@ -53,6 +55,7 @@ impl Default for ServerMetrics {
             generation_tokens: AtomicU64::new(0),
             client_disconnects: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            deadlines_exceeded: AtomicU64::new(0),
         }
     }
 }
@@ -119,7 +122,7 @@ impl ServerMetrics {
                 let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{status}\"}} {n}");
             }
         }
-        let counters: [(&str, &str, &str, u64); 7] = [
+        let counters: [(&str, &str, &str, u64); 8] = [
             (
                 "ryzanstein_http_connections_accepted_total",
                 "counter",
@@ -161,6 +164,12 @@ impl ServerMetrics {
                 "counter",
                 "Requests whose handler panicked (answered 500).",
                 self.panics.load(Ordering::Relaxed),
+            ),
+            (
+                "ryzanstein_request_deadline_exceeded_total",
+                "counter",
+                "Generation requests cancelled at their deadline (504 or a final SSE error).",
+                self.deadlines_exceeded.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, v) in counters {

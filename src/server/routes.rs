@@ -11,6 +11,7 @@ use crate::api::request::{
 };
 use crate::api::response::Endpoint;
 use crate::api::ApiError;
+use crate::api::{parse_and_validate, ParsedBody};
 use crate::model::sampler::SamplingParams;
 
 use crate::engine::{AcquireError, Lease, LoadedModel as Loaded};
@@ -219,10 +220,9 @@ fn dispatch(
         "/health/ready" => Ok(ready(st)),
         "/metrics" => Ok(Reply::Text(metrics_page(st), "text/plain; version=0.0.4")),
         "/v1/models" => Ok(Reply::Json(models::list(st))),
-        "/v1/completions" => completions(st, req, log),
-        "/v1/chat/completions" => chat_completions(st, req, log),
-        "/tokenize" => tokenize(st, req, log),
-        "/detokenize" => detokenize(st, req, log),
+        "/v1/completions" | "/v1/chat/completions" | "/tokenize" | "/detokenize" => {
+            with_body(st, route, req, log)
+        }
         "/debug/panic" => panic!("a panic requested through /debug/panic"),
         _ => Err(ApiError::not_found(req.path())),
     }
@@ -260,11 +260,38 @@ fn metrics_page(st: &State) -> String {
     })
 }
 
+/// The routes with a JSON body: read it, parse and validate it (the function the fuzz target
+/// `request` calls), then serve it.
+fn with_body(
+    st: &State,
+    route: &str,
+    req: &mut HttpRequest,
+    log: &mut Log,
+) -> Result<Reply, ApiError> {
+    // A generation takes its concurrency slot first: past the cap the 503 costs no parsing
+    // (the body is already in memory, read by the connection's thread). Held to the end.
+    let _slot = match route {
+        "/v1/completions" | "/v1/chat/completions" => Some(InFlight::acquire(st)?),
+        _ => None,
+    };
+    let body = read_body(st, req)?;
+    match parse_and_validate(route, &body, &st.cfg().limits)? {
+        ParsedBody::Completion(r) => completions(st, req, r, log),
+        ParsedBody::Chat(r) => chat_completions(st, req, r, log),
+        ParsedBody::Tokenize(r) => tokenize(st, r, log),
+        ParsedBody::Detokenize(r) => detokenize(st, r, log),
+    }
+}
+
 fn read_body(st: &State, req: &mut HttpRequest) -> Result<Vec<u8>, ApiError> {
     let limit = st.cfg().limits.body_bytes_max;
     req.read_body(limit).map_err(|e| match e {
         BodyError::TooLarge => ApiError::body_too_large(limit),
         BodyError::TimedOut => ApiError::read_timeout(st.cfg().limits.request_read_timeout_ms),
+        BodyError::Upgrade => ApiError {
+            code: Some("upgrade_not_supported"),
+            ..ApiError::bad_json("'Connection: upgrade' is not supported")
+        },
         BodyError::Io(e) => ApiError::bad_json(format!("cannot read the request body: {e}")),
     })
 }
@@ -396,12 +423,12 @@ fn plan(
     })
 }
 
-fn completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
-    // The slot first: past the cap the 503 costs no parsing (the body is already in memory,
-    // read by the connection's thread).
-    let _slot = InFlight::acquire(st)?;
-    let body = read_body(st, req)?;
-    let r = CompletionRequest::parse(&body, &st.cfg().limits)?;
+fn completions(
+    st: &State,
+    req: &mut HttpRequest,
+    r: CompletionRequest,
+    log: &mut Log,
+) -> Result<Reply, ApiError> {
     let m = model(st, r.common.model.as_deref(), load_wait(st), log)?;
     let m: &Loaded = &m;
     let prompts = r
@@ -413,12 +440,12 @@ fn completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply
     generate::run(st, m, req, plan, log)
 }
 
-fn chat_completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
-    // The slot first: past the cap the 503 costs no parsing (the body is already in memory,
-    // read by the connection's thread).
-    let _slot = InFlight::acquire(st)?;
-    let body = read_body(st, req)?;
-    let r = ChatRequest::parse(&body, &st.cfg().limits)?;
+fn chat_completions(
+    st: &State,
+    req: &mut HttpRequest,
+    r: ChatRequest,
+    log: &mut Log,
+) -> Result<Reply, ApiError> {
     let m = model(st, r.common.model.as_deref(), load_wait(st), log)?;
     let m: &Loaded = &m;
     let ids = chat::prompt_tokens(m, &r.messages)?;
@@ -430,9 +457,7 @@ fn chat_completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<
 
 // Tokenizing does not wait for a load (it starts one): it holds no generation slot, so it
 // must not hold a worker either.
-fn tokenize(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
-    let body = read_body(st, req)?;
-    let r = TokenizeRequest::parse(&body)?;
+fn tokenize(st: &State, r: TokenizeRequest, log: &mut Log) -> Result<Reply, ApiError> {
     let m = model(st, r.model.as_deref(), Duration::ZERO, log)?;
     let tokens = m.tokenizer.encode(&r.prompt, r.add_special_tokens, true);
     Ok(Reply::Json(json!({
@@ -442,9 +467,7 @@ fn tokenize(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, A
     })))
 }
 
-fn detokenize(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
-    let body = read_body(st, req)?;
-    let r = DetokenizeRequest::parse(&body)?;
+fn detokenize(st: &State, r: DetokenizeRequest, log: &mut Log) -> Result<Reply, ApiError> {
     let m = model(st, r.model.as_deref(), Duration::ZERO, log)?;
     let n_vocab = m.tokenizer.n_vocab();
     if let Some(id) = r.tokens.iter().find(|&&t| t as usize >= n_vocab) {

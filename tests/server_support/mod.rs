@@ -29,9 +29,28 @@ pub fn test_config() -> ServeConfig {
 
 /// Starts the server in-process on the default model and waits until it is ready.
 pub fn start(config: ServeConfig, panic_route: bool) -> Server {
+    start_model(config, super::common::default_model_path(), panic_route)
+}
+
+/// The tiny Llama fixture: for serving tests that need a real model but not real text (it
+/// loads in milliseconds and decodes over a thousand tokens a second).
+pub fn tiny_model_path() -> std::path::PathBuf {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/fixtures/tiny-llama.gguf"
+    )
+    .into()
+}
+
+/// Starts the server in-process on the model file `model_path` and waits until it is ready.
+pub fn start_model(
+    config: ServeConfig,
+    model_path: std::path::PathBuf,
+    panic_route: bool,
+) -> Server {
     let s = Server::start(ServerOptions {
         config,
-        model_path: super::common::default_model_path(),
+        model_path,
         catalog: None,
         panic_route,
     })

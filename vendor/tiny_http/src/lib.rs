@@ -111,6 +111,8 @@ use client::ClientConnection;
 use connection::Connection;
 use util::MessagesQueue;
 
+// Ryzanstein patch (PATCHES.md #10): the head limits, for the server's documentation.
+pub use client::{HEADERS_MAX, HEAD_BYTES_MAX};
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
