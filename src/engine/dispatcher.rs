@@ -537,6 +537,9 @@ impl Dispatcher {
         loop {
             let q = match self.held.pop_front() {
                 Some(q) => q,
+                // No slot: leave the rest in the channel, so that `queue_depth` bounds what
+                // waits (a request taken out would wait in `held`, beyond the bound).
+                None if self.free_slots.is_empty() => return,
                 None => match self.rx.try_recv() {
                     Ok(q) => {
                         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);

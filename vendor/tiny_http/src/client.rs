@@ -62,7 +62,7 @@ pub const HEADERS_MAX: usize = 100;
 
 /// Ryzanstein patch (PATCHES.md #10): the protocol errors answered here get the same
 /// OpenAI-style JSON body as the application's errors, so every client sees one error shape.
-fn error_response(status: u16, code: &str, message: &str) -> crate::Response<std::io::Cursor<Vec<u8>>> {
+pub(crate) fn error_response(status: u16, code: &str, message: &str) -> crate::Response<std::io::Cursor<Vec<u8>>> {
     let body = format!(
         "{{\"error\":{{\"message\":\"{message}\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"{code}\"}}}}"
     );

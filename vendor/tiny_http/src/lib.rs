@@ -473,11 +473,21 @@ impl Server {
                                         // be read in time is answered here; the connection ends.
                                         if let Some(limit) = prefetch {
                                             if let Err(e) = rq.prefetch_body(limit) {
-                                                let status = match e.kind() {
-                                                    IoErrorKind::TimedOut => 408,
-                                                    _ => 400,
+                                                let answer = match e.kind() {
+                                                    IoErrorKind::TimedOut => {
+                                                        client::error_response(
+                                                            408,
+                                                            "request_timeout",
+                                                            "the request body did not arrive in time",
+                                                        )
+                                                    }
+                                                    _ => client::error_response(
+                                                        400,
+                                                        "bad_request",
+                                                        "the request body could not be read (bad chunked framing, or the client closed)",
+                                                    ),
                                                 };
-                                                let _ = rq.respond(Response::empty(status));
+                                                let _ = rq.respond(answer);
                                                 break;
                                             }
                                         }
