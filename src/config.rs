@@ -33,9 +33,21 @@ pub struct ServeSettings {
     /// HTTP worker threads; each serves one request at a time [default: max_concurrent_requests + 8].
     #[arg(long, env = "RYZANSTEIN_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
-    /// Require `Authorization: Bearer KEY` on /v1/* (and /tokenize, /detokenize).
+    /// Require `Authorization: Bearer KEY` (or `x-api-key: KEY`) on /v1/*, /tokenize and
+    /// /detokenize.
     #[arg(long, env = "RYZANSTEIN_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Read the API key from the first line of this file (instead of api_key: keeps it out
+    /// of the process list and the environment).
+    #[arg(long, env = "RYZANSTEIN_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// /metrics also requires the API key (when one is set) [default: false].
+    #[arg(long, env = "RYZANSTEIN_METRICS_REQUIRE_KEY")]
+    pub metrics_require_key: Option<bool>,
+    /// On SIGTERM, requests in flight get this long to finish; then they end with an error
+    /// [default: 25000].
+    #[arg(long, env = "RYZANSTEIN_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<u64>,
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "ryzanstein=debug") [default:
     /// $RUST_LOG, else info].
     #[arg(long, env = "RYZANSTEIN_LOG_LEVEL")]
@@ -78,9 +90,24 @@ pub struct ServeSettings {
     /// [default: 30000].
     #[arg(long, env = "RYZANSTEIN_WRITE_TIMEOUT_MS")]
     pub write_timeout_ms: Option<u64>,
+    /// Open connections past which a new connection's request gets 503 and the connection is
+    /// closed [default: 1024].
+    #[arg(long, env = "RYZANSTEIN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// A connection with no request for this long is closed [default: 75000].
+    #[arg(long, env = "RYZANSTEIN_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// A request's head and body must arrive within this from its first byte; else 408 and
+    /// the connection is closed [default: 30000].
+    #[arg(long, env = "RYZANSTEIN_REQUEST_READ_TIMEOUT_MS")]
+    pub request_read_timeout_ms: Option<u64>,
     /// A stream with nothing to send for this long gets an SSE comment ping [default: 1000].
     #[arg(long, env = "RYZANSTEIN_PING_INTERVAL_MS")]
     pub ping_interval_ms: Option<u64>,
+    /// A generation request still running this long after it arrived is cancelled: 504, or a
+    /// final SSE error event (0 = no deadline) [default: 600000].
+    #[arg(long, env = "RYZANSTEIN_REQUEST_DEADLINE_MS")]
+    pub request_deadline_ms: Option<u64>,
 
     /// Context length per sequence (positions) [default: 4096].
     #[arg(long, env = "RYZANSTEIN_N_CTX")]
@@ -106,7 +133,7 @@ pub struct ServeSettings {
     /// Prompts this short go into one step whole, one per step, past the ITL cap [default: 64].
     #[arg(long, env = "RYZANSTEIN_WHOLE_PROMPT_TOKENS")]
     pub whole_prompt_tokens: Option<usize>,
-    /// Events buffered per sequence; a client this far behind is cancelled [default: 4096].
+    /// Events buffered per sequence; a client this far behind is cancelled [default: 256].
     #[arg(long, env = "RYZANSTEIN_EVENT_BUFFER")]
     pub event_buffer: Option<usize>,
 
@@ -150,7 +177,15 @@ pub struct ServeConfig {
     pub model_id: Option<String>,
     pub threads: usize,
     pub http_workers: usize,
+    /// The key itself, from `api_key` or read from `api_key_file`.
     pub api_key: Option<String>,
+    /// Where the key was read from (printed by `--print-config` instead of the key).
+    pub api_key_file: Option<PathBuf>,
+    /// /metrics needs the key too (when one is set): the page names models and traffic.
+    pub metrics_require_key: bool,
+    /// How long a shutdown waits for the requests in flight. Under the 30 s that Kubernetes
+    /// and most supervisors give before SIGKILL, with room for the engines to stop.
+    pub drain_timeout_ms: u64,
     pub log_level: Option<String>,
     pub limits: Limits,
     pub engine: EngineKnobs,
@@ -218,8 +253,22 @@ pub struct Limits {
     pub retry_after_s: u64,
     /// Bounds how long a client that stops reading can hold a worker.
     pub write_timeout_ms: u64,
+    /// Each connection is a thread (tiny_http). Past the cap a connection is answered 503 by
+    /// its own thread, which waits at most a second for the request, so a flood holds
+    /// threads and descriptors for a second each, never the workers.
+    pub max_connections: usize,
+    /// Longer than the idle timeouts of client pools (ureq 15 s, nginx's upstream keep-alive
+    /// 60 s) so that the client side closes first and never sends on a connection the server
+    /// is closing; nginx's own client keep-alive is 75 s.
+    pub idle_timeout_ms: u64,
+    /// Bounds slowloris: a 1 MiB body needs only 35 KB/s to arrive in 30 s.
+    pub request_read_timeout_ms: u64,
     /// Proxies drop idle streams; a comment ping every second keeps them open.
     pub ping_interval_ms: u64,
+    /// 0: none. Ten minutes is 4096 tokens (`max_tokens_cap`) at under 7 tokens/s, well
+    /// below what a loaded server gives one stream, so only a runaway request meets it; it
+    /// bounds how long one request can hold a worker, a slot and KV memory.
+    pub request_deadline_ms: u64,
 }
 
 /// The engine's batching knobs (mapped onto `engine::EngineOptions` by the server).
@@ -233,6 +282,12 @@ pub struct EngineKnobs {
     pub batch_window_ms: u64,
     pub itl_factor: f64,
     pub whole_prompt_tokens: usize,
+    /// Events (about one per token) a sequence may have waiting for its HTTP worker. A worker
+    /// only falls behind when its socket write blocks, i.e. after the kernel's send and
+    /// receive buffers (hundreds of KiB, thousands of events) are full: a client this far
+    /// behind has stopped reading, and its sequence is cancelled rather than left to generate
+    /// up to 4096 tokens nobody reads. Lower than the engine's own 4096, which suits callers
+    /// that read a stream only after it ends.
     pub event_buffer: usize,
 }
 
@@ -251,13 +306,17 @@ impl Default for Limits {
             logit_bias_max: 300,
             retry_after_s: 1,
             write_timeout_ms: 30_000,
+            max_connections: 1024,
+            idle_timeout_ms: 75_000,
+            request_read_timeout_ms: 30_000,
             ping_interval_ms: 1000,
+            request_deadline_ms: 600_000,
         }
     }
 }
 
 impl Default for EngineKnobs {
-    /// The engine's own defaults (`engine::EngineOptions::default`).
+    /// The engine's own defaults (`engine::EngineOptions::default`), but `event_buffer`.
     fn default() -> Self {
         EngineKnobs {
             n_ctx: 4096,
@@ -268,7 +327,7 @@ impl Default for EngineKnobs {
             batch_window_ms: 0,
             itl_factor: 2.5,
             whole_prompt_tokens: 64,
-            event_buffer: 4096,
+            event_buffer: 256,
         }
     }
 }
@@ -286,6 +345,32 @@ pub const SPARE_HTTP_WORKERS: usize = 8;
 pub const HTTP_WORKERS_MAX: usize = 4096;
 /// Most loader threads: loads are disk- and memory-bound, a few threads saturate both.
 pub const LOADER_THREADS_MAX: usize = 64;
+
+/// Default of `drain_timeout_ms`.
+pub const DRAIN_TIMEOUT_MS: u64 = 25_000;
+
+/// The API key: `key` (an empty one means none), or the first line of `file`, trimmed.
+/// Both, an unreadable file or an empty first line are errors: a key file that yields no
+/// key must not leave the server open.
+fn api_key(key: Option<String>, file: Option<&Path>) -> Result<Option<String>, ConfigError> {
+    let Some(path) = file else {
+        return Ok(key.filter(|k| !k.is_empty()));
+    };
+    let bad = |reason: String| ConfigError::Invalid {
+        key: "api_key_file",
+        value: path.display().to_string(),
+        reason,
+    };
+    if key.is_some() {
+        return Err(bad("api_key is set too: give one of them".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Err(bad("its first line is empty".into()));
+    }
+    Ok(Some(line.to_string()))
+}
 
 /// A configuration error (bad file, bad value), naming what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -331,6 +416,9 @@ impl ServeSettings {
             threads,
             http_workers,
             api_key,
+            api_key_file,
+            metrics_require_key,
+            drain_timeout_ms,
             log_level,
             body_bytes_max,
             max_concurrent_requests,
@@ -344,7 +432,11 @@ impl ServeSettings {
             logit_bias_max,
             retry_after_s,
             write_timeout_ms,
+            max_connections,
+            idle_timeout_ms,
+            request_read_timeout_ms,
             ping_interval_ms,
+            request_deadline_ms,
             n_ctx,
             max_batch_size,
             max_batch_tokens,
@@ -387,7 +479,13 @@ impl ServeConfig {
             logit_bias_max: s.logit_bias_max.unwrap_or(dl.logit_bias_max),
             retry_after_s: s.retry_after_s.unwrap_or(dl.retry_after_s),
             write_timeout_ms: s.write_timeout_ms.unwrap_or(dl.write_timeout_ms),
+            max_connections: s.max_connections.unwrap_or(dl.max_connections),
+            idle_timeout_ms: s.idle_timeout_ms.unwrap_or(dl.idle_timeout_ms),
+            request_read_timeout_ms: s
+                .request_read_timeout_ms
+                .unwrap_or(dl.request_read_timeout_ms),
             ping_interval_ms: s.ping_interval_ms.unwrap_or(dl.ping_interval_ms),
+            request_deadline_ms: s.request_deadline_ms.unwrap_or(dl.request_deadline_ms),
         };
         let engine = EngineKnobs {
             n_ctx: s.n_ctx.unwrap_or(de.n_ctx),
@@ -433,7 +531,10 @@ impl ServeConfig {
             http_workers: s
                 .http_workers
                 .unwrap_or(limits.max_concurrent_requests + SPARE_HTTP_WORKERS),
-            api_key: s.api_key.filter(|k| !k.is_empty()),
+            api_key: api_key(s.api_key, s.api_key_file.as_deref())?,
+            api_key_file: s.api_key_file,
+            metrics_require_key: s.metrics_require_key.unwrap_or(false),
+            drain_timeout_ms: s.drain_timeout_ms.unwrap_or(DRAIN_TIMEOUT_MS),
             log_level: s.log_level,
             limits,
             engine,
@@ -488,6 +589,14 @@ impl ServeConfig {
         if l.ping_interval_ms == 0 {
             return bad("ping_interval_ms", "0".into(), "must be at least 1");
         }
+        let edge: [(&'static str, u64); 3] = [
+            ("max_connections", l.max_connections as u64),
+            ("idle_timeout_ms", l.idle_timeout_ms),
+            ("request_read_timeout_ms", l.request_read_timeout_ms),
+        ];
+        if let Some((key, v)) = edge.iter().find(|(_, v)| *v == 0) {
+            return bad(key, v.to_string(), "must be at least 1");
+        }
         let m = &self.models;
         if m.loader_threads == 0 || m.loader_threads > LOADER_THREADS_MAX {
             return bad(
@@ -529,7 +638,13 @@ impl ServeConfig {
             model_id: self.model_id.clone(),
             threads: Some(self.threads),
             http_workers: Some(self.http_workers),
-            api_key: self.api_key.as_ref().map(|_| "<redacted>".to_string()),
+            api_key: match &self.api_key_file {
+                Some(_) => None,
+                None => self.api_key.as_ref().map(|_| "<redacted>".to_string()),
+            },
+            api_key_file: self.api_key_file.clone(),
+            metrics_require_key: Some(self.metrics_require_key),
+            drain_timeout_ms: Some(self.drain_timeout_ms),
             log_level: self.log_level.clone(),
             body_bytes_max: Some(l.body_bytes_max),
             max_concurrent_requests: Some(l.max_concurrent_requests),
@@ -543,7 +658,11 @@ impl ServeConfig {
             logit_bias_max: Some(l.logit_bias_max),
             retry_after_s: Some(l.retry_after_s),
             write_timeout_ms: Some(l.write_timeout_ms),
+            max_connections: Some(l.max_connections),
+            idle_timeout_ms: Some(l.idle_timeout_ms),
+            request_read_timeout_ms: Some(l.request_read_timeout_ms),
             ping_interval_ms: Some(l.ping_interval_ms),
+            request_deadline_ms: Some(l.request_deadline_ms),
             n_ctx: Some(e.n_ctx),
             max_batch_size: Some(e.max_batch_size),
             max_batch_tokens: Some(e.max_batch_tokens),

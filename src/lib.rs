@@ -20,6 +20,8 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod faults;
 pub mod gguf;
 pub mod kernels;
 pub mod metrics;

@@ -19,7 +19,7 @@ fn the_binary_serves_with_an_api_key_and_stops_on_sigterm() {
     let mut c = Conn::open(s.addr);
     let r = c.request("POST", "/v1/completions", &[], body.as_bytes());
     assert_eq!(r.status, 401, "{}", r.text());
-    assert_eq!(r.json()["error"]["type"], "authentication_error");
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
     let r = c.request("GET", "/v1/models", &["Authorization: Bearer wrong"], b"");
     assert_eq!(r.status, 401);
     let r = c.request(

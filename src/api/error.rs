@@ -7,7 +7,7 @@ use serde_json::json;
 pub struct ApiError {
     pub status: u16,
     pub message: String,
-    /// OpenAI's `type`: `invalid_request_error`, `authentication_error`, `server_error`...
+    /// OpenAI's `type`: `invalid_request_error`, `server_error`...
     pub kind: &'static str,
     /// The request field at fault, if one is.
     pub param: Option<String>,
@@ -100,12 +100,35 @@ impl ApiError {
         )
     }
 
+    /// 408: the body did not arrive within the request read timeout.
+    pub fn read_timeout(timeout_ms: u64) -> ApiError {
+        ApiError::new(
+            408,
+            "invalid_request_error",
+            "request_timeout",
+            format!("the request did not arrive within {timeout_ms} ms"),
+        )
+    }
+
+    /// 401, as OpenAI answers a missing or wrong key.
     pub fn unauthorized() -> ApiError {
         ApiError::new(
             401,
-            "authentication_error",
+            "invalid_request_error",
             "invalid_api_key",
             "a valid API key is required: send 'Authorization: Bearer KEY'".into(),
+        )
+    }
+
+    /// 403: an admin route on a server that has no API key and listens beyond loopback.
+    pub fn admin_needs_key() -> ApiError {
+        ApiError::new(
+            403,
+            "invalid_request_error",
+            "admin_requires_key",
+            "admin routes need an API key when the server listens on a non-loopback \
+             address: start it with --api-key or --api-key-file"
+                .into(),
         )
     }
 
@@ -115,6 +138,16 @@ impl ApiError {
             retry_after_s: Some(retry_after_s),
             ..ApiError::new(503, "server_error", "service_unavailable", message.into())
         }
+    }
+
+    /// 504: the request ran past its deadline (`request_deadline_ms`) and was cancelled.
+    pub fn deadline_exceeded(deadline_ms: u64) -> ApiError {
+        ApiError::new(
+            504,
+            "timeout",
+            "deadline_exceeded",
+            format!("the request ran past its deadline of {deadline_ms} ms and was cancelled"),
+        )
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {

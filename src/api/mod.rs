@@ -10,3 +10,4 @@ pub mod request;
 pub mod response;
 
 pub use error::ApiError;
+pub use request::{parse_and_validate, ParsedBody};

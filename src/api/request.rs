@@ -519,6 +519,42 @@ impl DetokenizeRequest {
     }
 }
 
+/// A request body parsed and checked against the limits, by route.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParsedBody {
+    Completion(CompletionRequest),
+    Chat(ChatRequest),
+    Tokenize(TokenizeRequest),
+    Detokenize(DetokenizeRequest),
+}
+
+/// The routes whose JSON body [`parse_and_validate`] reads.
+pub const BODY_ROUTES: [&str; 4] = [
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/tokenize",
+    "/detokenize",
+];
+
+/// Parses the body of a request to `route` and checks it against `limits`: everything the
+/// server checks before it looks at a model (which then checks token ids against its
+/// vocabulary and the prompt's length against its context). The server calls this for every
+/// body it reads; the fuzz target `request` calls it on arbitrary bytes. A route that takes no
+/// body is a 404.
+pub fn parse_and_validate(
+    route: &str,
+    body: &[u8],
+    limits: &Limits,
+) -> Result<ParsedBody, ApiError> {
+    match route {
+        "/v1/completions" => CompletionRequest::parse(body, limits).map(ParsedBody::Completion),
+        "/v1/chat/completions" => ChatRequest::parse(body, limits).map(ParsedBody::Chat),
+        "/tokenize" => TokenizeRequest::parse(body).map(ParsedBody::Tokenize),
+        "/detokenize" => DetokenizeRequest::parse(body).map(ParsedBody::Detokenize),
+        _ => Err(ApiError::not_found(route)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

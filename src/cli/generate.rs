@@ -154,6 +154,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         logit_bias: a.logit_bias.clone(),
         seed: a.seed,
         n_logprobs: a.logprobs,
+        logprob: a.logprobs > 0,
     };
     sampling.validate()?;
     let opts = ModelOptions {

@@ -5,9 +5,11 @@
 //! `--config`, then defaults (`ryzanstein::config`). The catalog is validated before the
 //! server starts (a bad manifest is one clear error line). The server answers `/health` as
 //! soon as it listens and loads the preload models in the background — with a progress bar
-//! per load when stderr is a terminal; SIGTERM or SIGINT stops it: no new requests, the ones
-//! in flight finish, the engines drain, exit 0. With one file, a failed load ends the
-//! process (exit 1); with a directory, the other models go on serving.
+//! per load when stderr is a terminal; SIGTERM or SIGINT stops it: new connections are
+//! refused, the requests in flight get `drain_timeout_ms` to finish (then end with an error),
+//! the engines stop, exit 0 (a second signal exits at once, code 1). With one file, a failed
+//! load — or a model whose engine failed — ends the process (exit 1); with a directory, the
+//! other models go on serving.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -71,14 +73,19 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // A second signal during the drain exits at once (code 1): the operator insists.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .context("cannot install signal handlers")?;
         signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handlers")?;
     }
+    log_panics();
     let listen = cfg.listen.clone();
     let server = Server::start(ServerOptions {
         config: cfg,
         model_path,
         catalog,
-        panic_route: false,
+        // Only a build with the `fault-injection` feature can say yes (tests/faults.rs).
+        panic_route: ryzanstein::faults::handler_panic_route(),
     })
     .with_context(|| format!("cannot listen on {listen}"))?;
     // The tests and scripts read this line to find the port (listen may say port 0).
@@ -99,6 +106,34 @@ pub fn run(a: ServeArgs) -> Result<()> {
     tracing::info!("signal received: draining");
     server.shutdown();
     Ok(())
+}
+
+/// Logs every panic as one error line (thread, place, message) instead of the default
+/// hook's lines on stderr: a handler, dispatcher or loader panic is caught and reported by
+/// the server, and this is the line that says where it happened. With `RUST_BACKTRACE` set
+/// (and not "0") the default hook stays, backtrace included.
+fn log_panics() {
+    if std::env::var("RUST_BACKTRACE").is_ok_and(|v| !v.is_empty() && v != "0") {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            at,
+            "panic: {msg}"
+        );
+    }));
 }
 
 fn init_logging(filter: &str) -> Result<()> {

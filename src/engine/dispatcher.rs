@@ -9,10 +9,14 @@
 //! later: its output is the same as if it had never been preempted.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use rayon::ThreadPool;
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
@@ -23,6 +27,7 @@ use crate::model::sampler::Sampler;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{BatchToken, Model, ModelError, ModelOptions, State};
 
+use super::panic_message;
 use super::policy::{self, Budgets, SeqView, Slice};
 use super::request::{Event, GenerationRequest, Queued, Stream, SubmitError, TokenEvent};
 
@@ -134,6 +139,10 @@ pub struct ModelHandle {
     tx: Sender<Queued>,
     stats: Arc<EngineStats>,
     draining: Arc<AtomicBool>,
+    /// Set once if the dispatcher panicked: why. The engine serves nothing more.
+    failure: Arc<OnceLock<String>>,
+    /// Set by [`ModelHandle::abort`]: every request ends with this reason.
+    abort: Arc<OnceLock<String>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -170,7 +179,11 @@ impl ModelHandle {
         );
         let (tx, rx) = bounded(opts.queue_depth.max(1));
         let draining = Arc::new(AtomicBool::new(false));
-        let mut d = Dispatcher {
+        let failure = Arc::new(OnceLock::new());
+        let abort = Arc::new(OnceLock::new());
+        let d = Dispatcher {
+            id: id.to_string(),
+            abort: abort.clone(),
             model: model.clone(),
             tokenizer: tokenizer.clone(),
             state,
@@ -189,9 +202,10 @@ impl ModelHandle {
             batch: Vec::with_capacity(opts.max_batch_tokens),
             costs: StepCosts::default(),
         };
+        let (failed, stop) = (failure.clone(), draining.clone());
         let thread = std::thread::Builder::new()
             .name(format!("dispatch-{id}"))
-            .spawn(move || d.run())
+            .spawn(move || run_guarded(d, &failed, &stop))
             .map_err(|e| ModelError::Batch(format!("cannot start the dispatcher thread: {e}")))?;
         Ok(ModelHandle {
             id: id.to_string(),
@@ -201,8 +215,24 @@ impl ModelHandle {
             tx,
             stats,
             draining,
+            failure,
+            abort,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Why the dispatcher stopped, if it panicked: the engine then serves nothing more (the
+    /// registry marks the model failed).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    /// Ends every request in flight or queued with `Event::Failed(reason)` at the dispatcher's
+    /// next step, admits nothing more, and stops the dispatcher (the drain deadline of a
+    /// shutdown). [`ModelHandle::drain`] then returns at once.
+    pub fn abort(&self, reason: &str) {
+        self.draining.store(true, Ordering::Relaxed);
+        let _ = self.abort.set(reason.to_string());
     }
 
     pub fn id(&self) -> &str {
@@ -366,6 +396,11 @@ struct Seq {
     admitted_seq_no: u64,
     /// Sent `Admitted` already (a resumed sequence does not send it twice).
     announced: bool,
+    /// This step's row of the logits, when it gets one (set and cleared by [`advance`]).
+    sample_row: Option<usize>,
+    /// This step's sampled token (or the sampler's error), between the parallel sampling
+    /// and the in-order sending of [`advance`].
+    sampled: Option<Result<TokenEvent, String>>,
 }
 
 impl Seq {
@@ -385,6 +420,10 @@ enum Outcome {
 }
 
 struct Dispatcher {
+    /// The model's id (logs, fault injection).
+    id: String,
+    /// Set by [`ModelHandle::abort`].
+    abort: Arc<OnceLock<String>>,
     model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
     state: State,
@@ -414,10 +453,29 @@ const NO_SLOT: usize = usize::MAX;
 /// How long an idle dispatcher blocks before checking for a drain.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
+/// Runs a dispatcher and catches its panic: the reason is logged and kept in `failure`, no
+/// more requests are taken, and every request it held ends with `Event::Failed` (so no
+/// stream waits forever on a dead engine).
+fn run_guarded(mut d: Dispatcher, failure: &OnceLock<String>, draining: &AtomicBool) {
+    let Err(p) = catch_unwind(AssertUnwindSafe(|| d.run())) else {
+        return;
+    };
+    let reason = format!("the dispatcher panicked: {}", panic_message(&*p));
+    tracing::error!(model = %d.id, "{reason}; its requests fail, its model is marked failed");
+    // Before the requests hear of it, so a retry does not queue on the dead engine.
+    draining.store(true, Ordering::Relaxed);
+    let _ = failure.set(reason.clone());
+    d.fail_everything(&format!("the engine failed: {reason}"));
+}
+
 impl Dispatcher {
     fn run(&mut self) {
         let mut admitted_seq_no = 0u64;
         loop {
+            if let Some(reason) = self.abort.get().cloned() {
+                self.fail_everything(&reason);
+                return;
+            }
             self.drop_cancelled();
             self.publish();
             if self.running.is_empty() && self.preempted.is_empty() && self.held.is_empty() {
@@ -479,6 +537,9 @@ impl Dispatcher {
         loop {
             let q = match self.held.pop_front() {
                 Some(q) => q,
+                // No slot: leave the rest in the channel, so that `queue_depth` bounds what
+                // waits (a request taken out would wait in `held`, beyond the bound).
+                None if self.free_slots.is_empty() => return,
                 None => match self.rx.try_recv() {
                     Ok(q) => {
                         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -538,6 +599,8 @@ impl Dispatcher {
             n_generated: 0,
             admitted_seq_no: *no,
             announced: false,
+            sample_row: None,
+            sampled: None,
         });
     }
 
@@ -590,6 +653,7 @@ impl Dispatcher {
             return; // preempted; plan again next step
         }
         self.build_batch();
+        crate::faults::dispatcher_step(&self.id, self.stats.steps.load(Ordering::Relaxed) + 1);
         let t0 = Instant::now();
         let (model, state, batch) = (&self.model, &mut self.state, &self.batch);
         let logits = match self.pool.install(|| model.forward(state, batch)) {
@@ -611,6 +675,7 @@ impl Dispatcher {
                 n_ctx: self.opts.n_ctx,
                 n_vocab: self.model.config().n_vocab,
             },
+            &self.pool,
             &mut self.done,
         );
         self.record_step(secs);
@@ -698,6 +763,24 @@ impl Dispatcher {
             .fetch_add(n_prefill as u64, Ordering::Relaxed);
     }
 
+    /// Ends every request it holds — running, preempted, held, queued — with
+    /// `Event::Failed(msg)`. Touches only the requests' channels, so it is safe after a panic
+    /// left the KV cache or the batch half updated.
+    fn fail_everything(&mut self, msg: &str) {
+        let failed = || Event::Failed(msg.to_string());
+        for s in self.running.drain(..).chain(self.preempted.drain(..)) {
+            let _ = s.q.tx.try_send(failed());
+        }
+        for q in self.held.drain(..) {
+            let _ = q.tx.try_send(failed());
+        }
+        while let Ok(q) = self.rx.try_recv() {
+            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            let _ = q.tx.try_send(failed());
+        }
+        self.stats.running.store(0, Ordering::Relaxed);
+    }
+
     fn fail_all(&mut self, msg: &str) {
         for s in std::mem::take(&mut self.running) {
             let _ = s.q.tx.try_send(Event::Failed(msg.to_string()));
@@ -724,9 +807,18 @@ struct Ctx<'a> {
 
 /// Advances every planned sequence past its slice, samples those that got logits (rows of
 /// `logits` in plan order), sends their events, and lists the finished ones in `done`
-/// (ascending).
-fn advance(running: &mut [Seq], plan: &[Slice], logits: &[f32], cx: &Ctx, done: &mut Vec<usize>) {
-    let mut row = 0;
+/// (ascending). Sampling runs on the compute pool, one task per sequence: for a large
+/// vocabulary it is a pass (or several) over a row of logits per sequence, which serially
+/// would leave the pool idle for milliseconds each step. Events are then sent in plan order.
+fn advance(
+    running: &mut [Seq],
+    plan: &[Slice],
+    logits: &[f32],
+    cx: &Ctx,
+    pool: &ThreadPool,
+    done: &mut Vec<usize>,
+) {
+    let mut n_rows = 0;
     for sl in plan {
         let s = &mut running[sl.seq];
         s.n_cached += sl.n_tokens;
@@ -739,38 +831,68 @@ fn advance(running: &mut [Seq], plan: &[Slice], logits: &[f32], cx: &Ctx, done: 
             }
             continue;
         }
-        let l = &logits[row * cx.n_vocab..][..cx.n_vocab];
-        row += 1;
-        if matches!(sample_one(s, l, cx), Outcome::Done) {
-            done.push(sl.seq);
+        s.sample_row = Some(n_rows);
+        n_rows += 1;
+    }
+    sample_rows(running, logits, cx.n_vocab, pool, n_rows);
+    for sl in plan {
+        let s = &mut running[sl.seq];
+        if let Some(sampled) = s.sampled.take() {
+            if matches!(send_sampled(s, sampled, cx), Outcome::Done) {
+                done.push(sl.seq);
+            }
         }
     }
     done.sort_unstable();
 }
 
-/// Samples the next token of `s`; sends it; says whether the sequence is done.
-fn sample_one(s: &mut Seq, logits: &[f32], cx: &Ctx) -> Outcome {
-    let sampled = match s.sampler.sample(logits, &s.tokens) {
-        Ok(x) => x,
+/// Samples every sequence with a `sample_row` (`n_rows` of them) from its row of `logits`.
+fn sample_rows(
+    running: &mut [Seq],
+    logits: &[f32],
+    n_vocab: usize,
+    pool: &ThreadPool,
+    n_rows: usize,
+) {
+    let sample = |s: &mut Seq| {
+        let Some(row) = s.sample_row.take() else {
+            return;
+        };
+        let l = &logits[row * n_vocab..][..n_vocab];
+        s.sampled = Some(match s.sampler.sample(l, &s.tokens) {
+            Ok(x) => Ok(TokenEvent {
+                id: x.token,
+                logprob: x.logprob,
+                top: x.top_logprobs.to_vec(),
+            }),
+            Err(e) => Err(e.to_string()),
+        });
+    };
+    if n_rows < 2 {
+        running.iter_mut().for_each(sample);
+    } else {
+        pool.install(|| running.par_iter_mut().for_each(sample));
+    }
+}
+
+/// Sends `s`'s sampled token (or its sampler's error); says whether the sequence is done.
+fn send_sampled(s: &mut Seq, sampled: Result<TokenEvent, String>, cx: &Ctx) -> Outcome {
+    let ev = match sampled {
+        Ok(ev) => ev,
         Err(e) => {
-            let _ = s.q.tx.try_send(Event::Failed(e.to_string()));
+            let _ = s.q.tx.try_send(Event::Failed(e));
             s.q.cancel.store(true, Ordering::Relaxed);
             return Outcome::Done;
         }
     };
-    let id = sampled.token;
+    let id = ev.id;
     s.n_generated += 1;
     cx.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
     if cx.tokenizer.is_eog(id) && !s.q.req.ignore_eos {
         return Outcome::Done;
     }
-    let ev = Event::Token(TokenEvent {
-        id,
-        logprob: sampled.logprob,
-        top: sampled.top_logprobs.to_vec(),
-    });
     s.tokens.push(id);
-    if s.q.tx.try_send(ev).is_err() {
+    if s.q.tx.try_send(Event::Token(ev)).is_err() {
         // Disconnected, or a reader so slow its buffer filled: cancel only this request.
         s.q.cancel.store(true, Ordering::Relaxed);
         return Outcome::Done;

@@ -26,6 +26,7 @@ use crate::model::Model;
 
 use super::catalog::quantization_name;
 use super::dispatcher::ModelHandle;
+use super::panic_message;
 use super::registry::{
     FileInfo, Inner, Job, JobKind, LoadedModel, ModelState, Phase, Progress, Registry, WhenFull,
 };
@@ -48,6 +49,13 @@ pub(crate) fn run(reg: &Arc<Registry>) {
             loop {
                 if g.shutdown {
                     return;
+                }
+                let dead = reg.reap_failed(&mut g);
+                if !dead.is_empty() {
+                    drop(g);
+                    drop_models(dead);
+                    g = reg.lock();
+                    continue;
                 }
                 if let Some(j) = take_job(reg, &mut g) {
                     break j;
@@ -174,7 +182,7 @@ fn load(reg: &Arc<Registry>, i: usize) {
         return;
     }
     let result = catch_unwind(AssertUnwindSafe(|| build(reg, i)))
-        .unwrap_or_else(|p| Err(format!("the loader panicked: {}", panic_message(&p))));
+        .unwrap_or_else(|p| Err(format!("the loader panicked: {}", panic_message(&*p))));
     let secs = t0.elapsed().as_secs_f64();
     reg.metrics.load_seconds.observe(secs);
     let mut g = reg.lock();
@@ -421,6 +429,7 @@ fn build(reg: &Registry, i: usize) -> Result<LoadedModel, String> {
     let opts = reg.engine_options(i);
     // GGUF and model errors name the file themselves.
     let file = Arc::new(GgufFile::open(path).map_err(|e| e.to_string())?);
+    crate::faults::loader(&entry.id);
     let bytes_total = file.bytes().len() as u64;
     let tensors_total = file.tensors().len();
     let progress = |phase, bytes_done, tensors_done| Progress {
@@ -503,13 +512,6 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Lowers this thread's CPU priority (Linux threads have their own nice value).

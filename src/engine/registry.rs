@@ -518,12 +518,15 @@ impl Registry {
     ) -> Result<Lease, AcquireError> {
         let i = self.resolve(name)?;
         let deadline = Instant::now() + wait;
+        // Engines found dead are dropped after the lock (declared first, dropped last).
+        let mut dead = Vec::new();
         let mut g = self.lock();
         let mut first = true;
         loop {
             if g.shutdown {
                 return Err(AcquireError::ShuttingDown);
             }
+            dead.extend(self.reap_failed(&mut g));
             let s = &g.slots[i];
             if let (ModelState::Loaded, Some(m)) = (s.state, &s.loaded) {
                 let model = m.clone();
@@ -805,6 +808,55 @@ impl Registry {
         };
         send(&mut g.slots[i].subscribers);
         send(&mut g.all_subscribers);
+    }
+
+    /// Marks failed every loaded model whose engine stopped (its dispatcher panicked) and
+    /// returns them, to be dropped by the caller after it releases the lock. Called by idle
+    /// loader threads at every wake-up (at most `ROOM_POLL` apart) and by every `acquire`,
+    /// so a request never queues on a dead engine and `/v1/models` soon says `failed`.
+    pub(crate) fn reap_failed(&self, g: &mut Inner) -> Vec<Arc<LoadedModel>> {
+        let mut dead = Vec::new();
+        for i in 0..g.slots.len() {
+            let Some(why) = g.slots[i]
+                .loaded
+                .as_ref()
+                .and_then(|m| m.handle.failure().map(str::to_string))
+            else {
+                continue;
+            };
+            let msg = format!(
+                "its engine stopped ({why}); POST /v1/models/{}/load loads it again",
+                self.id(i)
+            );
+            tracing::error!(model = self.id(i), "model failed: {msg}");
+            let s = &mut g.slots[i];
+            dead.extend(s.loaded.take());
+            s.state = ModelState::Failed;
+            s.error = Some(msg);
+            s.reserved_bytes = 0;
+            self.emit(g, i, Progress::new(Phase::Failed));
+        }
+        if !dead.is_empty() {
+            self.changed.notify_all();
+            self.work.notify_all();
+        }
+        dead
+    }
+
+    /// The drain deadline of a shutdown passed: requests waiting for a model get
+    /// `ShuttingDown`, the loaders stop after their current job, and every loaded engine ends
+    /// its requests with `reason` at its next step.
+    pub fn abort_requests(&self, reason: &str) {
+        let loaded: Vec<Arc<LoadedModel>> = {
+            let mut g = self.lock();
+            g.shutdown = true;
+            g.slots.iter().filter_map(|s| s.loaded.clone()).collect()
+        };
+        self.work.notify_all();
+        self.changed.notify_all();
+        for m in loaded {
+            m.handle.abort(reason);
+        }
     }
 
     /// Stops the loader threads (a load in progress finishes first), then drains every

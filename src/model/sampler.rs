@@ -66,6 +66,10 @@ pub struct SamplingParams {
     pub seed: u64,
     /// How many most likely tokens to report with their log-probs (0 = none).
     pub n_logprobs: usize,
+    /// Compute the chosen token's log-prob even when `n_logprobs` is 0. Off, and with
+    /// `n_logprobs` 0, [`Sampled::logprob`] is NaN: the softmax normaliser over the whole
+    /// vocabulary (an `exp` per entry, 262,144 for Gemma 3, per token) is skipped.
+    pub logprob: bool,
 }
 
 impl Default for SamplingParams {
@@ -83,6 +87,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             seed: 0,
             n_logprobs: 0,
+            logprob: false,
         }
     }
 }
@@ -185,6 +190,20 @@ struct Candidate {
 }
 
 /// Descending by logit, ties by ascending id: a total, deterministic order.
+/// Index and value of the largest entry; strict `>` keeps the lowest index on ties, and NaN
+/// never wins.
+fn argmax(l: &[f32]) -> (usize, f32) {
+    let mut best = 0usize;
+    let mut max = f32::NEG_INFINITY;
+    for (i, &x) in l.iter().enumerate() {
+        if x > max {
+            max = x;
+            best = i;
+        }
+    }
+    (best, max)
+}
+
 fn by_logit_desc(a: &Candidate, b: &Candidate) -> Ordering {
     b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
 }
@@ -289,6 +308,13 @@ impl Sampler {
                 got: logits.len(),
             });
         }
+        if let Some(token) = self.plain_greedy(logits) {
+            return Ok(Sampled {
+                token,
+                logprob: f32::NAN,
+                top_logprobs: &self.top,
+            });
+        }
         for (a, &l) in self.adjusted.iter_mut().zip(logits) {
             // NaN would poison every comparison below; treat it as impossible.
             *a = if l.is_nan() { f32::NEG_INFINITY } else { l };
@@ -299,19 +325,11 @@ impl Sampler {
         if self.params.penalties_on() {
             self.apply_penalties(history);
         }
-
-        // One pass: max (= greedy choice; strict '>' keeps the lowest id on ties).
-        let mut best = 0usize;
-        let mut max = f32::NEG_INFINITY;
-        for (i, &l) in self.adjusted.iter().enumerate() {
-            if l > max {
-                max = l;
-                best = i;
-            }
-        }
+        let (best, max) = argmax(&self.adjusted);
         if max == f32::NEG_INFINITY {
             return Err(SamplerError::NoCandidates);
         }
+        let mut max = max;
         // +inf (a huge bias overflowing) would make every probability NaN; clamp it.
         if max == f32::INFINITY {
             for l in &mut self.adjusted {
@@ -321,13 +339,16 @@ impl Sampler {
             }
             max = f32::MAX;
         }
-        let log_z = max
-            + self
+        let log_z = if self.wants_logprobs() {
+            max + self
                 .adjusted
                 .iter()
                 .map(|&l| (l - max).exp())
                 .sum::<f32>()
-                .ln();
+                .ln()
+        } else {
+            f32::NAN
+        };
 
         let token = if self.params.temperature <= 0.0 || self.params.top_k == 1 {
             best as u32
@@ -341,6 +362,26 @@ impl Sampler {
             logprob: self.adjusted[token as usize] - log_z,
             top_logprobs: &self.top,
         })
+    }
+
+    fn wants_logprobs(&self) -> bool {
+        self.params.logprob || self.params.n_logprobs > 0
+    }
+
+    /// Greedy with nothing that changes the logits and no log-probs wanted: the argmax of
+    /// the raw logits, read in place (no copy of the vocabulary-sized row). The same token as
+    /// the general path: NaN never wins either way, and the first +inf wins in both. `None`
+    /// when the general path must run (it also reports a row with no candidate).
+    fn plain_greedy(&self, logits: &[f32]) -> Option<u32> {
+        let plain = self.params.is_greedy()
+            && self.params.logit_bias.is_empty()
+            && !self.params.penalties_on()
+            && !self.wants_logprobs();
+        if !plain {
+            return None;
+        }
+        let (best, max) = argmax(logits);
+        (max > f32::NEG_INFINITY).then_some(best as u32)
     }
 
     fn apply_penalties(&mut self, history: &[u32]) {
@@ -489,6 +530,35 @@ mod tests {
         (0..n)
             .map(|_| (r.next_f64() * 20.0 - 10.0) as f32)
             .collect()
+    }
+
+    /// The in-place greedy path (no log-probs asked) picks what the general path picks, on
+    /// ordinary rows and on rows with NaN, +inf and ties; and it reports no log-prob.
+    #[test]
+    fn plain_greedy_matches_the_general_path() {
+        let mut rows = vec![
+            logits(1000, 3),
+            vec![f32::NAN, 2.0, f32::INFINITY, 1.0, f32::INFINITY],
+            vec![f32::NAN, -1.0, -1.0, f32::NAN],
+            vec![0.5; 7],
+        ];
+        rows[0][417] = f32::NAN;
+        for l in &rows {
+            let mut fast = sampler(SamplingParams::greedy(), l.len());
+            let general = SamplingParams {
+                logprob: true,
+                ..SamplingParams::greedy()
+            };
+            let mut slow = sampler(general, l.len());
+            let a = fast.sample(l, &[]).expect("sample");
+            assert!(a.logprob.is_nan(), "no log-prob was asked");
+            let b = slow.sample(l, &[]).expect("sample");
+            assert!(b.logprob <= 0.0, "log-prob asked: {}", b.logprob);
+            assert_eq!(a.token, b.token, "{l:?}");
+        }
+        let all_nan = [f32::NAN; 3];
+        let mut s = sampler(SamplingParams::greedy(), 3);
+        assert!(s.sample(&all_nan, &[]).is_err(), "no candidate is an error");
     }
 
     #[test]

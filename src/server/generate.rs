@@ -6,6 +6,11 @@
 //! A choice that meets a stop string drops its engine stream, which cancels its sequence. A
 //! client that disconnects mid-stream makes the next write fail; returning drops every stream
 //! of the request, so the engine frees their KV blocks at its next step.
+//!
+//! A request still running at its deadline (`request_deadline_ms` after it reached a worker)
+//! is cancelled the same way: every wait for an event ends at the deadline at the latest, and
+//! then the streams are dropped and the client gets a 504, or, if its stream had started, a
+//! final SSE error event and `data: [DONE]`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -106,6 +111,44 @@ struct Ctx<'a> {
     tok: &'a Tokenizer,
     n_logprobs: Option<usize>,
     t0: Instant,
+    /// When the request is cancelled (`None`: no deadline).
+    deadline: Option<Instant>,
+}
+
+impl Ctx<'_> {
+    /// `idle`, cut short so that no wait outlasts the deadline.
+    fn wait(&self, idle: Duration) -> Duration {
+        self.deadline.map_or(idle, |d| {
+            idle.min(d.saturating_duration_since(Instant::now()))
+        })
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Cancels every choice (dropping a stream frees its sequence's KV blocks at the engine's
+    /// next step) and says why.
+    fn cancel_at_deadline(&self, runs: &mut [ChoiceRun], log: &mut Log) -> ApiError {
+        for r in runs.iter_mut() {
+            r.stream = None;
+        }
+        self.st
+            .metrics
+            .deadlines_exceeded
+            .fetch_add(1, Ordering::Relaxed);
+        log.note = Some("deadline exceeded");
+        ApiError::deadline_exceeded(self.st.cfg().limits.request_deadline_ms)
+    }
+}
+
+/// The request's deadline: `request_deadline_ms` after `start` (none if 0, or too far off to
+/// represent).
+fn deadline(st: &State, start: Instant) -> Option<Instant> {
+    match st.cfg().limits.request_deadline_ms {
+        0 => None,
+        ms => start.checked_add(Duration::from_millis(ms)),
+    }
 }
 
 impl ChoiceRun {
@@ -302,6 +345,7 @@ pub(crate) fn run(
         tok: &m.tokenizer,
         n_logprobs: plan.logprobs,
         t0: log.start,
+        deadline: deadline(st, log.start),
     };
     let header = Header {
         endpoint: plan.endpoint,
@@ -344,11 +388,23 @@ fn to_choice(r: &ChoiceRun) -> Choice {
 fn collect(cx: &Ctx, runs: &mut [ChoiceRun], log: &mut Log) -> Result<(), ApiError> {
     let idle = Duration::from_millis(cx.st.cfg().limits.ping_interval_ms);
     while runs.iter().any(|r| r.stream.is_some()) {
-        let Some((i, ev)) = next_event(runs, idle) else {
+        if cx.past_deadline() {
+            return Err(cx.cancel_at_deadline(runs, log));
+        }
+        let Some((i, ev)) = next_event(runs, cx.wait(idle)) else {
             continue;
         };
         let up = runs[i].on_event(ev, cx, log);
         if let Some(msg) = up.failed {
+            if cx.st.shutting_down.load(Ordering::Relaxed) {
+                // Cut by the drain deadline: another replica (or this one, restarted) can
+                // serve it.
+                let retry = cx.st.cfg().limits.retry_after_s;
+                return Err(ApiError::unavailable(
+                    format!("generation failed: {msg}"),
+                    retry,
+                ));
+            }
             return Err(ApiError::internal(format!("generation failed: {msg}")));
         }
         let r = &mut runs[i];
@@ -370,8 +426,17 @@ fn stream(
     let Ok(mut sse) = req.into_sse() else {
         return client_gone(cx, log);
     };
-    if stream_events(cx, &mut sse, plan, header, runs, log).is_err() {
-        return client_gone(cx, log);
+    match stream_events(cx, &mut sse, plan, header, runs, log) {
+        Err(_) => return client_gone(cx, log),
+        Ok(Ended::Deadline) => {
+            let e = cx.cancel_at_deadline(runs, log);
+            // The status line is out: the error goes in the stream, which still ends cleanly.
+            if sse.data(&e.to_json()).and_then(|()| sse.done()).is_err() {
+                return client_gone(cx, log);
+            }
+            return Ok(());
+        }
+        Ok(Ended::Finished) => {}
     }
     let finished = if plan.include_usage {
         sse.data(&header.usage_chunk(usage(plan, runs)))
@@ -394,6 +459,12 @@ fn client_gone(cx: &Ctx, log: &mut Log) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How the events of a stream ended (when the client did not go away).
+enum Ended {
+    Finished,
+    Deadline,
+}
+
 fn stream_events(
     cx: &Ctx,
     sse: &mut SseWriter,
@@ -401,7 +472,7 @@ fn stream_events(
     header: &Header,
     runs: &mut [ChoiceRun],
     log: &mut Log,
-) -> std::io::Result<()> {
+) -> std::io::Result<Ended> {
     if plan.endpoint == Endpoint::Chat {
         for r in runs.iter() {
             sse.data(&header.chunk(r.index, "", None, None, true, 0))?;
@@ -410,7 +481,10 @@ fn stream_events(
     let ping_every = Duration::from_millis(cx.st.cfg().limits.ping_interval_ms);
     let mut last_write = Instant::now();
     while runs.iter().any(|r| r.stream.is_some()) {
-        let Some((i, ev)) = next_event(runs, ping_every) else {
+        if cx.past_deadline() {
+            return Ok(Ended::Deadline);
+        }
+        let Some((i, ev)) = next_event(runs, cx.wait(ping_every)) else {
             if last_write.elapsed() >= ping_every {
                 sse.ping()?;
                 last_write = Instant::now();
@@ -441,5 +515,5 @@ fn stream_events(
         sse.data(&chunk)?;
         last_write = Instant::now();
     }
-    Ok(())
+    Ok(Ended::Finished)
 }

@@ -9,6 +9,12 @@
 //!   listener it would make `accept()` time out.
 //! - Bodies are capped: `Content-Length` is checked before reading and the reader is wrapped
 //!   in `.take(limit + 1)` for chunked bodies.
+//! - Connections are bounded (patches #5 and #6 of the vendored tiny_http): an idle
+//!   connection is closed after `idle_timeout_ms`; a request's head and body must arrive within
+//!   `request_read_timeout_ms` of its first byte (a late head gets tiny_http's 408, a late body
+//!   our 408 — [`BodyError::TimedOut`]); past `max_connections` open connections a new one is
+//!   answered [`reject_response`] (503) by its own connection thread and closed, never reaching
+//!   a worker.
 //! - Streams bypass `Request::respond` (it buffers chunked bodies 8 KiB at a time): the raw
 //!   writer from `Request::into_writer` gets our own chunk framing and a flush per event
 //!   ([`SseWriter`]). HTTP/1.0 clients get the events unframed and the connection closes after.
@@ -21,6 +27,9 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::api::ApiError;
+use crate::config::Limits;
+
 /// Pending connections the kernel queues before `accept()`.
 const LISTEN_BACKLOG: i32 = 1024;
 
@@ -32,17 +41,18 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds `listen` (host:port; port 0 picks a free one) and starts accepting at once.
-    pub fn bind(listen: &str, write_timeout: Duration) -> io::Result<HttpServer> {
+    pub fn bind(listen: &str, limits: &Limits) -> io::Result<HttpServer> {
         let addr = listen.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("no address for {listen}"),
             )
         })?;
-        let listener = listener(addr, write_timeout)?;
+        let listener = listener(addr, Duration::from_millis(limits.write_timeout_ms))?;
         let addr = listener.local_addr()?;
-        let inner = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let inner =
+            tiny_http::Server::from_listener_with_limits(listener, None, connection_limits(limits))
+                .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(HttpServer { inner, addr })
     }
 
@@ -60,6 +70,12 @@ impl HttpServer {
         self.inner.unblock();
     }
 
+    /// Closes the listening socket: new connections are refused; those already open go on
+    /// (the first step of a shutdown).
+    pub fn stop_accepting(&self) {
+        self.inner.stop_accepting();
+    }
+
     pub fn connections_accepted(&self) -> u64 {
         self.inner.connections_accepted()
     }
@@ -71,6 +87,43 @@ impl HttpServer {
     pub fn accept_errors(&self) -> u64 {
         self.inner.accept_errors()
     }
+
+    /// Connections answered 503 for being over `max_connections`.
+    pub fn connections_rejected(&self) -> u64 {
+        self.inner.connections_rejected()
+    }
+}
+
+/// What the vendored tiny_http enforces on connections, from our limits.
+fn connection_limits(l: &Limits) -> tiny_http::ConnectionLimits {
+    tiny_http::ConnectionLimits {
+        read_timeouts: Some(tiny_http::ReadTimeouts {
+            idle: Duration::from_millis(l.idle_timeout_ms),
+            request: Duration::from_millis(l.request_read_timeout_ms),
+        }),
+        max_connections: Some(l.max_connections),
+        reject_response: reject_response(l.max_connections, l.retry_after_s),
+        // Slow bodies hold connection threads, never workers.
+        prefetch_body_bytes: Some(l.body_bytes_max),
+    }
+}
+
+/// The whole answer to a connection over the cap: 503, `Retry-After`, an OpenAI-style error
+/// body, `Connection: close` (written verbatim by tiny_http's connection thread).
+pub fn reject_response(max_connections: usize, retry_after_s: u64) -> Vec<u8> {
+    let e = ApiError::unavailable(
+        format!("the server has its limit of {max_connections} open connections; retry later"),
+        retry_after_s,
+    );
+    let body = serde_json::to_vec(&e.to_json()).unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+         Retry-After: {retry_after_s}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 /// A TCP listener whose accepted sockets inherit `TCP_NODELAY` and `SO_SNDTIMEO`.
@@ -90,6 +143,10 @@ pub fn listener(addr: SocketAddr, write_timeout: Duration) -> io::Result<TcpList
 #[derive(Debug)]
 pub enum BodyError {
     TooLarge,
+    /// Not all in within `request_read_timeout_ms` of the request's first byte.
+    TimedOut,
+    /// `Connection: upgrade`: not supported (see [`HttpRequest::read_body`]).
+    Upgrade,
     Io(io::Error),
 }
 
@@ -155,11 +212,26 @@ impl HttpRequest {
         if r.body_length().is_some_and(|n| n > limit) {
             return Err(BodyError::TooLarge);
         }
+        // tiny_http gives a `Connection: upgrade` request the raw socket as its body, so
+        // reading it would wait for the client to close: a worker held by one idle client.
+        if self
+            .header("Connection")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+        {
+            return Err(BodyError::Upgrade);
+        }
+        let r = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| BodyError::Io(io::Error::other("request already answered")))?;
         let mut body = Vec::with_capacity(r.body_length().unwrap_or(0));
         r.as_reader()
             .take(limit as u64 + 1)
             .read_to_end(&mut body)
-            .map_err(BodyError::Io)?;
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut => BodyError::TimedOut,
+                _ => BodyError::Io(e),
+            })?;
         if body.len() > limit {
             return Err(BodyError::TooLarge);
         }

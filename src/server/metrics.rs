@@ -26,6 +26,8 @@ pub struct ServerMetrics {
     pub client_disconnects: AtomicU64,
     /// Handlers that panicked (answered 500).
     pub panics: AtomicU64,
+    /// Generation requests cancelled at `request_deadline_ms`.
+    pub deadlines_exceeded: AtomicU64,
 }
 
 /// Figures that live elsewhere and are read when the page is rendered.
@@ -37,6 +39,8 @@ pub struct Live<'a> {
     pub in_flight: usize,
     pub connections_accepted: u64,
     pub connections_open: usize,
+    /// Connections answered 503 past `max_connections`.
+    pub connections_rejected: u64,
     pub accept_errors: u64,
 }
 
@@ -51,6 +55,7 @@ impl Default for ServerMetrics {
             generation_tokens: AtomicU64::new(0),
             client_disconnects: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            deadlines_exceeded: AtomicU64::new(0),
         }
     }
 }
@@ -117,7 +122,7 @@ impl ServerMetrics {
                 let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{status}\"}} {n}");
             }
         }
-        let counters: [(&str, &str, &str, u64); 6] = [
+        let counters: [(&str, &str, &str, u64); 8] = [
             (
                 "ryzanstein_http_connections_accepted_total",
                 "counter",
@@ -129,6 +134,12 @@ impl ServerMetrics {
                 "gauge",
                 "TCP connections open now.",
                 live.connections_open as u64,
+            ),
+            (
+                "ryzanstein_http_connections_rejected_total",
+                "counter",
+                "Connections answered 503 for being over max_connections.",
+                live.connections_rejected,
             ),
             (
                 "ryzanstein_http_accept_errors_total",
@@ -153,6 +164,12 @@ impl ServerMetrics {
                 "counter",
                 "Requests whose handler panicked (answered 500).",
                 self.panics.load(Ordering::Relaxed),
+            ),
+            (
+                "ryzanstein_request_deadline_exceeded_total",
+                "counter",
+                "Generation requests cancelled at their deadline (504 or a final SSE error).",
+                self.deadlines_exceeded.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, v) in counters {

@@ -20,6 +20,7 @@
 //! **Boundary:** only [`http`] knows the HTTP crate; only the engine's `load-N` threads touch
 //! model files. Nothing here computes: tokens come from the engine's dispatchers.
 
+mod auth;
 mod chat;
 mod generate;
 pub mod http;
@@ -51,8 +52,9 @@ pub struct ServerOptions {
     pub model_path: PathBuf,
     /// The models to serve (from `models_dir`, validated by the caller); `None`: `model_path`.
     pub catalog: Option<Catalog>,
-    /// Adds `POST /debug/panic`, whose handler panics: for the test that shows a panic
-    /// becomes a 500 for that request only. Never set by the binary.
+    /// Adds `POST /debug/panic`, whose handler panics: for the tests that show a panic
+    /// becomes a 500 for that request only. The binary sets it only when built with the
+    /// `fault-injection` feature and asked to (`crate::faults`).
     pub panic_route: bool,
 }
 
@@ -162,10 +164,8 @@ impl Server {
     /// preload models (with one file: that model) in the background.
     pub fn start(opts: ServerOptions) -> std::io::Result<Server> {
         let cfg = &opts.config;
-        let http = Arc::new(HttpServer::bind(
-            &cfg.listen,
-            Duration::from_millis(cfg.limits.write_timeout_ms),
-        )?);
+        raise_descriptor_limit(cfg.limits.max_connections);
+        let http = Arc::new(HttpServer::bind(&cfg.listen, &cfg.limits)?);
         let single = opts.catalog.is_none();
         let catalog = opts.catalog.clone().unwrap_or_else(|| {
             let id = cfg
@@ -267,23 +267,51 @@ impl Server {
         self.is_ready()
     }
 
-    /// Stops taking requests, lets the workers finish the ones they hold, then stops the
-    /// loaders and drains every engine.
+    /// Drains and stops: new connections are refused at once, requests that arrive on open
+    /// connections get 503, the requests in flight get `drain_timeout_ms` to finish — then
+    /// the engines end them with an error (a stream gets a final error event and `[DONE]`)
+    /// — and the loaders and engines stop.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
         let st = &self.state;
+        st.http.stop_accepting();
         st.shutting_down.store(true, Ordering::SeqCst);
         for _ in 0..self.workers.len() {
             st.http.unblock();
+        }
+        let drain = Duration::from_millis(st.cfg().drain_timeout_ms);
+        if !all_finished(&self.workers, Instant::now() + drain) {
+            let busy = self.workers.iter().filter(|w| !w.is_finished()).count();
+            tracing::warn!(
+                busy,
+                "the drain deadline passed: ending the requests in flight"
+            );
+            st.registry.abort_requests(SHUTDOWN_REASON);
         }
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
         st.registry.shutdown();
         tracing::info!("stopped");
+    }
+}
+
+/// What a request cut by the drain deadline is told.
+const SHUTDOWN_REASON: &str = "the server is shutting down";
+
+/// Waits until every worker has returned (true) or `deadline` passes (false).
+fn all_finished(workers: &[JoinHandle<()>], deadline: Instant) -> bool {
+    loop {
+        if workers.iter().all(JoinHandle::is_finished) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -295,11 +323,52 @@ impl Drop for Server {
     }
 }
 
-/// An `http-N` worker: one request at a time until shutdown.
+/// Descriptors besides connections: listener, model files, logs, a margin.
+const SPARE_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft `RLIMIT_NOFILE` (up to the hard limit) so that `max_connections` fit: each
+/// connection holds two descriptors (tiny_http reads and writes through a dup). systemd and
+/// most shells start services at a soft 1024; the hard limit is usually far higher. Too low
+/// a limit is not fatal (accept errors are survived) but is logged.
+fn raise_descriptor_limit(max_connections: usize) {
+    let needed = 2 * max_connections as u64 + SPARE_DESCRIPTORS;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= needed {
+        return;
+    }
+    let want = needed.min(lim.rlim_max);
+    if want > lim.rlim_cur {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = want;
+        }
+    }
+    if lim.rlim_cur < needed {
+        tracing::warn!(
+            limit = lim.rlim_cur,
+            needed,
+            "the open-file limit is below what max_connections needs: connections past it \
+             fail to be accepted until descriptors free up (raise LimitNOFILE / ulimit -n)"
+        );
+    }
+}
+
+/// An `http-N` worker: one request at a time until shutdown. Once the drain began it answers
+/// what is still queued (503) and returns when the queue is empty.
 fn worker(st: &State) {
-    while !st.shutting_down.load(Ordering::Relaxed) {
+    loop {
+        let draining = st.shutting_down.load(Ordering::Relaxed);
         match st.http.recv_timeout(WORKER_POLL) {
             Ok(Some(req)) => routes::serve(st, req),
+            Ok(None) | Err(_) if draining => return,
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!("receiving a request failed: {e}");

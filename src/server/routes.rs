@@ -11,6 +11,7 @@ use crate::api::request::{
 };
 use crate::api::response::Endpoint;
 use crate::api::ApiError;
+use crate::api::{parse_and_validate, ParsedBody};
 use crate::model::sampler::SamplingParams;
 
 use crate::engine::{AcquireError, Lease, LoadedModel as Loaded};
@@ -18,7 +19,7 @@ use crate::engine::{AcquireError, Lease, LoadedModel as Loaded};
 use super::generate::{self, InFlight, Plan};
 use super::http::{BodyError, HttpRequest};
 use super::metrics::Live;
-use super::{chat, models, State};
+use super::{auth, chat, models, State};
 
 /// How a handler answered.
 pub(crate) enum Reply {
@@ -93,7 +94,17 @@ pub(crate) fn serve(st: &State, mut req: HttpRequest) {
         model: String::new(),
     };
     let route = route_label(st, req.path());
-    let result = catch_unwind(AssertUnwindSafe(|| dispatch(st, route, &mut req, &mut log)));
+    let result = if st.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+        // Taken after the drain began (a kept-alive connection): the client retries
+        // elsewhere or later.
+        log.note = Some("shutting down");
+        Ok(Err(ApiError::unavailable(
+            "the server is shutting down",
+            st.cfg().limits.retry_after_s,
+        )))
+    } else {
+        catch_unwind(AssertUnwindSafe(|| dispatch(st, route, &mut req, &mut log)))
+    };
     // Each answer is counted just before it is written, so a client that has its response
     // finds it in /metrics.
     let status = match result {
@@ -172,36 +183,12 @@ fn answer_error(st: &State, route: &'static str, req: &mut HttpRequest, e: &ApiE
     if e.status == 405 {
         headers.push(("Allow", allowed_methods(route).join(", ")));
     }
+    if e.status == 401 {
+        headers.push(("WWW-Authenticate", "Bearer".to_string()));
+    }
     let body = serde_json::to_vec(&e.to_json()).unwrap_or_default();
     req.respond(e.status, "application/json", body, &headers);
     e.status
-}
-
-/// Whether a path needs the API key (when one is set): the API, not health or metrics.
-fn needs_key(path: &str) -> bool {
-    path.starts_with("/v1/") || path == "/tokenize" || path == "/detokenize"
-}
-
-/// Compares in time independent of where the strings differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn check_key(st: &State, req: &HttpRequest) -> Result<(), ApiError> {
-    let Some(key) = &st.cfg().api_key else {
-        return Ok(());
-    };
-    if !needs_key(req.path()) {
-        return Ok(());
-    }
-    let given = req
-        .header("Authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(g) if same_secret(g.as_bytes(), key.as_bytes()) => Ok(()),
-        _ => Err(ApiError::unauthorized()),
-    }
 }
 
 fn dispatch(
@@ -210,7 +197,7 @@ fn dispatch(
     req: &mut HttpRequest,
     log: &mut Log,
 ) -> Result<Reply, ApiError> {
-    check_key(st, req)?;
+    auth::check(st, req, route)?;
     if route == "other" {
         return Err(ApiError::not_found(req.path()));
     }
@@ -233,10 +220,9 @@ fn dispatch(
         "/health/ready" => Ok(ready(st)),
         "/metrics" => Ok(Reply::Text(metrics_page(st), "text/plain; version=0.0.4")),
         "/v1/models" => Ok(Reply::Json(models::list(st))),
-        "/v1/completions" => completions(st, req, log),
-        "/v1/chat/completions" => chat_completions(st, req, log),
-        "/tokenize" => tokenize(st, req, log),
-        "/detokenize" => detokenize(st, req, log),
+        "/v1/completions" | "/v1/chat/completions" | "/tokenize" | "/detokenize" => {
+            with_body(st, route, req, log)
+        }
         "/debug/panic" => panic!("a panic requested through /debug/panic"),
         _ => Err(ApiError::not_found(req.path())),
     }
@@ -269,14 +255,43 @@ fn metrics_page(st: &State) -> String {
         in_flight: st.in_flight.load(std::sync::atomic::Ordering::Relaxed),
         connections_accepted: st.http.connections_accepted(),
         connections_open: st.http.connections_open(),
+        connections_rejected: st.http.connections_rejected(),
         accept_errors: st.http.accept_errors(),
     })
+}
+
+/// The routes with a JSON body: read it, parse and validate it (the function the fuzz target
+/// `request` calls), then serve it.
+fn with_body(
+    st: &State,
+    route: &str,
+    req: &mut HttpRequest,
+    log: &mut Log,
+) -> Result<Reply, ApiError> {
+    // A generation takes its concurrency slot first: past the cap the 503 costs no parsing
+    // (the body is already in memory, read by the connection's thread). Held to the end.
+    let _slot = match route {
+        "/v1/completions" | "/v1/chat/completions" => Some(InFlight::acquire(st)?),
+        _ => None,
+    };
+    let body = read_body(st, req)?;
+    match parse_and_validate(route, &body, &st.cfg().limits)? {
+        ParsedBody::Completion(r) => completions(st, req, r, log),
+        ParsedBody::Chat(r) => chat_completions(st, req, r, log),
+        ParsedBody::Tokenize(r) => tokenize(st, r, log),
+        ParsedBody::Detokenize(r) => detokenize(st, r, log),
+    }
 }
 
 fn read_body(st: &State, req: &mut HttpRequest) -> Result<Vec<u8>, ApiError> {
     let limit = st.cfg().limits.body_bytes_max;
     req.read_body(limit).map_err(|e| match e {
         BodyError::TooLarge => ApiError::body_too_large(limit),
+        BodyError::TimedOut => ApiError::read_timeout(st.cfg().limits.request_read_timeout_ms),
+        BodyError::Upgrade => ApiError {
+            code: Some("upgrade_not_supported"),
+            ..ApiError::bad_json("'Connection: upgrade' is not supported")
+        },
         BodyError::Io(e) => ApiError::bad_json(format!("cannot read the request body: {e}")),
     })
 }
@@ -359,7 +374,7 @@ fn sampling(
     st: &State,
     m: &Loaded,
     c: &Common,
-    n_logprobs: usize,
+    n_logprobs: Option<usize>,
 ) -> Result<SamplingParams, ApiError> {
     let s = &c.sampling;
     let n_vocab = m.tokenizer.n_vocab();
@@ -381,7 +396,8 @@ fn sampling(
         penalty_last_n: 64,
         logit_bias: s.logit_bias.clone(),
         seed: s.seed.unwrap_or_else(|| st.next_u64()),
-        n_logprobs,
+        n_logprobs: n_logprobs.unwrap_or(0),
+        logprob: n_logprobs.is_some(),
     })
 }
 
@@ -398,7 +414,7 @@ fn plan(
         prompts,
         n: c.n,
         max_tokens: c.max_tokens.unwrap_or(st.cfg().limits.max_tokens_default),
-        sampling: sampling(st, m, c, logprobs.unwrap_or(0))?,
+        sampling: sampling(st, m, c, logprobs)?,
         stop: c.stop.clone(),
         logprobs,
         stream: c.stream,
@@ -407,10 +423,12 @@ fn plan(
     })
 }
 
-fn completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
-    let body = read_body(st, req)?;
-    let r = CompletionRequest::parse(&body, &st.cfg().limits)?;
-    let _slot = InFlight::acquire(st)?;
+fn completions(
+    st: &State,
+    req: &mut HttpRequest,
+    r: CompletionRequest,
+    log: &mut Log,
+) -> Result<Reply, ApiError> {
     let m = model(st, r.common.model.as_deref(), load_wait(st), log)?;
     let m: &Loaded = &m;
     let prompts = r
@@ -422,10 +440,12 @@ fn completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply
     generate::run(st, m, req, plan, log)
 }
 
-fn chat_completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
-    let body = read_body(st, req)?;
-    let r = ChatRequest::parse(&body, &st.cfg().limits)?;
-    let _slot = InFlight::acquire(st)?;
+fn chat_completions(
+    st: &State,
+    req: &mut HttpRequest,
+    r: ChatRequest,
+    log: &mut Log,
+) -> Result<Reply, ApiError> {
     let m = model(st, r.common.model.as_deref(), load_wait(st), log)?;
     let m: &Loaded = &m;
     let ids = chat::prompt_tokens(m, &r.messages)?;
@@ -437,9 +457,7 @@ fn chat_completions(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<
 
 // Tokenizing does not wait for a load (it starts one): it holds no generation slot, so it
 // must not hold a worker either.
-fn tokenize(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
-    let body = read_body(st, req)?;
-    let r = TokenizeRequest::parse(&body)?;
+fn tokenize(st: &State, r: TokenizeRequest, log: &mut Log) -> Result<Reply, ApiError> {
     let m = model(st, r.model.as_deref(), Duration::ZERO, log)?;
     let tokens = m.tokenizer.encode(&r.prompt, r.add_special_tokens, true);
     Ok(Reply::Json(json!({
@@ -449,9 +467,7 @@ fn tokenize(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, A
     })))
 }
 
-fn detokenize(st: &State, req: &mut HttpRequest, log: &mut Log) -> Result<Reply, ApiError> {
-    let body = read_body(st, req)?;
-    let r = DetokenizeRequest::parse(&body)?;
+fn detokenize(st: &State, r: DetokenizeRequest, log: &mut Log) -> Result<Reply, ApiError> {
     let m = model(st, r.model.as_deref(), Duration::ZERO, log)?;
     let n_vocab = m.tokenizer.n_vocab();
     if let Some(id) = r.tokens.iter().find(|&&t| t as usize >= n_vocab) {

@@ -29,15 +29,61 @@ pub fn test_config() -> ServeConfig {
 
 /// Starts the server in-process on the default model and waits until it is ready.
 pub fn start(config: ServeConfig, panic_route: bool) -> Server {
+    start_model(config, super::common::default_model_path(), panic_route)
+}
+
+/// The tiny Llama fixture: for serving tests that need a real model but not real text (it
+/// loads in milliseconds and decodes over a thousand tokens a second).
+pub fn tiny_model_path() -> std::path::PathBuf {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/fixtures/tiny-llama.gguf"
+    )
+    .into()
+}
+
+/// Starts the server in-process on the model file `model_path` and waits until it is ready.
+pub fn start_model(
+    config: ServeConfig,
+    model_path: std::path::PathBuf,
+    panic_route: bool,
+) -> Server {
     let s = Server::start(ServerOptions {
         config,
-        model_path: super::common::default_model_path(),
+        model_path,
         catalog: None,
         panic_route,
     })
     .expect("server starts");
     assert!(
         s.wait_ready(Duration::from_secs(120)),
+        "model loads: {:?}",
+        s.load_error()
+    );
+    s
+}
+
+/// The tiny Llama fixture (random weights, 2 layers of 64): for tests of the serving machinery,
+/// where the model's cost should be small.
+pub fn tiny_llama_path() -> std::path::PathBuf {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/fixtures/tiny-llama.gguf"
+    )
+    .into()
+}
+
+/// Starts the server in-process on the tiny Llama and waits until it is ready.
+pub fn start_tiny(config: ServeConfig) -> Server {
+    let s = Server::start(ServerOptions {
+        config,
+        model_path: tiny_llama_path(),
+        catalog: None,
+        panic_route: false,
+    })
+    .expect("server starts");
+    assert!(
+        s.wait_ready(Duration::from_secs(60)),
         "model loads: {:?}",
         s.load_error()
     );
@@ -248,7 +294,21 @@ pub struct Spawned {
 impl Spawned {
     /// Starts `ryzanstein serve --listen 127.0.0.1:0 ARGS` and waits for its "listening" line.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Spawned {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ryzanstein"));
+        Spawned::start_wrapped(&[], args, envs)
+    }
+
+    /// As [`Spawned::start`], run through `wrapper` (a program and its arguments, given the
+    /// binary and its arguments after them; e.g. `sh -c 'ulimit -n 64; exec "$@"' sh`).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Spawned {
+        let bin = env!("CARGO_BIN_EXE_ryzanstein");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--threads", "2"])
             .args(args)
             .env_remove("RUST_LOG")

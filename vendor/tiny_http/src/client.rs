@@ -44,6 +44,33 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    /// Ryzanstein patch (PATCHES.md #10): the request line is longer than `HEAD_BYTES_MAX`.
+    UriTooLong,
+    /// Ryzanstein patch (PATCHES.md #10): the head is over `HEAD_BYTES_MAX` or has more than
+    /// `HEADERS_MAX` header lines.
+    HeadTooLarge(HTTPVersion),
+}
+
+/// Ryzanstein patch (PATCHES.md #10): the most bytes of a request's head (request line and
+/// header lines, with their line ends). Upstream grew the line buffer without bound. 32 KiB is
+/// four times nginx's default line buffer (8 KiB) and twice Node's whole-head limit (16 KiB):
+/// no real client comes near it, and a connection can hold no more than this while its head
+/// is read.
+pub const HEAD_BYTES_MAX: usize = 32 * 1024;
+/// Ryzanstein patch (PATCHES.md #10): the most header lines of a request (hyper's default).
+pub const HEADERS_MAX: usize = 100;
+
+/// Ryzanstein patch (PATCHES.md #10): the protocol errors answered here get the same
+/// OpenAI-style JSON body as the application's errors, so every client sees one error shape.
+pub(crate) fn error_response(status: u16, code: &str, message: &str) -> crate::Response<std::io::Cursor<Vec<u8>>> {
+    let body = format!(
+        "{{\"error\":{{\"message\":\"{message}\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"{code}\"}}}}"
+    );
+    let content_type = crate::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+        .expect("a valid header");
+    crate::Response::from_data(body.into_bytes())
+        .with_status_code(crate::StatusCode(status))
+        .with_header(content_type)
 }
 
 impl ClientConnection {
@@ -73,26 +100,50 @@ impl ClientConnection {
         self.secure
     }
 
+    /// Ryzanstein patch (PATCHES.md #6): once the previous request's body reader is done, the
+    /// socket waits for a new request (the idle timeout, not the previous request's deadline).
+    fn await_request(&mut self) {
+        if let Some(r) = self.next_header_source.turn() {
+            r.get_mut().await_request();
+        }
+    }
+
     /// Reads the next line from self.next_header_source.
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    ///
+    /// Ryzanstein patch (PATCHES.md #10): at most `*budget` bytes, taken from the budget;
+    /// `Ok(None)` when the line would exceed it. A line that is not ASCII is `WrongHeader`
+    /// (answered 400) where upstream closed the connection without an answer.
+    fn read_next_line(
+        &mut self,
+        budget: &mut usize,
+        version: &HTTPVersion,
+    ) -> Result<Option<AsciiString>, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
         loop {
+            if *budget == 0 {
+                return Ok(None);
+            }
+            *budget -= 1;
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(b) => b.map_err(ReadError::ReadIoError)?,
+                None => {
+                    let eof = IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF");
+                    return Err(ReadError::ReadIoError(eof));
+                }
             };
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
                 return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                    .map(Some)
+                    .map_err(|_| ReadError::WrongHeader(version.clone()));
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -106,8 +157,11 @@ impl ClientConnection {
     fn read(&mut self) -> Result<Request, ReadError> {
         let (method, path, version, headers) = {
             // reading the request line
+            let mut budget = HEAD_BYTES_MAX;
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self
+                    .read_next_line(&mut budget, &HTTPVersion(1, 1))?
+                    .ok_or(ReadError::UriTooLong)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -118,14 +172,20 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self
+                        .read_next_line(&mut budget, &version)?
+                        .ok_or_else(|| ReadError::HeadTooLarge(version.clone()))?;
 
                     if line.is_empty() {
                         break;
                     };
-                    headers.push(match FromStr::from_str(line.as_str().trim()) {
+                    if headers.len() == HEADERS_MAX {
+                        return Err(ReadError::HeadTooLarge(version));
+                    }
+                    headers.push(match crate::Header::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
-                        Ok(h) => h,
+                        // Ryzanstein patch (PATCHES.md #10): a header needs a name.
+                        Ok(h) if !h.field.as_str().is_empty() => h,
                         _ => return Err(ReadError::WrongHeader(version)),
                     });
                 }
@@ -184,10 +244,13 @@ impl Iterator for ClientConnection {
         }
 
         loop {
+            // Ryzanstein patch (PATCHES.md #6): the idle timeout applies from here.
+            self.await_request();
             let rq = match self.read() {
                 Err(ReadError::WrongRequestLine) => {
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
+                    let response =
+                        error_response(400, "bad_request", "the request line is malformed");
                     response
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
                         .ok();
@@ -197,7 +260,11 @@ impl Iterator for ClientConnection {
 
                 Err(ReadError::WrongHeader(ver)) => {
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
+                    let response = error_response(
+                        400,
+                        "bad_request",
+                        "a header line is malformed or not ASCII",
+                    );
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
@@ -215,9 +282,36 @@ impl Iterator for ClientConnection {
 
                 Err(ReadError::ExpectationFailed(ver)) => {
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
+                    let response = error_response(
+                        417,
+                        "expectation_failed",
+                        "only 'Expect: 100-continue' is supported",
+                    );
+                    response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // TODO: should be recoverable, but needs handling in case of body
+                }
+
+                // Ryzanstein patch (PATCHES.md #10): an oversized head is refused and the
+                // connection closed: what follows cannot be parsed.
+                Err(ReadError::UriTooLong) => {
+                    let writer = self.sink.next().unwrap();
+                    let message = format!("the request line is over {HEAD_BYTES_MAX} bytes");
+                    let response = error_response(414, "uri_too_long", &message);
+                    response
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None;
+                }
+
+                Err(ReadError::HeadTooLarge(ver)) => {
+                    let writer = self.sink.next().unwrap();
+                    let message = format!(
+                        "the request headers are over {HEAD_BYTES_MAX} bytes or {HEADERS_MAX} lines"
+                    );
+                    let response =
+                        error_response(431, "request_header_fields_too_large", &message);
+                    response.raw_print(writer, ver, &[], false, None).ok();
+                    return None;
                 }
 
                 Err(ReadError::ReadIoError(_)) => return None,
@@ -227,13 +321,19 @@ impl Iterator for ClientConnection {
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
+                // Ryzanstein patch (PATCHES.md #10): answer through the request's own writer.
+                // Upstream took the connection's next writer, which waits until this
+                // request's writer is dropped: the connection thread hung for good and the
+                // client never got an answer.
+                let mut writer = rq.into_writer();
+                let response = error_response(
+                    505,
+                    "http_version_not_supported",
+                    "this server only supports HTTP versions 1.0 and 1.1",
+                );
                 response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                    .raw_print(&mut writer, HTTPVersion(1, 1), &[], false, None)
+                    .and_then(|()| writer.flush())
                     .ok();
                 continue;
             }

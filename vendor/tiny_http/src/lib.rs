@@ -96,6 +96,7 @@ use zeroize::Zeroizing;
 
 use std::error::Error;
 use std::io::Error as IoError;
+use std::io::Write;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -110,11 +111,14 @@ use client::ClientConnection;
 use connection::Connection;
 use util::MessagesQueue;
 
+// Ryzanstein patch (PATCHES.md #10): the head limits, for the server's documentation.
+pub use client::{HEADERS_MAX, HEAD_BYTES_MAX};
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
+pub use util::ReadTimeouts;
 
 mod client;
 mod common;
@@ -151,6 +155,65 @@ struct Counters {
     accepted: Arc<AtomicU64>,
     accept_errors: Arc<AtomicU64>,
     open: Arc<AtomicU64>,
+    rejected: Arc<AtomicU64>,
+}
+
+/// Bounds on connections (Ryzanstein patch, PATCHES.md #6, #7).
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionLimits {
+    /// Read timeouts of every accepted connection; `None`: reads wait forever (upstream).
+    pub read_timeouts: Option<ReadTimeouts>,
+    /// A connection accepted while this many are open is over the cap: its first request is
+    /// answered with `reject_response` (never queued for the application) and it is closed.
+    pub max_connections: Option<usize>,
+    /// A whole HTTP response (status line, headers, body), written as it is.
+    pub reject_response: Vec<u8>,
+    /// Bodies up to this many bytes are read by the connection's thread before the request
+    /// is queued (PATCHES.md #8); `None`: upstream (1 KiB, and never with `Expect`).
+    pub prefetch_body_bytes: Option<usize>,
+}
+
+/// Splits an accepted socket into its read and write halves (a `dup`). Ryzanstein patch
+/// (PATCHES.md #9): out of descriptors, the `dup` is retried every 10 ms (each failure counted
+/// as an accept error) until one frees up, so the connection waits as the backlog does instead
+/// of being dropped; upstream panicked the accept thread.
+fn split_retrying(
+    sock: Connection,
+    close: &AtomicBool,
+    errors: &AtomicU64,
+) -> IoResult<(util::RefinedTcpStream, util::RefinedTcpStream)> {
+    let mut stream: util::refined_tcp_stream::Stream = sock.into();
+    loop {
+        match util::RefinedTcpStream::new(stream) {
+            Ok(pair) => return Ok(pair),
+            Err((e, back)) => {
+                log::error!("Error setting up a new client: {}", e);
+                errors.fetch_add(1, Relaxed);
+                if close.load(Relaxed) {
+                    return Err(e);
+                }
+                stream = back;
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// How long an over-cap connection may take to send its request (and its body to drain).
+const REJECT_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Answers an over-cap connection's first request and ends the connection (Ryzanstein patch,
+/// PATCHES.md #7). The answer goes out before the body is read; the body is drained after
+/// (bounded by the read timeouts), so that closing does not reset the connection before the
+/// client has read the answer.
+fn reject(mut client: ClientConnection, response: &[u8]) {
+    if let Some(mut rq) = client.next() {
+        let body = rq.take_body();
+        let mut w = rq.into_writer();
+        let _ = w.write_all(response).and_then(|()| w.flush());
+        drop(w);
+        drop(body);
+    }
 }
 
 /// Counts one open connection while alive.
@@ -270,6 +333,15 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, ConnectionLimits::default())
+    }
+
+    /// `from_listener` with bounds on connections (Ryzanstein patch, PATCHES.md #6, #7).
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: ConnectionLimits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -316,19 +388,22 @@ impl Server {
         let inside_accepted = Arc::clone(&counters.accepted);
         let inside_accept_errors = Arc::clone(&counters.accept_errors);
         let inside_open = Arc::clone(&counters.open);
+        let inside_rejected = Arc::clone(&counters.rejected);
+        let reject_response: Arc<[u8]> = limits.reject_response.clone().into();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
+                let mut over_cap = false;
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
                         // Ryzanstein patch (PATCHES.md #3): count connections.
                         inside_accepted.fetch_add(1, Relaxed);
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
+                        let pair = match ssl {
+                            None => split_retrying(sock, &inside_close_trigger, &inside_accept_errors),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
                                 // trying to apply SSL over the connection
@@ -338,11 +413,27 @@ impl Server {
                                     Err(_) => continue,
                                 };
 
-                                RefinedTcpStream::new(sock)
+                                RefinedTcpStream::new(sock).map_err(|(e, _)| e)
                             }
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
                         };
+                        let (mut read_closable, write_closable) = match pair {
+                            Ok(pair) => pair,
+                            Err(_) => continue, // shutting down
+                        };
+                        // Ryzanstein patch (PATCHES.md #6, #7): no read waits forever, and
+                        // past the cap a connection gets a second to send its request.
+                        over_cap = limits
+                            .max_connections
+                            .is_some_and(|m| inside_open.load(Relaxed) >= m as u64);
+                        if let Some(mut t) = limits.read_timeouts {
+                            if over_cap {
+                                t.idle = t.idle.min(REJECT_READ_TIMEOUT);
+                                t.request = t.request.min(REJECT_READ_TIMEOUT);
+                            }
+                            read_closable.set_read_timeouts(t);
+                        }
 
                         Ok(ClientConnection::new(write_closable, read_closable))
                     }
@@ -352,12 +443,22 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let rejected = Arc::clone(&inside_rejected);
+                        let prefetch = limits.prefetch_body_bytes;
+                        let reject_response = Arc::clone(&reject_response);
                         let mut client = Some(client);
                         let open = OpenGuard::new(Arc::clone(&inside_open));
                         let mut open = Some(open);
                         tasks_pool.spawn(Box::new(move || {
                             // Held for the connection's life: counts open connections.
                             let _open = open.take();
+                            if over_cap {
+                                if let Some(client) = client.take() {
+                                    rejected.fetch_add(1, Relaxed);
+                                    reject(client, &reject_response);
+                                }
+                                return;
+                            }
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
@@ -367,7 +468,29 @@ impl Server {
                                         receiver.recv().unwrap();
                                     }
                                 } else {
-                                    for rq in client {
+                                    for mut rq in client {
+                                        // Ryzanstein patch (PATCHES.md #8): a body that cannot
+                                        // be read in time is answered here; the connection ends.
+                                        if let Some(limit) = prefetch {
+                                            if let Err(e) = rq.prefetch_body(limit) {
+                                                let answer = match e.kind() {
+                                                    IoErrorKind::TimedOut => {
+                                                        client::error_response(
+                                                            408,
+                                                            "request_timeout",
+                                                            "the request body did not arrive in time",
+                                                        )
+                                                    }
+                                                    _ => client::error_response(
+                                                        400,
+                                                        "bad_request",
+                                                        "the request body could not be read (bad chunked framing, or the client closed)",
+                                                    ),
+                                                };
+                                                let _ = rq.respond(answer);
+                                                break;
+                                            }
+                                        }
                                         messages.push(rq.into());
                                     }
                                 }
@@ -425,6 +548,12 @@ impl Server {
         self.counters.accepted.load(Relaxed)
     }
 
+    /// Connections refused past `ConnectionLimits::max_connections` (Ryzanstein patch,
+    /// PATCHES.md #7).
+    pub fn connections_rejected(&self) -> u64 {
+        self.counters.rejected.load(Relaxed)
+    }
+
     /// Failed `accept()` calls since the server started (Ryzanstein patch, PATCHES.md #2).
     pub fn accept_errors(&self) -> u64 {
         self.counters.accept_errors.load(Relaxed)
@@ -462,6 +591,29 @@ impl Server {
     /// This method allows graceful shutdown of server.
     pub fn unblock(&self) {
         self.messages.unblock();
+    }
+
+    /// Ryzanstein patch (PATCHES.md #5): stops accepting connections and closes the listening
+    /// socket, so new connections are refused, while the connections already accepted go on
+    /// (their requests still arrive through `recv`). Upstream could only stop accepting by
+    /// dropping the `Server`, which also drops the request queue. Wakes the accept thread as
+    /// `Drop` does: the flag, then a connection to ourselves; the thread then ends and drops
+    /// the listener.
+    pub fn stop_accepting(&self) {
+        if self.close.swap(true, Relaxed) {
+            return;
+        }
+        let maybe_stream = match &self.listening_addr {
+            ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),
+            #[cfg(unix)]
+            ListenAddr::Unix(addr) => match addr.as_pathname() {
+                Some(path) => std::os::unix::net::UnixStream::connect(path).map(Connection::from),
+                None => return,
+            },
+        };
+        if let Ok(stream) = maybe_stream {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
     }
 }
 

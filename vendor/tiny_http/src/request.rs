@@ -387,6 +387,44 @@ impl Request {
     /// the writing of the next response.
     /// Therefore you should always destroy the `Writer` as soon as possible.
     #[inline]
+    /// Reads the body now, in the connection's thread, up to `limit` bytes (Ryzanstein patch,
+    /// PATCHES.md #8), so that the application's worker never waits on a slow client. A
+    /// declared length over `limit` is left unread (the application refuses it from the
+    /// header); a chunked body longer than `limit` keeps its first `limit + 1` bytes here and
+    /// the rest on the socket.
+    pub(crate) fn prefetch_body(&mut self, limit: usize) -> io::Result<()> {
+        let chunked = self.body_length.is_none()
+            && self
+                .headers
+                .iter()
+                .any(|h| h.field.equiv("Transfer-Encoding"));
+        match self.body_length {
+            Some(n) if n == 0 || n > limit => return Ok(()),
+            None if !chunked => return Ok(()),
+            _ => {}
+        }
+        let mut buf = Vec::with_capacity(self.body_length.unwrap_or(0));
+        self.as_reader()
+            .take(limit as u64 + 1)
+            .read_to_end(&mut buf)?;
+        if self.body_length.is_some_and(|n| buf.len() < n) {
+            let info = "Connection has been closed before we received enough data";
+            return Err(IoError::new(ErrorKind::ConnectionAborted, info));
+        }
+        let rest = self.data_reader.take();
+        self.data_reader = Some(match rest {
+            Some(rest) if buf.len() > limit => Box::new(Cursor::new(buf).chain(rest)),
+            _ => Box::new(Cursor::new(buf)),
+        });
+        Ok(())
+    }
+
+    /// Takes the body reader out (Ryzanstein patch, PATCHES.md #7): a rejected request is
+    /// answered first and its unread body drained after, when the caller drops it.
+    pub(crate) fn take_body(&mut self) -> Option<Box<dyn Read + Send + 'static>> {
+        self.data_reader.take()
+    }
+
     pub fn into_writer(mut self) -> Box<dyn Write + Send + 'static> {
         let writer = self.extract_writer_impl();
         if let Some(sender) = self.notify_when_responded.take() {

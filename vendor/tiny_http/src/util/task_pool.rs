@@ -29,6 +29,12 @@ struct Sharing {
 /// Minimum number of active threads.
 static MIN_THREADS: usize = 4;
 
+/// Stack of a connection thread (Ryzanstein patch, PATCHES.md #7). A connection thread parses
+/// request heads and drains bodies through an 8 KiB buffer: tens of KiB of stack at most. The
+/// default 2 MiB is virtual (only touched pages are resident), but a thousand connections then
+/// reserve 2 GiB of address space; 256 KiB keeps a margin and makes a thousand cost 256 MiB.
+pub const CONNECTION_STACK_BYTES: usize = 256 << 10;
+
 struct Registration<'a> {
     nb: &'a AtomicUsize,
 }
@@ -85,7 +91,12 @@ impl TaskPool {
     fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        // Ryzanstein patch (PATCHES.md #7): a small stack, and a refused thread (EAGAIN at the
+        // process's thread limit) drops its connection instead of panicking the accept thread.
+        let spawned = thread::Builder::new()
+            .name("http-conn".into())
+            .stack_size(CONNECTION_STACK_BYTES)
+            .spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -129,6 +140,9 @@ impl TaskPool {
                 task();
             }
         });
+        if let Err(e) = spawned {
+            log::error!("cannot start a connection thread: {}", e);
+        }
     }
 }
 
