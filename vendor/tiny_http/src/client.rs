@@ -62,7 +62,11 @@ pub const HEADERS_MAX: usize = 100;
 
 /// Ryzanstein patch (PATCHES.md #10): the protocol errors answered here get the same
 /// OpenAI-style JSON body as the application's errors, so every client sees one error shape.
-pub(crate) fn error_response(status: u16, code: &str, message: &str) -> crate::Response<std::io::Cursor<Vec<u8>>> {
+pub(crate) fn error_response(
+    status: u16,
+    code: &str,
+    message: &str,
+) -> crate::Response<std::io::Cursor<Vec<u8>>> {
     let body = format!(
         "{{\"error\":{{\"message\":\"{message}\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"{code}\"}}}}"
     );
@@ -308,8 +312,7 @@ impl Iterator for ClientConnection {
                     let message = format!(
                         "the request headers are over {HEAD_BYTES_MAX} bytes or {HEADERS_MAX} lines"
                     );
-                    let response =
-                        error_response(431, "request_header_fields_too_large", &message);
+                    let response = error_response(431, "request_header_fields_too_large", &message);
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None;
                 }

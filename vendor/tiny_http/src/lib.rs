@@ -96,9 +96,9 @@ use zeroize::Zeroizing;
 
 use std::error::Error;
 use std::io::Error as IoError;
-use std::io::Write;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
+use std::io::Write;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -403,7 +403,9 @@ impl Server {
                         // Ryzanstein patch (PATCHES.md #3): count connections.
                         inside_accepted.fetch_add(1, Relaxed);
                         let pair = match ssl {
-                            None => split_retrying(sock, &inside_close_trigger, &inside_accept_errors),
+                            None => {
+                                split_retrying(sock, &inside_close_trigger, &inside_accept_errors)
+                            }
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
                                 // trying to apply SSL over the connection

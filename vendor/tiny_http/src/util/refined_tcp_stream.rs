@@ -129,7 +129,9 @@ pub struct ReadTimeouts {
 impl RefinedTcpStream {
     /// Ryzanstein patch (PATCHES.md #9): a failed `dup` (EMFILE) gives the stream back with
     /// the error instead of panicking the accept thread.
-    pub(crate) fn new<S>(stream: S) -> Result<(RefinedTcpStream, RefinedTcpStream), (IoError, Stream)>
+    pub(crate) fn new<S>(
+        stream: S,
+    ) -> Result<(RefinedTcpStream, RefinedTcpStream), (IoError, Stream)>
     where
         S: Into<Stream>,
     {
@@ -186,7 +188,10 @@ impl RefinedTcpStream {
 
     fn timed_read(&mut self, t: ReadTimeouts, buf: &mut [u8]) -> IoResult<usize> {
         if self.expired {
-            return Err(IoError::new(ErrorKind::ConnectionAborted, "request timed out"));
+            return Err(IoError::new(
+                ErrorKind::ConnectionAborted,
+                "request timed out",
+            ));
         }
         let wait = match self.deadline {
             None => t.idle,
