@@ -73,7 +73,7 @@ trap 'rm -f "$log"' EXIT
 status=0
 # fault-injection: the hooks tests/faults.rs needs to make a handler, a dispatcher or a load
 # panic (src/faults.rs); release builds have none.
-cargo test --quiet --features fault-injection "$@" 2>&1 | tee "$log" || status=$?
+cargo test --quiet --no-fail-fast --features fault-injection "$@" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole suite (cargo prints one per test binary, the last being the
 # doc tests, which may hold none).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }

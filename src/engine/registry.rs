@@ -769,11 +769,19 @@ impl Registry {
         Some(Subscription { rx, _alive: alive })
     }
 
-    /// Events of every model from now on (the CLI's progress bars).
+    /// Events of every model from now on (the CLI's progress bars), after the current event
+    /// of each model that is queued, loading, loaded or failed: a load that began (or even
+    /// ended) before the subscription still shows up.
     pub fn subscribe_all(&self) -> Subscription {
         let (tx, rx) = bounded(EVENT_BUFFER);
         let alive = Arc::new(());
         let mut g = self.lock();
+        for i in 0..g.slots.len() {
+            let st = g.slots[i].state;
+            if !matches!(st, ModelState::Available | ModelState::Unloading) {
+                let _ = tx.try_send(self.event_of(&g, i));
+            }
+        }
         g.all_subscribers.retain(|t| !t.gone());
         g.all_subscribers.push(Subscriber {
             tx,
