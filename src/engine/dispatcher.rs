@@ -846,6 +846,9 @@ fn advance(
     done.sort_unstable();
 }
 
+/// Vocabulary size from which a step's sequences are sampled on the pool (Gemma 3: 262,144).
+const PARALLEL_SAMPLING_MIN_VOCAB: usize = 16_384;
+
 /// Samples every sequence with a `sample_row` (`n_rows` of them) from its row of `logits`.
 fn sample_rows(
     running: &mut [Seq],
@@ -868,7 +871,8 @@ fn sample_rows(
             Err(e) => Err(e.to_string()),
         });
     };
-    if n_rows < 2 {
+    // A small vocabulary samples in microseconds: handing it to the pool would cost more.
+    if n_rows < 2 || n_vocab < PARALLEL_SAMPLING_MIN_VOCAB {
         running.iter_mut().for_each(sample);
     } else {
         pool.install(|| running.par_iter_mut().for_each(sample));
