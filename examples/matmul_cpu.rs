@@ -5,53 +5,11 @@
 //!
 //!   cargo run --release --example matmul_cpu [-- B...]   (default batch sizes: 1 8 16 20)
 
-use ryzanstein::kernels::{matmul, quantize_row, GgmlType};
+use ryzanstein::kernels::{matmul, GgmlType};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
-
-/// Random weight bytes with sane (0.01) f16 scales, so no NaN or subnormal arithmetic skews
-/// timings (as `benches/kernels.rs` does).
-fn weights(rng: &mut Rng, ty: GgmlType, n_in: usize, n_out: usize) -> Vec<u8> {
-    let rb = ty.row_bytes(n_in).expect("whole blocks");
-    let mut w: Vec<u8> = (0..rb * n_out).map(|_| rng.next() as u8).collect();
-    let scale_offsets: &[usize] = match ty {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
-        GgmlType::Q6_K => &[208],
-        _ => &[0, 2],
-    };
-    let s = half::f16::from_f32(0.01).to_bits().to_le_bytes();
-    for blk in w.chunks_exact_mut(ty.block_bytes()) {
-        for &o in scale_offsets {
-            blk[o..o + 2].copy_from_slice(&s);
-        }
-    }
-    w
-}
-
-fn acts(rng: &mut Rng, ty: GgmlType, n_in: usize, rows: usize) -> Vec<u8> {
-    let at = ty.vec_dot_type();
-    let arb = at.row_bytes(n_in).expect("whole blocks");
-    let mut a = vec![0u8; arb * rows];
-    for row in a.chunks_exact_mut(arb) {
-        let x: Vec<f32> = (0..n_in).map(|_| 2.0 * rng.f32()).collect();
-        quantize_row(at, &x, row);
-    }
-    a
-}
+#[path = "../benches/support/inputs.rs"]
+mod inputs;
+use inputs::{acts, weights, Rng};
 
 fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -89,7 +47,7 @@ fn main() {
         "shape", "B", "ns/call", "ns/pair", "GFLOP/s"
     );
     for (name, ty, n_in, n_out) in shapes {
-        let w = weights(&mut rng, ty, n_in, n_out);
+        let w = weights(&mut rng, ty, n_in * n_out);
         for &b in &batches {
             let a = acts(&mut rng, ty, n_in, b);
             let mut out = vec![0f32; b * n_out];
