@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         max_tokens,
         sampling: SamplingParams::greedy(),
         ignore_eos: true,
+        token_group: 1,
     };
     // Arrival times of every token of every stream.
     let stamps: Arc<Mutex<Vec<Vec<Instant>>>> = Arc::new(Mutex::new(Vec::new()));

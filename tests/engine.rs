@@ -52,6 +52,7 @@ fn request(h: &ModelHandle, text: &str, max_tokens: usize, seed: Option<u64>) ->
         max_tokens,
         sampling,
         ignore_eos: true,
+        token_group: 1,
     }
 }
 
@@ -104,14 +105,19 @@ fn small_opts() -> EngineOptions {
     }
 }
 
-/// Submits every prompt at once (odd ones sampled with a seed) and collects the outputs in order.
-fn run_all_at_once(h: &ModelHandle, n_new: usize) -> Vec<Output> {
+/// Submits every prompt at once (odd ones sampled with a seed), its tokens sent in groups of
+/// `token_group`, and collects the outputs in order.
+fn run_all_at_once(h: &ModelHandle, n_new: usize, token_group: usize) -> Vec<Output> {
     let streams: Vec<_> = PROMPTS
         .iter()
         .enumerate()
         .map(|(i, p)| {
             let seed = (i % 2 == 1).then_some(i as u64);
-            h.submit(request(h, p, n_new, seed)).unwrap()
+            h.submit(GenerationRequest {
+                token_group,
+                ..request(h, p, n_new, seed)
+            })
+            .unwrap()
         })
         .collect();
     streams.into_iter().map(collect).collect()
@@ -131,7 +137,7 @@ fn outputs_are_identical_alone_and_batched_even_with_preemption() {
         assert_eq!(fin.unwrap().0, FinishReason::Length);
         assert_eq!(fin.unwrap().2, n_new);
     }
-    let together = run_all_at_once(&h, n_new);
+    let together = run_all_at_once(&h, n_new, 1);
     assert_eq!(alone, together, "batched outputs differ from solo ones");
     assert!(h.stats().batch_seqs.sum() > h.stats().steps.load(Ordering::Relaxed) as f64);
     drop(h);
@@ -142,13 +148,28 @@ fn outputs_are_identical_alone_and_batched_even_with_preemption() {
         kv_pool_bytes: 6 * 16 * 3 * 2 * 256 * 2,
         ..small_opts()
     };
-    let h = start(tight);
-    let squeezed = run_all_at_once(&h, n_new);
+    let h = start(tight.clone());
+    let squeezed = run_all_at_once(&h, n_new, 1);
     assert_eq!(alone, squeezed, "preemption changed outputs");
     assert!(
         h.stats().preemptions.load(Ordering::Relaxed) > 0,
         "the tight pool should have forced a preemption"
     );
+    // Tokens sent in groups come the same, in order, before `Finished`: groups of 5 (5 + 5,
+    // and the last 2 sent with `Finished`), and groups as large as asked for, capped at half
+    // a buffer of 16 events (8 + 4).
+    assert_eq!(
+        alone,
+        run_all_at_once(&h, n_new, 5),
+        "grouped tokens differ"
+    );
+    drop(h);
+    let h = start(EngineOptions {
+        event_buffer: 16,
+        ..tight
+    });
+    let whole = run_all_at_once(&h, n_new, usize::MAX);
+    assert_eq!(alone, whole, "grouped tokens differ");
 }
 
 #[test]

@@ -278,6 +278,7 @@ fn unload_waits_for_requests_in_flight() {
             max_tokens: 4,
             sampling: Default::default(),
             ignore_eos: true,
+            token_group: 1,
         })
         .expect("in-flight request still served");
     let mut tokens = 0;

@@ -401,6 +401,10 @@ struct Seq {
     /// This step's sampled token (or the sampler's error), between the parallel sampling
     /// and the in-order sending of [`advance`].
     sampled: Option<Result<TokenEvent, String>>,
+    /// Token events not sent yet, and how many make a group (`GenerationRequest::token_group`
+    /// within half the event buffer).
+    held: Vec<TokenEvent>,
+    group: usize,
 }
 
 impl Seq {
@@ -585,6 +589,10 @@ impl Dispatcher {
             }
         };
         let slot = self.free_slots.pop().expect("fits checked a slot");
+        let group = q
+            .req
+            .token_group
+            .clamp(1, self.opts.event_buffer.max(4) / 2);
         let cap = (q.req.prompt.len() + q.req.max_tokens).min(self.opts.n_ctx);
         let mut tokens = Vec::with_capacity(cap);
         tokens.extend_from_slice(&q.req.prompt);
@@ -601,6 +609,8 @@ impl Dispatcher {
             announced: false,
             sample_row: None,
             sampled: None,
+            held: Vec::with_capacity(group.min(64)),
+            group,
         });
     }
 
@@ -616,14 +626,16 @@ impl Dispatcher {
         }
     }
 
-    /// Frees a sequence's slot and KV blocks; sends `Finished` if a reason is given.
-    fn finish(&mut self, s: Seq, reason: Option<FinishReason>) {
+    /// Frees a sequence's slot and KV blocks; sends its held tokens and `Finished` if a reason
+    /// is given.
+    fn finish(&mut self, mut s: Seq, reason: Option<FinishReason>) {
         if s.slot != NO_SLOT {
             self.state.kv.release(s.slot);
             self.free_slots.push(s.slot);
         }
         match reason {
             Some(reason) => {
+                send_held(&mut s);
                 let _ = s.q.tx.try_send(Event::Finished {
                     reason,
                     prompt_tokens: s.n_prompt,
@@ -896,7 +908,8 @@ fn send_sampled(s: &mut Seq, sampled: Result<TokenEvent, String>, cx: &Ctx) -> O
         return Outcome::Done;
     }
     s.tokens.push(id);
-    if s.q.tx.try_send(Event::Token(ev)).is_err() {
+    s.held.push(ev);
+    if s.held.len() >= s.group && !send_held(s) {
         // Disconnected, or a reader so slow its buffer filled: cancel only this request.
         s.q.cancel.store(true, Ordering::Relaxed);
         return Outcome::Done;
@@ -905,6 +918,14 @@ fn send_sampled(s: &mut Seq, sampled: Result<TokenEvent, String>, cx: &Ctx) -> O
         return Outcome::Done;
     }
     Outcome::Continue
+}
+
+/// Sends `s`'s held token events; false if the reader is gone or its buffer is full.
+fn send_held(s: &mut Seq) -> bool {
+    s.held
+        .drain(..)
+        .try_for_each(|ev| s.q.tx.try_send(Event::Token(ev)))
+        .is_ok()
 }
 
 /// Why a retired sequence ended: `None` if it was cancelled.

@@ -20,6 +20,12 @@ pub struct GenerationRequest {
     pub sampling: SamplingParams,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
+    /// Token events are sent in groups of up to this many (at most half the event buffer),
+    /// the last group when the sequence ends; 1 sends each as it is sampled. A reader that
+    /// needs the tokens only at the end (a whole answer with no stop strings) asks for large
+    /// groups: each send to a reader blocked on the channel wakes its thread, and those
+    /// wake-ups preempt the compute threads mid-step.
+    pub token_group: usize,
 }
 
 /// One generated token.

@@ -247,6 +247,19 @@ fn token_text(tok: &Tokenizer, id: u32, logprob: f32) -> TokenText {
     }
 }
 
+/// How many token events the engine groups per send (`GenerationRequest::token_group`). A
+/// whole answer with no stop strings needs its tokens only at the end, so it takes them in
+/// large groups (the engine caps a group at half the event buffer) and its handler thread is
+/// not woken for every token; a stream, or stop strings that may end the answer early, take
+/// each token as it comes.
+fn token_group(plan: &Plan) -> usize {
+    if plan.stream || !plan.stop.is_empty() {
+        1
+    } else {
+        usize::MAX
+    }
+}
+
 fn submit_error(e: SubmitError, retry_after_s: u64) -> ApiError {
     match e {
         SubmitError::QueueFull(_) => {
@@ -280,6 +293,7 @@ fn submit_all(st: &State, m: &Loaded, plan: &Plan) -> Result<Vec<ChoiceRun>, Api
                     max_tokens: plan.max_tokens,
                     sampling,
                     ignore_eos: plan.ignore_eos,
+                    token_group: token_group(plan),
                 })
                 .map_err(|e| submit_error(e, limits.retry_after_s))?;
             let stops = StopStrings::new(&plan.stop, limits.stop_max, limits.stop_bytes_max)

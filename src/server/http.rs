@@ -15,6 +15,9 @@
 //!   our 408 — [`BodyError::TimedOut`]); past `max_connections` open connections a new one is
 //!   answered [`reject_response`] (503) by its own connection thread and closed, never reaching
 //!   a worker.
+//! - A request can be answered on its connection's thread before it is queued
+//!   ([`HttpServer::set_early_answer`], patch #11): the server refuses there what arrives at
+//!   its concurrency cap, so a refusal wakes no worker.
 //! - Streams bypass `Request::respond` (it buffers chunked bodies 8 KiB at a time): the raw
 //!   writer from `Request::into_writer` gets our own chunk framing and a flush per event
 //!   ([`SseWriter`]). HTTP/1.0 clients get the events unframed and the connection closes after.
@@ -63,6 +66,17 @@ impl HttpServer {
     /// The next request, waiting at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> io::Result<Option<HttpRequest>> {
         Ok(self.inner.recv_timeout(timeout)?.map(HttpRequest::new))
+    }
+
+    /// From now on each request goes through `answer` on its connection's thread before it is
+    /// queued for a worker: `answer` returns the request to queue it, or `None` having
+    /// answered it (vendored tiny_http patch #11). Only the first call takes effect.
+    pub fn set_early_answer<F>(&self, answer: F)
+    where
+        F: Fn(HttpRequest) -> Option<HttpRequest> + Send + Sync + 'static,
+    {
+        self.inner
+            .set_early_answer(Box::new(move |r| answer(HttpRequest::new(r))?.inner));
     }
 
     /// Wakes one worker blocked in `recv_timeout` (call once per worker at shutdown).

@@ -305,7 +305,7 @@ fn render_models(out: &mut String, reg: &Registry) {
 /// Per-model engine figures, each metric's lines grouped under one header.
 fn render_engines(out: &mut String, engines: &[(&str, &EngineStats)]) {
     type Scalar = fn(&EngineStats) -> u64;
-    let scalars: [(&str, &str, &str, Scalar); 8] = [
+    let scalars: [(&str, &str, &str, Scalar); 9] = [
         (
             "ryzanstein_sequences_running",
             "gauge",
@@ -347,6 +347,12 @@ fn render_engines(out: &mut String, engines: &[(&str, &EngineStats)]) {
             "counter",
             "Sequences dropped because their receiver went away.",
             |s| s.cancelled.load(Ordering::Relaxed),
+        ),
+        (
+            "ryzanstein_engine_generated_tokens_total",
+            "counter",
+            "Tokens sampled, counted as each is sampled (not when its request ends).",
+            |s| s.generated_tokens.load(Ordering::Relaxed),
         ),
         (
             "ryzanstein_engine_prefill_tokens_total",

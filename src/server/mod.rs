@@ -204,6 +204,10 @@ impl Server {
             id_salt: started ^ u64::from(std::process::id()).rotate_left(32),
             opts,
         });
+        let weak = Arc::downgrade(&state);
+        state
+            .http
+            .set_early_answer(move |req| routes::early(&weak, req));
         let mut workers = Vec::with_capacity(state.cfg().http_workers);
         for i in 0..state.cfg().http_workers {
             let st = state.clone();

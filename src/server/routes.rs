@@ -2,6 +2,8 @@
 //! panics is answered 500 and the worker lives on; every request is counted and logged once.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -79,6 +81,25 @@ fn allowed_methods(route: &str) -> Vec<&'static str> {
         .filter(|(_, p, _)| *p == route)
         .map(|(m, _, _)| *m);
     fixed.chain(per_model).collect()
+}
+
+/// Called on a request's connection thread before it is queued for a worker: a generation
+/// request that arrives while every `max_concurrent_requests` slot is taken is served right
+/// there (to its 503), so a refusal costs no hand-off to a worker and back. Anything else is
+/// returned to be queued. If a slot frees up meanwhile, the request is served in full on the
+/// connection's thread, which is as correct. Weak: the server's `State` owns the listener
+/// that calls this.
+pub(crate) fn early(st: &Weak<State>, req: HttpRequest) -> Option<HttpRequest> {
+    let generation =
+        req.method() == "POST" && matches!(req.path(), "/v1/completions" | "/v1/chat/completions");
+    let Some(st) = st.upgrade().filter(|_| generation) else {
+        return Some(req);
+    };
+    if st.in_flight.load(Ordering::Relaxed) < st.cfg().limits.max_concurrent_requests {
+        return Some(req);
+    }
+    serve(&st, req);
+    None
 }
 
 /// Serves one request end to end; never panics.

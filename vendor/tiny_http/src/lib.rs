@@ -103,7 +103,7 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -147,7 +147,15 @@ pub struct Server {
 
     // Ryzanstein patch (PATCHES.md #2, #3)
     counters: Arc<Counters>,
+
+    // Ryzanstein patch (PATCHES.md #11)
+    early: Arc<OnceLock<EarlyAnswer>>,
 }
+
+/// Sees each request on its connection's thread, its body read (PATCHES.md #8), before it is
+/// queued: returns it to queue it, or `None` having answered it there (Ryzanstein patch,
+/// PATCHES.md #11).
+pub type EarlyAnswer = Box<dyn Fn(Request) -> Option<Request> + Send + Sync>;
 
 /// Connection counters kept by the accept thread (Ryzanstein patch, PATCHES.md #2, #3).
 #[derive(Default)]
@@ -390,6 +398,8 @@ impl Server {
         let inside_open = Arc::clone(&counters.open);
         let inside_rejected = Arc::clone(&counters.rejected);
         let reject_response: Arc<[u8]> = limits.reject_response.clone().into();
+        let early: Arc<OnceLock<EarlyAnswer>> = Arc::default();
+        let inside_early = Arc::clone(&early);
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
@@ -448,6 +458,7 @@ impl Server {
                         let rejected = Arc::clone(&inside_rejected);
                         let prefetch = limits.prefetch_body_bytes;
                         let reject_response = Arc::clone(&reject_response);
+                        let early = Arc::clone(&inside_early);
                         let mut client = Some(client);
                         let open = OpenGuard::new(Arc::clone(&inside_open));
                         let mut open = Some(open);
@@ -493,6 +504,13 @@ impl Server {
                                                 break;
                                             }
                                         }
+                                        // Ryzanstein patch (PATCHES.md #11).
+                                        if let Some(answer) = early.get() {
+                                            match answer(rq) {
+                                                Some(back) => rq = back,
+                                                None => continue,
+                                            }
+                                        }
                                         messages.push(rq.into());
                                     }
                                 }
@@ -520,6 +538,7 @@ impl Server {
             close: close_trigger,
             listening_addr: local_addr,
             counters,
+            early,
         })
     }
 
@@ -559,6 +578,14 @@ impl Server {
     /// Failed `accept()` calls since the server started (Ryzanstein patch, PATCHES.md #2).
     pub fn accept_errors(&self) -> u64 {
         self.counters.accept_errors.load(Relaxed)
+    }
+
+    /// Ryzanstein patch (PATCHES.md #11): from now on each request goes through `answer` on
+    /// its connection's thread before it is queued, so a request the application can answer
+    /// at once (a refusal) costs no hand-off to a thread calling `recv`. Only the first call
+    /// takes effect; false for a later one. Not for TLS connections.
+    pub fn set_early_answer(&self, answer: EarlyAnswer) -> bool {
+        self.early.set(answer).is_ok()
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.
