@@ -310,34 +310,31 @@ fn tiny_load() -> Load {
     }
 }
 
-fn tiny_server(compute_threads: usize) -> Server {
+/// Runs the tiny model's overload with `compute_threads` and asserts goodput of at least
+/// `floor` times the peak.
+fn goodput_holds(compute_threads: usize, floor: f64) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut cfg = test_config();
     cfg.engine.n_ctx = 256;
     cfg.threads = compute_threads;
-    start_tiny(cfg)
+    let server = start_tiny(cfg);
+    let name = format!("{compute_threads} compute thread(s)");
+    let (peak, goodput) = overload(&server, &name, tiny_load());
+    assert!(
+        goodput >= floor * peak,
+        "goodput {goodput:.1} req/s < {:.0}% of the peak {peak:.1}",
+        floor * 100.0
+    );
+    server.shutdown();
 }
 
 #[test]
 fn with_a_core_left_to_the_http_edge_goodput_holds_90_percent_at_four_times_the_peak() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let server = tiny_server(1);
-    let (peak, goodput) = overload(&server, "1 compute thread", tiny_load());
-    assert!(
-        goodput >= 0.9 * peak,
-        "goodput {goodput:.1} req/s < 90% of the peak {peak:.1}"
-    );
-    server.shutdown();
+    goodput_holds(1, 0.9);
 }
 
 #[test]
 fn with_every_core_computing_four_times_the_peak_is_refused_fast_and_goodput_does_not_collapse() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let server = tiny_server(2);
-    let (peak, goodput) = overload(&server, "2 compute threads", tiny_load());
     // 80-95% on the 2-core machine: see the module's documentation.
-    assert!(
-        goodput >= 0.7 * peak,
-        "goodput {goodput:.1} req/s < 70% of the peak {peak:.1}"
-    );
-    server.shutdown();
+    goodput_holds(2, 0.7);
 }
