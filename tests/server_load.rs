@@ -164,29 +164,44 @@ fn overload_is_a_fast_503_with_retry_after() {
     let mut cfg = test_config();
     cfg.limits.max_concurrent_requests = 2;
     cfg.http_workers = 4;
+    cfg.api_key = Some("k-cap".into());
     let server = start(cfg, false);
     let addr = server.local_addr();
+    let key = "Authorization: Bearer k-cap";
     let long = json!({"prompt": "Tell me a story.", "max_tokens": 300, "stream": true,
                       "temperature": 0, "logit_bias": {"1": -100, "106": -100}});
     let mut busy = Vec::new();
     for _ in 0..2 {
         let mut c = Conn::open(addr);
-        c.send("POST", "/v1/completions", &[], long.to_string().as_bytes());
+        c.send(
+            "POST",
+            "/v1/completions",
+            &[key],
+            long.to_string().as_bytes(),
+        );
         let _ = c.read_head();
         busy.push(c);
     }
+    // At the cap a refusal is answered on the connection's own thread (routes::early), through
+    // the same checks as on a worker: a missing key is still a 401, not a 503.
+    let hi = json!({"prompt": "Hi", "max_tokens": 1}).to_string();
+    let mut c = Conn::open(addr);
+    let r = c.request("POST", "/v1/completions", &[], hi.as_bytes());
+    assert_eq!(r.status, 401, "{}", r.text());
     let t0 = Instant::now();
-    let r = post(
-        addr,
-        "/v1/completions",
-        &json!({"prompt": "Hi", "max_tokens": 1}),
-    );
+    let r = c.request("POST", "/v1/completions", &[key], hi.as_bytes());
     let took = t0.elapsed();
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(r.json()["error"]["type"], "server_error");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("limit of 2 generation requests"),
+        "{message}"
+    );
     assert!(took < Duration::from_millis(500), "503 took {took:?}");
-    // Health and metrics still answer while the cap is reached.
+    // The connection stays usable, and health and metrics still answer at the cap.
+    assert_eq!(c.request("GET", "/health", &[], b"").status, 200);
     assert_eq!(get(addr, "/health").status, 200);
     eprintln!("503 in {took:?} with the concurrency cap reached");
     drop(busy);

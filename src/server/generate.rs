@@ -57,14 +57,20 @@ impl<'a> InFlight<'a> {
         let cap = st.cfg().limits.max_concurrent_requests;
         if st.in_flight.fetch_add(1, Ordering::SeqCst) >= cap {
             st.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(ApiError::unavailable(
-                format!(
-                    "the server is serving its limit of {cap} generation requests; retry later"
-                ),
-                st.cfg().limits.retry_after_s,
-            ));
+            return Err(InFlight::refusal(st));
         }
         Ok(InFlight(&st.in_flight))
+    }
+
+    /// The answer to a generation request past the cap: 503 with `Retry-After`.
+    pub(crate) fn refusal(st: &State) -> ApiError {
+        ApiError::unavailable(
+            format!(
+                "the server is serving its limit of {} generation requests; retry later",
+                st.cfg().limits.max_concurrent_requests
+            ),
+            st.cfg().limits.retry_after_s,
+        )
     }
 }
 

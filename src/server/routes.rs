@@ -46,6 +46,9 @@ pub(crate) struct Log {
     pub note: Option<&'static str>,
     /// The model that served it (empty if none).
     pub model: String,
+    /// Served on its connection's thread ([`early`]): a generation is refused there, never
+    /// run (that thread's stack is small, and it should not hold the connection's reads).
+    pub refuse_generation: bool,
 }
 
 /// (method, path) of every route; the path doubles as the metrics label.
@@ -84,11 +87,11 @@ fn allowed_methods(route: &str) -> Vec<&'static str> {
 }
 
 /// Called on a request's connection thread before it is queued for a worker: a generation
-/// request that arrives while every `max_concurrent_requests` slot is taken is served right
-/// there (to its 503), so a refusal costs no hand-off to a worker and back. Anything else is
-/// returned to be queued. If a slot frees up meanwhile, the request is served in full on the
-/// connection's thread, which is as correct. Weak: the server's `State` owns the listener
-/// that calls this.
+/// request that arrives while every `max_concurrent_requests` slot is taken is answered right
+/// there, through the same auth, routing and log line as on a worker, so a refusal costs no
+/// hand-off to a worker and back. It is refused even if a slot frees up meanwhile (it arrived
+/// at the cap). Anything else is returned to be queued. Weak: the server's `State` owns the
+/// listener that calls this.
 pub(crate) fn early(st: &Weak<State>, req: HttpRequest) -> Option<HttpRequest> {
     let generation =
         req.method() == "POST" && matches!(req.path(), "/v1/completions" | "/v1/chat/completions");
@@ -98,12 +101,17 @@ pub(crate) fn early(st: &Weak<State>, req: HttpRequest) -> Option<HttpRequest> {
     if st.in_flight.load(Ordering::Relaxed) < st.cfg().limits.max_concurrent_requests {
         return Some(req);
     }
-    serve(&st, req);
+    serve_as(&st, req, true);
     None
 }
 
 /// Serves one request end to end; never panics.
-pub(crate) fn serve(st: &State, mut req: HttpRequest) {
+pub(crate) fn serve(st: &State, req: HttpRequest) {
+    serve_as(st, req, false);
+}
+
+/// [`serve`], refusing a generation instead of running it if `refuse_generation`.
+fn serve_as(st: &State, mut req: HttpRequest, refuse_generation: bool) {
     let mut log = Log {
         id: st.next_u64(),
         start: Instant::now(),
@@ -113,6 +121,7 @@ pub(crate) fn serve(st: &State, mut req: HttpRequest) {
         ttft: None,
         note: None,
         model: String::new(),
+        refuse_generation,
     };
     let route = route_label(st, req.path());
     let result = if st.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
@@ -292,6 +301,9 @@ fn with_body(
     // A generation takes its concurrency slot first: past the cap the 503 costs no parsing
     // (the body is already in memory, read by the connection's thread). Held to the end.
     let _slot = match route {
+        "/v1/completions" | "/v1/chat/completions" if log.refuse_generation => {
+            return Err(InFlight::refusal(st));
+        }
         "/v1/completions" | "/v1/chat/completions" => Some(InFlight::acquire(st)?),
         _ => None,
     };
