@@ -117,12 +117,7 @@ fn log_panics() {
         return;
     }
     std::panic::set_hook(Box::new(|info| {
-        let p = info.payload();
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
+        let msg = ryzanstein::engine::panic_message(info.payload());
         let at = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))

@@ -26,7 +26,7 @@ pub use registry::{
 pub use request::{Event, GenerationRequest, Stream, SubmitError, TokenEvent};
 
 /// The message of a caught panic (a `&str` or `String` payload; anything else is "unknown").
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())

@@ -189,7 +189,6 @@ struct Candidate {
     logit: f32,
 }
 
-/// Descending by logit, ties by ascending id: a total, deterministic order.
 /// Index and value of the largest entry; strict `>` keeps the lowest index on ties, and NaN
 /// never wins.
 fn argmax(l: &[f32]) -> (usize, f32) {
@@ -204,6 +203,7 @@ fn argmax(l: &[f32]) -> (usize, f32) {
     (best, max)
 }
 
+/// Descending by logit, ties by ascending id: a total, deterministic order.
 fn by_logit_desc(a: &Candidate, b: &Candidate) -> Ordering {
     b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
 }
@@ -325,11 +325,10 @@ impl Sampler {
         if self.params.penalties_on() {
             self.apply_penalties(history);
         }
-        let (best, max) = argmax(&self.adjusted);
+        let (best, mut max) = argmax(&self.adjusted);
         if max == f32::NEG_INFINITY {
             return Err(SamplerError::NoCandidates);
         }
-        let mut max = max;
         // +inf (a huge bias overflowing) would make every probability NaN; clamp it.
         if max == f32::INFINITY {
             for l in &mut self.adjusted {

@@ -46,9 +46,11 @@ pub(crate) struct Log {
     pub note: Option<&'static str>,
     /// The model that served it (empty if none).
     pub model: String,
-    /// Served on its connection's thread ([`early`]): a generation is refused there, never
-    /// run (that thread's stack is small, and it should not hold the connection's reads).
-    pub refuse_generation: bool,
+}
+
+/// The routes that generate, each holding one of `max_concurrent_requests` slots.
+fn is_generation(route: &str) -> bool {
+    matches!(route, "/v1/completions" | "/v1/chat/completions")
 }
 
 /// (method, path) of every route; the path doubles as the metrics label.
@@ -93,9 +95,10 @@ fn allowed_methods(route: &str) -> Vec<&'static str> {
 /// at the cap). Anything else is returned to be queued. Weak: the server's `State` owns the
 /// listener that calls this.
 pub(crate) fn early(st: &Weak<State>, req: HttpRequest) -> Option<HttpRequest> {
-    let generation =
-        req.method() == "POST" && matches!(req.path(), "/v1/completions" | "/v1/chat/completions");
-    let Some(st) = st.upgrade().filter(|_| generation) else {
+    if req.method() != "POST" || !is_generation(req.path()) {
+        return Some(req);
+    }
+    let Some(st) = st.upgrade() else {
         return Some(req);
     };
     if st.in_flight.load(Ordering::Relaxed) < st.cfg().limits.max_concurrent_requests {
@@ -110,7 +113,9 @@ pub(crate) fn serve(st: &State, req: HttpRequest) {
     serve_as(st, req, false);
 }
 
-/// [`serve`], refusing a generation instead of running it if `refuse_generation`.
+/// [`serve`], refusing a generation instead of running it if `refuse_generation` (on a
+/// connection's thread, whose stack is small and which should not hold the connection's
+/// reads, a generation never runs).
 fn serve_as(st: &State, mut req: HttpRequest, refuse_generation: bool) {
     let mut log = Log {
         id: st.next_u64(),
@@ -121,10 +126,9 @@ fn serve_as(st: &State, mut req: HttpRequest, refuse_generation: bool) {
         ttft: None,
         note: None,
         model: String::new(),
-        refuse_generation,
     };
     let route = route_label(st, req.path());
-    let result = if st.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+    let result = if st.shutting_down.load(Ordering::Relaxed) {
         // Taken after the drain began (a kept-alive connection): the client retries
         // elsewhere or later.
         log.note = Some("shutting down");
@@ -133,7 +137,9 @@ fn serve_as(st: &State, mut req: HttpRequest, refuse_generation: bool) {
             st.cfg().limits.retry_after_s,
         )))
     } else {
-        catch_unwind(AssertUnwindSafe(|| dispatch(st, route, &mut req, &mut log)))
+        catch_unwind(AssertUnwindSafe(|| {
+            dispatch(st, route, &mut req, &mut log, refuse_generation)
+        }))
     };
     // Each answer is counted just before it is written, so a client that has its response
     // finds it in /metrics.
@@ -141,9 +147,7 @@ fn serve_as(st: &State, mut req: HttpRequest, refuse_generation: bool) {
         Ok(Ok(reply)) => answer(st, route, &mut req, reply),
         Ok(Err(e)) => answer_error(st, route, &mut req, &e),
         Err(_) => {
-            st.metrics
-                .panics
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            st.metrics.panics.fetch_add(1, Ordering::Relaxed);
             log.note = Some("handler panicked");
             answer_error(
                 st,
@@ -226,6 +230,7 @@ fn dispatch(
     route: &'static str,
     req: &mut HttpRequest,
     log: &mut Log,
+    refuse_generation: bool,
 ) -> Result<Reply, ApiError> {
     auth::check(st, req, route)?;
     if route == "other" {
@@ -251,7 +256,7 @@ fn dispatch(
         "/metrics" => Ok(Reply::Text(metrics_page(st), "text/plain; version=0.0.4")),
         "/v1/models" => Ok(Reply::Json(models::list(st))),
         "/v1/completions" | "/v1/chat/completions" | "/tokenize" | "/detokenize" => {
-            with_body(st, route, req, log)
+            with_body(st, route, req, log, refuse_generation)
         }
         "/debug/panic" => panic!("a panic requested through /debug/panic"),
         _ => Err(ApiError::not_found(req.path())),
@@ -282,7 +287,7 @@ fn metrics_page(st: &State) -> String {
             .collect(),
         registry: &st.registry,
         ready: st.registry.all_loaded(&st.ready_models),
-        in_flight: st.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+        in_flight: st.in_flight.load(Ordering::Relaxed),
         connections_accepted: st.http.connections_accepted(),
         connections_open: st.http.connections_open(),
         connections_rejected: st.http.connections_rejected(),
@@ -297,15 +302,16 @@ fn with_body(
     route: &str,
     req: &mut HttpRequest,
     log: &mut Log,
+    refuse_generation: bool,
 ) -> Result<Reply, ApiError> {
     // A generation takes its concurrency slot first: past the cap the 503 costs no parsing
     // (the body is already in memory, read by the connection's thread). Held to the end.
-    let _slot = match route {
-        "/v1/completions" | "/v1/chat/completions" if log.refuse_generation => {
-            return Err(InFlight::refusal(st));
-        }
-        "/v1/completions" | "/v1/chat/completions" => Some(InFlight::acquire(st)?),
-        _ => None,
+    let _slot = if !is_generation(route) {
+        None
+    } else if refuse_generation {
+        return Err(InFlight::refusal(st));
+    } else {
+        Some(InFlight::acquire(st)?)
     };
     let body = read_body(st, req)?;
     match parse_and_validate(route, &body, &st.cfg().limits)? {
