@@ -7,7 +7,7 @@
 //! function of its two rows.
 
 use super::types::GgmlType;
-use super::{Dot4Fn, Dot8Fn, DotFn};
+use super::{Dot4Fn, Dot8Fn, Dot8ScaledFn, DotFn};
 
 #[cfg(target_arch = "x86_64")]
 pub use imp::*;
@@ -36,13 +36,19 @@ pub fn kernel8(_wty: GgmlType) -> Option<Dot8Fn> {
     None
 }
 
+/// No SIMD kernels off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn kernel8_scaled(_wty: GgmlType) -> Option<Dot8ScaledFn> {
+    None
+}
+
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::super::blocks::{
         as_blocks, unpack_k4_scales, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
         BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     };
-    use super::{Dot4Fn, Dot8Fn, DotFn, GgmlType};
+    use super::{Dot4Fn, Dot8Fn, Dot8ScaledFn, DotFn, GgmlType};
     use std::arch::x86_64::*;
 
     /// True when the CPU has AVX2, FMA and F16C (std caches the CPUID probe).
@@ -107,6 +113,22 @@ mod imp {
         Q5_K => vec_dot_q5_k_x4, vec_dot_q5_k_x8;
         Q6_K => vec_dot_q6_k_x4, vec_dot_q6_k_x8;
     );
+
+    /// The 8-activation-row AVX2 kernel for `wty` that takes the activation scales as f32 from
+    /// a table (see [`Dot8ScaledFn`]), if any: the types whose activations are Q8_0.
+    pub fn kernel8_scaled(wty: GgmlType) -> Option<Dot8ScaledFn> {
+        if !available() {
+            return None;
+        }
+        match wty {
+            // SAFETY: `available()` checked avx2, fma and f16c just above; the wrappers check
+            // the table's length.
+            GgmlType::Q8_0 => Some(|n, w, a, t| unsafe { vec_dot_q8_0_x8s(n, w, a, t) }),
+            GgmlType::Q4_0 => Some(|n, w, a, t| unsafe { vec_dot_q4_0_x8s(n, w, a, t) }),
+            GgmlType::Q5_0 => Some(|n, w, a, t| unsafe { vec_dot_q5_0_x8s(n, w, a, t) }),
+            _ => None,
+        }
+    }
 
     /// The AVX2 kernel for `wty`, or `None` if the CPU lacks the features.
     pub fn kernel(wty: GgmlType) -> Option<DotFn> {
@@ -380,6 +402,71 @@ mod imp {
         _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh)),
         _mm256_set1_epi8(16)
     ));
+
+    /// Defines `$scaled`: the 8-row body of `signed_q8_0_rows!` with the activation scales
+    /// read from a table (`q8_0_scales8`: each f16 scale as f32, repeated in 8 lanes) instead
+    /// of decoded from f16 for every (weight row, activation block) pair, so `d_x·d_y` is one
+    /// multiply with a memory operand. The products are the same floats (f16 → f32 is exact),
+    /// so results are bit-identical to `$rows::<8>`; the inner loop is about a quarter shorter.
+    /// (A table of plain scalars read back with a broadcast compiled to lane shuffles instead.)
+    macro_rules! signed_q8_0_rows_scaled {
+        ($scaled:ident, $blk:ty, $name:literal, |$x:ident| $values:expr) => {
+            #[doc = concat!($name, ", 8 activation rows with their scales from a table; bit-identical to eight single-row calls.")]
+            ///
+            /// # Safety
+            /// The CPU must support avx2, fma and f16c.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $scaled(
+                _n: usize,
+                w: &[u8],
+                acts: [&[u8]; 8],
+                scales: &[f32],
+            ) -> [f32; 8] {
+                let xs = as_blocks::<$blk>(w);
+                let nb = xs.len();
+                assert!(scales.len() >= 64 * nb, "8 lanes per row per block");
+                // Raw row pointers (lengths checked here): with slices, LLVM spilled three
+                // accumulators to the stack and the loop ran at half speed.
+                let ys: [*const BlockQ8_0; 8] = std::array::from_fn(|r| {
+                    as_blocks::<BlockQ8_0>(acts[r])[..nb].as_ptr()
+                });
+                let ones = _mm256_set1_epi16(1);
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (i, $x) in xs.iter().enumerate() {
+                    let qx: __m256i = $values;
+                    let ax = _mm256_sign_epi8(qx, qx);
+                    let dx = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes($x.d)));
+                    let dy = scales.as_ptr().add(64 * i);
+                    for r in 0..8 {
+                        // SAFETY: i < nb, and row r holds at least nb blocks (sliced above).
+                        let y = _mm256_loadu_si256((*ys[r].add(i)).qs.as_ptr().cast());
+                        let sy = _mm256_sign_epi8(y, qx);
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+                        let d = _mm256_mul_ps(dx, _mm256_loadu_ps(dy.add(8 * r)));
+                        acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r]);
+                    }
+                }
+                let mut out = [0f32; 8];
+                for r in 0..8 {
+                    out[r] = hsum_ps(acc[r]);
+                }
+                out
+            }
+        };
+    }
+
+    signed_q8_0_rows_scaled!(vec_dot_q8_0_x8s, BlockQ8_0, "Q8_0 · Q8_0", |x| load32(
+        &x.qs
+    ));
+    signed_q8_0_rows_scaled!(vec_dot_q4_0_x8s, BlockQ4_0, "Q4_0 · Q8_0", |x| {
+        _mm256_sub_epi8(nibbles_32(&x.qs), _mm256_set1_epi8(8))
+    });
+    signed_q8_0_rows_scaled!(vec_dot_q5_0_x8s, BlockQ5_0, "Q5_0 · Q8_0", |x| {
+        _mm256_sub_epi8(
+            _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh)),
+            _mm256_set1_epi8(16),
+        )
+    });
 
     row_kernels!(
         vec_dot_q8_0, vec_dot_q8_0_x4, vec_dot_q8_0_x8 => q8_0_rows, "Q8_0 · Q8_0 (the hot path: token embeddings / output)";
@@ -734,6 +821,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn scaled_kernels_are_bit_identical_to_single_row() {
+        if !super::available() {
+            return;
+        }
+        let mut tested = 0;
+        for ty in GgmlType::WEIGHT_TYPES {
+            let Some(k8s) = super::kernel8_scaled(ty) else {
+                continue;
+            };
+            let k1 = super::kernel(ty).expect("avx2 available");
+            for n in sizes(ty) {
+                let cs: Vec<_> = (0..8).map(|s| make_case(ty, n, 300 + s)).collect();
+                let acts: [&[u8]; 8] = std::array::from_fn(|k| cs[k].qa.as_slice());
+                let mut table = vec![0f32; 64 * (n / 32)];
+                super::super::q8_0_scales8(acts, &mut table);
+                let v8 = k8s(n, &cs[0].w, acts, &table);
+                for (k, c) in cs.iter().enumerate() {
+                    let one = k1(n, &cs[0].w, &c.qa).to_bits();
+                    assert_eq!(v8[k].to_bits(), one, "{ty} n={n} x8s row {k}");
+                }
+            }
+            tested += 1;
+        }
+        assert_eq!(tested, 3, "Q4_0, Q5_0 and Q8_0 have scaled kernels");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Batched matrix multiply: every weight row dotted with every activation row, parallel over
-//! chunks of output rows on the current rayon pool, with the batch as the inner loop so each
-//! weight row is streamed from memory once per call. Each output element is computed by the
+//! chunks of output rows on the current rayon pool. Weight rows are read from memory once per
+//! call: a task either takes each of its rows against the whole batch, or (the scaled 8-row
+//! kernels) takes its rows against one group of 8 activation rows after another, the rows
+//! staying in cache after the first group. Each output element is computed by the
 //! same per-(row, activation) kernel whatever the batch size or chunking, so results are
 //! batch- and thread-count-invariant. No heap allocation.
 
@@ -11,6 +13,17 @@ use rayon::prelude::*;
 /// balance the small (640-row) matrices across cores. 16 beat 64 in `benches/kernels.rs`
 /// (Q8_0 640×32768 at B = 1 and 16, Q5_0 640×2048) on a 2-core machine.
 const ROWS_PER_TASK: usize = 16;
+
+/// Output rows per task. With the scaled 8-row kernels each task runs its weight rows once per
+/// group of 8 activation rows, and long runs of rows measured faster than 16-row tasks (the
+/// hardware prefetcher streams them): about 8 tasks per thread, at most 1,024 rows (on 2
+/// threads a 640-row matrix gets 40-row tasks, the 262,144-row output 1,024-row tasks).
+fn rows_per_task(n_out: usize, n_rows: usize, scaled: bool) -> usize {
+    if !scaled || n_rows < 8 {
+        return ROWS_PER_TASK;
+    }
+    (n_out / (8 * rayon::current_num_threads())).clamp(ROWS_PER_TASK, 1024)
+}
 
 /// Raw output pointer shared by the tasks.
 #[derive(Clone, Copy)]
@@ -50,16 +63,32 @@ pub fn matmul(
         out.fill(0.0);
         return;
     }
-    let (dot, dot4, dot8) = super::kernels_for_all(wty);
-    run(dot, dot4, dot8, w, wrb, n_in, n_out, acts, arb, out);
+    run(
+        super::kernels_for_all(wty),
+        w,
+        wrb,
+        n_in,
+        n_out,
+        acts,
+        arb,
+        out,
+    );
 }
+
+/// Blocks per row up to which the scaled 8-row kernels run: their scale table lives on the
+/// stack (16 KiB) and should stay in L1. Wider rows (n_in over 2048) use the plain 8-row
+/// kernels, with the same results.
+const SCALED_BLOCKS_MAX: usize = 64;
+const TABLE_LEN: usize = super::SCALES8_PER_BLOCK * SCALED_BLOCKS_MAX;
+
+/// A scale table on the stack, cache-line aligned so no 32-byte load of it splits a line.
+#[repr(align(64))]
+struct ScaleTable([std::mem::MaybeUninit<f32>; TABLE_LEN]);
 
 /// The parallel loop of [`matmul`] with its kernels chosen (and sizes checked) by the caller.
 #[allow(clippy::too_many_arguments)]
 fn run(
-    dot: super::DotFn,
-    dot4: Option<super::Dot4Fn>,
-    dot8: Option<super::Dot8Fn>,
+    k: super::Kernels,
     w: &[u8],
     wrb: usize,
     n_in: usize,
@@ -72,42 +101,65 @@ fn run(
     // The SAFETY argument below rests on these; `matmul` checked them already.
     assert!(w.len() >= wrb * n_out && out.len() == n_rows * n_out);
     let ptr = OutPtr(out.as_mut_ptr());
-    let n_tasks = n_out.div_ceil(ROWS_PER_TASK);
+    let per_task = rows_per_task(n_out, n_rows, k.eight_scaled.is_some());
+    let n_tasks = n_out.div_ceil(per_task);
     (0..n_tasks).into_par_iter().for_each(move |t| {
         let ptr = ptr;
-        let r_end = ((t + 1) * ROWS_PER_TASK).min(n_out);
-        for r in t * ROWS_PER_TASK..r_end {
-            let wr = &w[r * wrb..(r + 1) * wrb];
-            let act = |b: usize| &acts[b * arb..(b + 1) * arb];
-            let store = |b: usize, v: f32| {
-                debug_assert!(b < n_rows);
-                // SAFETY: b < n_rows and r < n_out, so the index is in bounds of `out`
-                // (length n_rows * n_out, asserted); only this task writes output row r.
-                unsafe { *ptr.0.add(b * n_out + r) = v }
-            };
-            let mut b = 0;
-            // Groups of 8 and 4 share the weight decoding; those kernels are bit-identical per
-            // row to `dot`, so how the batch splits into groups never changes a result.
-            if let Some(dot8) = dot8 {
+        let rows = t * per_task..((t + 1) * per_task).min(n_out);
+        let wr = |r: usize| &w[r * wrb..(r + 1) * wrb];
+        let act = |b: usize| &acts[b * arb..(b + 1) * arb];
+        let store = |b: usize, r: usize, v: f32| {
+            debug_assert!(b < n_rows && r < n_out);
+            // SAFETY: b < n_rows and r < n_out, so the index is in bounds of `out`
+            // (length n_rows * n_out, asserted); only this task writes output row r.
+            unsafe { *ptr.0.add(b * n_out + r) = v }
+        };
+        // Groups of 8 and 4 share the weight decoding; those kernels are bit-identical per
+        // row to `one`, so how the batch splits into groups never changes a result.
+        let mut b0 = 0;
+        let nb = n_in / super::QK;
+        if let (Some(dot8s), true) = (k.eight_scaled, nb <= SCALED_BLOCKS_MAX) {
+            // Activation groups outside, weight rows inside: each group's scales are decoded
+            // once for the task's rows, which stay in cache across the groups.
+            let mut table = ScaleTable([std::mem::MaybeUninit::<f32>::uninit(); TABLE_LEN]);
+            let table = &mut table.0[..super::SCALES8_PER_BLOCK * nb];
+            // SAFETY: f32 has no invalid bit patterns, and `q8_0_scales8` writes every element
+            // before a kernel reads any (zeroing 16 KiB per task cost more than the kernels saved).
+            let table: &mut [f32] = unsafe { &mut *(table as *mut [_] as *mut [f32]) };
+            while b0 + 8 <= n_rows {
+                let group: [&[u8]; 8] = std::array::from_fn(|j| act(b0 + j));
+                super::q8_0_scales8(group, table);
+                for r in rows.clone() {
+                    let v = dot8s(n_in, wr(r), group, table);
+                    v.into_iter()
+                        .enumerate()
+                        .for_each(|(j, v)| store(b0 + j, r, v));
+                }
+                b0 += 8;
+            }
+        }
+        for r in rows {
+            let mut b = b0;
+            if let Some(dot8) = k.eight {
                 while b + 8 <= n_rows {
-                    let v = dot8(n_in, wr, std::array::from_fn(|k| act(b + k)));
-                    for (k, v) in v.into_iter().enumerate() {
-                        store(b + k, v);
-                    }
+                    let v = dot8(n_in, wr(r), std::array::from_fn(|j| act(b + j)));
+                    v.into_iter()
+                        .enumerate()
+                        .for_each(|(j, v)| store(b + j, r, v));
                     b += 8;
                 }
             }
-            if let Some(dot4) = dot4 {
+            if let Some(dot4) = k.four {
                 while b + 4 <= n_rows {
-                    let v = dot4(n_in, wr, [act(b), act(b + 1), act(b + 2), act(b + 3)]);
-                    for (k, v) in v.into_iter().enumerate() {
-                        store(b + k, v);
-                    }
+                    let v = dot4(n_in, wr(r), std::array::from_fn(|j| act(b + j)));
+                    v.into_iter()
+                        .enumerate()
+                        .for_each(|(j, v)| store(b + j, r, v));
                     b += 4;
                 }
             }
             while b < n_rows {
-                store(b, dot(n_in, wr, act(b)));
+                store(b, r, (k.one)(n_in, wr(r), act(b)));
                 b += 1;
             }
         }
@@ -166,9 +218,34 @@ mod tests {
         }
     }
 
+    /// Rows wider than the scaled kernels' table (n_in over 2048) take the plain 8-row kernels:
+    /// still equal to `vec_dot` bit for bit.
+    #[test]
+    fn wide_rows_match_vec_dot() {
+        let (n_in, n_out, n_rows) = (2048 + 32, 5, 9);
+        for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+            let (w, acts) = setup(ty, n_in, n_out, n_rows);
+            let (wrb, arb) = (w.len() / n_out, acts.len() / n_rows);
+            let mut out = vec![0f32; n_rows * n_out];
+            matmul(ty, &w, n_in, n_out, &acts, n_rows, &mut out);
+            for b in 0..n_rows {
+                for r in 0..n_out {
+                    let a = &acts[b * arb..(b + 1) * arb];
+                    let want = vec_dot(ty, n_in, &w[r * wrb..(r + 1) * wrb], a);
+                    assert_eq!(out[b * n_out + r].to_bits(), want.to_bits(), "{ty} b={b}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn matmul_is_thread_count_invariant() {
-        let (n_in, n_out, n_rows) = (512, 100, 4);
+        for n_rows in [4, 12] {
+            thread_count_invariant(512, 100, n_rows);
+        }
+    }
+
+    fn thread_count_invariant(n_in: usize, n_out: usize, n_rows: usize) {
         for ty in GgmlType::WEIGHT_TYPES {
             let (w, acts) = setup(ty, n_in, n_out, n_rows);
             let run = |threads: usize| {
@@ -180,7 +257,7 @@ mod tests {
                 pool.install(|| matmul(ty, &w, n_in, n_out, &acts, n_rows, &mut out));
                 bits(&out)
             };
-            assert_eq!(run(1), run(2), "{ty}");
+            assert_eq!(run(1), run(2), "{ty} B={n_rows}");
         }
     }
 
@@ -194,7 +271,13 @@ mod tests {
             let (wrb, arb) = (w.len() / n_out, acts.len() / n_rows);
             let mut out = vec![0f32; n_rows * n_out];
             let dot = super::super::dot_scalar::kernel(ty);
-            super::run(dot, None, None, &w, wrb, n_in, n_out, &acts, arb, &mut out);
+            let k = super::super::Kernels {
+                one: dot,
+                four: None,
+                eight: None,
+                eight_scaled: None,
+            };
+            super::run(k, &w, wrb, n_in, n_out, &acts, arb, &mut out);
             for b in 0..n_rows {
                 for r in 0..n_out {
                     let want = dot(

@@ -35,6 +35,28 @@ pub type Dot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
 /// The same with 8 activation rows: during prefill the weight block is decoded half as often.
 pub type Dot8Fn = fn(usize, &[u8], [&[u8]; 8]) -> [f32; 8];
 
+/// The 8-row kernel for weights dotted with Q8_0 activations, given the activations' block
+/// scales already as f32 (see [`q8_0_scales8`]): bit-identical per row to the single-row
+/// kernel; it only saves decoding each f16 scale once per weight row.
+pub type Dot8ScaledFn = fn(usize, &[u8], [&[u8]; 8], &[f32]) -> [f32; 8];
+
+/// Floats per block in a [`q8_0_scales8`] table: 8 rows × 8 lanes.
+pub const SCALES8_PER_BLOCK: usize = 64;
+
+/// Fills `out[64 * block + 8 * row .. + 8]` with the f16 scale of that block of Q8_0
+/// activation row `row`, as f32 (exact), repeated in 8 lanes so a kernel multiplies by it
+/// straight from memory. `out` holds `64 × blocks` floats; each row at least that many blocks.
+pub fn q8_0_scales8(acts: [&[u8]; 8], out: &mut [f32]) {
+    let nb = out.len() / SCALES8_PER_BLOCK;
+    for (row, a) in acts.iter().enumerate() {
+        let blocks = blocks::as_blocks::<blocks::BlockQ8_0>(a);
+        for (i, b) in blocks[..nb].iter().enumerate() {
+            let at = SCALES8_PER_BLOCK * i + 8 * row;
+            out[at..at + 8].fill(blocks::f16_le(b.d));
+        }
+    }
+}
+
 /// Scalar reference kernels, for tests and benches.
 pub mod scalar {
     pub use super::dot_scalar::*;
@@ -88,18 +110,38 @@ pub fn dot_kernel4(wty: GgmlType) -> Option<Dot4Fn> {
 /// The single-row kernel and (if any) the matching 4-row kernel, chosen with one reading of
 /// the SIMD switch so a caller never mixes scalar and AVX2 results.
 pub(crate) fn kernels_for(wty: GgmlType) -> (DotFn, Option<Dot4Fn>) {
-    let (one, four, _) = kernels_for_all(wty);
-    (one, four)
+    let k = kernels_for_all(wty);
+    (k.one, k.four)
 }
 
-/// Like [`kernels_for`], with the 8-row kernel too.
-pub(crate) fn kernels_for_all(wty: GgmlType) -> (DotFn, Option<Dot4Fn>, Option<Dot8Fn>) {
+/// The kernels [`matmul`] may use for `wty`, all bit-identical per row, chosen with one reading
+/// of the SIMD switch.
+#[derive(Clone, Copy)]
+pub(crate) struct Kernels {
+    pub one: DotFn,
+    pub four: Option<Dot4Fn>,
+    pub eight: Option<Dot8Fn>,
+    pub eight_scaled: Option<Dot8ScaledFn>,
+}
+
+/// Like [`kernels_for`], with the 8-row kernels too.
+pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
     if simd_allowed() {
-        if let Some(f) = dot_avx2::kernel(wty) {
-            return (f, dot_avx2::kernel4(wty), dot_avx2::kernel8(wty));
+        if let Some(one) = dot_avx2::kernel(wty) {
+            return Kernels {
+                one,
+                four: dot_avx2::kernel4(wty),
+                eight: dot_avx2::kernel8(wty),
+                eight_scaled: dot_avx2::kernel8_scaled(wty),
+            };
         }
     }
-    (dot_scalar::kernel(wty), None, None)
+    Kernels {
+        one: dot_scalar::kernel(wty),
+        four: None,
+        eight: None,
+        eight_scaled: None,
+    }
 }
 
 /// Asserts that `w` and `a` are rows of `n` elements of `wty` and its vec_dot_type.
