@@ -7,7 +7,7 @@
 //! function of its two rows.
 
 use super::types::GgmlType;
-use super::{Dot4Fn, Dot8Fn, Dot8ScaledFn, DotFn};
+use super::{Dot4Fn, Dot4ScaledFn, Dot8Fn, Dot8ScaledFn, DotFn};
 
 #[cfg(target_arch = "x86_64")]
 pub use imp::*;
@@ -42,13 +42,19 @@ pub fn kernel8_scaled(_wty: GgmlType) -> Option<Dot8ScaledFn> {
     None
 }
 
+/// No SIMD kernels off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn kernel4_scaled(_wty: GgmlType) -> Option<Dot4ScaledFn> {
+    None
+}
+
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::super::blocks::{
         as_blocks, unpack_k4_scales, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
         BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     };
-    use super::{Dot4Fn, Dot8Fn, Dot8ScaledFn, DotFn, GgmlType};
+    use super::{Dot4Fn, Dot4ScaledFn, Dot8Fn, Dot8ScaledFn, DotFn, GgmlType};
     use std::arch::x86_64::*;
 
     /// True when the CPU has AVX2, FMA and F16C (std caches the CPUID probe).
@@ -114,21 +120,41 @@ mod imp {
         Q6_K => vec_dot_q6_k_x4, vec_dot_q6_k_x8;
     );
 
-    /// The 8-activation-row AVX2 kernel for `wty` that takes the activation scales as f32 from
-    /// a table (see [`Dot8ScaledFn`]), if any: the types whose activations are Q8_0.
-    pub fn kernel8_scaled(wty: GgmlType) -> Option<Dot8ScaledFn> {
-        if !available() {
-            return None;
-        }
-        match wty {
-            // SAFETY: `available()` checked avx2, fma and f16c just above; the wrappers check
-            // the table's length.
-            GgmlType::Q8_0 => Some(|n, w, a, t| unsafe { vec_dot_q8_0_x8s(n, w, a, t) }),
-            GgmlType::Q4_0 => Some(|n, w, a, t| unsafe { vec_dot_q4_0_x8s(n, w, a, t) }),
-            GgmlType::Q5_0 => Some(|n, w, a, t| unsafe { vec_dot_q5_0_x8s(n, w, a, t) }),
-            _ => None,
-        }
+    /// The 8- and 4-activation-row AVX2 kernels for `wty` that take the activation scales
+    /// from a table (see [`Dot8ScaledFn`]), if any: the types whose activations are Q8_0.
+    macro_rules! scaled_kernels {
+        ($($ty:ident => $raw:ident;)*) => {
+            /// The scaled 8-activation-row AVX2 kernel for `wty`, if any.
+            pub fn kernel8_scaled(wty: GgmlType) -> Option<Dot8ScaledFn> {
+                if !available() {
+                    return None;
+                }
+                match wty {
+                    // SAFETY: `available()` checked avx2, fma and f16c just above; the kernel
+                    // checks the table's length.
+                    $(GgmlType::$ty => Some(|_, w, a, t| unsafe { $raw::<8>(w, a, t) }),)*
+                    _ => None,
+                }
+            }
+
+            /// The scaled 4-activation-row AVX2 kernel for `wty`, if any.
+            pub fn kernel4_scaled(wty: GgmlType) -> Option<Dot4ScaledFn> {
+                if !available() {
+                    return None;
+                }
+                match wty {
+                    // SAFETY: as above.
+                    $(GgmlType::$ty => Some(|_, w, a, t| unsafe { $raw::<4>(w, a, t) }),)*
+                    _ => None,
+                }
+            }
+        };
     }
+    scaled_kernels!(
+        Q8_0 => q8_0_rows_scaled;
+        Q4_0 => q4_0_rows_scaled;
+        Q5_0 => q5_0_rows_scaled;
+    );
 
     /// The AVX2 kernel for `wty`, or `None` if the CPU lacks the features.
     pub fn kernel(wty: GgmlType) -> Option<DotFn> {
@@ -403,41 +429,36 @@ mod imp {
         _mm256_set1_epi8(16)
     ));
 
-    /// Defines `$scaled`: the 8-row body of `signed_q8_0_rows!` with the activation scales
-    /// read from a table (`q8_0_scales8`: each f16 scale as f32, repeated in 8 lanes) instead
-    /// of decoded from f16 for every (weight row, activation block) pair, so `d_x·d_y` is one
+    /// Defines `$scaled::<R>`: the body of `signed_q8_0_rows!` with the activation scales read
+    /// from a table (`q8_0_scale_table`: each f16 scale as f32, repeated in 8 lanes) instead of
+    /// decoded from f16 for every (weight row, activation block) pair, so `d_x·d_y` is one
     /// multiply with a memory operand. The products are the same floats (f16 → f32 is exact),
-    /// so results are bit-identical to `$rows::<8>`; the inner loop is about a quarter shorter.
+    /// so results are bit-identical to `$rows::<R>`; the inner loop is about a quarter shorter.
     /// (A table of plain scalars read back with a broadcast compiled to lane shuffles instead.)
     macro_rules! signed_q8_0_rows_scaled {
-        ($scaled:ident, $blk:ty, $name:literal, |$x:ident| $values:expr) => {
-            #[doc = concat!($name, ", 8 activation rows with their scales from a table; bit-identical to eight single-row calls.")]
-            ///
-            /// # Safety
-            /// The CPU must support avx2, fma and f16c.
+        ($scaled:ident, $blk:ty, |$x:ident| $values:expr) => {
+            #[inline]
             #[target_feature(enable = "avx2,fma,f16c")]
-            pub unsafe fn $scaled(
-                _n: usize,
+            unsafe fn $scaled<const R: usize>(
                 w: &[u8],
-                acts: [&[u8]; 8],
+                acts: [&[u8]; R],
                 scales: &[f32],
-            ) -> [f32; 8] {
+            ) -> [f32; R] {
                 let xs = as_blocks::<$blk>(w);
                 let nb = xs.len();
-                assert!(scales.len() >= 64 * nb, "8 lanes per row per block");
+                assert!(scales.len() >= 8 * R * nb, "8 lanes per row per block");
                 // Raw row pointers (lengths checked here): with slices, LLVM spilled three
                 // accumulators to the stack and the loop ran at half speed.
-                let ys: [*const BlockQ8_0; 8] = std::array::from_fn(|r| {
-                    as_blocks::<BlockQ8_0>(acts[r])[..nb].as_ptr()
-                });
+                let ys: [*const BlockQ8_0; R] =
+                    std::array::from_fn(|r| as_blocks::<BlockQ8_0>(acts[r])[..nb].as_ptr());
                 let ones = _mm256_set1_epi16(1);
-                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut acc = [_mm256_setzero_ps(); R];
                 for (i, $x) in xs.iter().enumerate() {
                     let qx: __m256i = $values;
                     let ax = _mm256_sign_epi8(qx, qx);
                     let dx = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes($x.d)));
-                    let dy = scales.as_ptr().add(64 * i);
-                    for r in 0..8 {
+                    let dy = scales.as_ptr().add(8 * R * i);
+                    for r in 0..R {
                         // SAFETY: i < nb, and row r holds at least nb blocks (sliced above).
                         let y = _mm256_loadu_si256((*ys[r].add(i)).qs.as_ptr().cast());
                         let sy = _mm256_sign_epi8(y, qx);
@@ -446,8 +467,8 @@ mod imp {
                         acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r]);
                     }
                 }
-                let mut out = [0f32; 8];
-                for r in 0..8 {
+                let mut out = [0f32; R];
+                for r in 0..R {
                     out[r] = hsum_ps(acc[r]);
                 }
                 out
@@ -455,18 +476,15 @@ mod imp {
         };
     }
 
-    signed_q8_0_rows_scaled!(vec_dot_q8_0_x8s, BlockQ8_0, "Q8_0 · Q8_0", |x| load32(
-        &x.qs
+    signed_q8_0_rows_scaled!(q8_0_rows_scaled, BlockQ8_0, |x| load32(&x.qs));
+    signed_q8_0_rows_scaled!(q4_0_rows_scaled, BlockQ4_0, |x| _mm256_sub_epi8(
+        nibbles_32(&x.qs),
+        _mm256_set1_epi8(8)
     ));
-    signed_q8_0_rows_scaled!(vec_dot_q4_0_x8s, BlockQ4_0, "Q4_0 · Q8_0", |x| {
-        _mm256_sub_epi8(nibbles_32(&x.qs), _mm256_set1_epi8(8))
-    });
-    signed_q8_0_rows_scaled!(vec_dot_q5_0_x8s, BlockQ5_0, "Q5_0 · Q8_0", |x| {
-        _mm256_sub_epi8(
-            _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh)),
-            _mm256_set1_epi8(16),
-        )
-    });
+    signed_q8_0_rows_scaled!(q5_0_rows_scaled, BlockQ5_0, |x| _mm256_sub_epi8(
+        _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh)),
+        _mm256_set1_epi8(16)
+    ));
 
     row_kernels!(
         vec_dot_q8_0, vec_dot_q8_0_x4, vec_dot_q8_0_x8 => q8_0_rows, "Q8_0 · Q8_0 (the hot path: token embeddings / output)";
@@ -830,19 +848,28 @@ mod tests {
         }
         let mut tested = 0;
         for ty in GgmlType::WEIGHT_TYPES {
-            let Some(k8s) = super::kernel8_scaled(ty) else {
+            let (Some(k8s), Some(k4s)) = (super::kernel8_scaled(ty), super::kernel4_scaled(ty))
+            else {
                 continue;
             };
             let k1 = super::kernel(ty).expect("avx2 available");
             for n in sizes(ty) {
                 let cs: Vec<_> = (0..8).map(|s| make_case(ty, n, 300 + s)).collect();
-                let acts: [&[u8]; 8] = std::array::from_fn(|k| cs[k].qa.as_slice());
-                let mut table = vec![0f32; 64 * (n / 32)];
-                super::super::q8_0_scales8(acts, &mut table);
-                let v8 = k8s(n, &cs[0].w, acts, &table);
+                let w = &cs[0].w;
+                let a8: [&[u8]; 8] = std::array::from_fn(|k| cs[k].qa.as_slice());
+                let mut t8 = vec![0f32; 64 * (n / 32)];
+                super::super::q8_0_scale_table(a8, &mut t8);
+                let v8 = k8s(n, w, a8, &t8);
+                let a4: [&[u8]; 4] = std::array::from_fn(|k| a8[k]);
+                let mut t4 = vec![0f32; 32 * (n / 32)];
+                super::super::q8_0_scale_table(a4, &mut t4);
+                let v4 = k4s(n, w, a4, &t4);
                 for (k, c) in cs.iter().enumerate() {
-                    let one = k1(n, &cs[0].w, &c.qa).to_bits();
+                    let one = k1(n, w, &c.qa).to_bits();
                     assert_eq!(v8[k].to_bits(), one, "{ty} n={n} x8s row {k}");
+                    if k < 4 {
+                        assert_eq!(v4[k].to_bits(), one, "{ty} n={n} x4s row {k}");
+                    }
                 }
             }
             tested += 1;

@@ -1,7 +1,7 @@
 //! Batched matrix multiply: every weight row dotted with every activation row, parallel over
 //! chunks of output rows on the current rayon pool. Weight rows are read from memory once per
-//! call: a task either takes each of its rows against the whole batch, or (the scaled 8-row
-//! kernels) takes its rows against one group of 8 activation rows after another, the rows
+//! call: a task either takes each of its rows against the whole batch, or (the scaled
+//! kernels) takes its rows against one group of 8 or 4 activation rows after another, the rows
 //! staying in cache after the first group. Each output element is computed by the
 //! same per-(row, activation) kernel whatever the batch size or chunking, so results are
 //! batch- and thread-count-invariant. No heap allocation.
@@ -14,12 +14,12 @@ use rayon::prelude::*;
 /// (Q8_0 640×32768 at B = 1 and 16, Q5_0 640×2048) on a 2-core machine.
 const ROWS_PER_TASK: usize = 16;
 
-/// Output rows per task. With the scaled 8-row kernels each task runs its weight rows once per
-/// group of 8 activation rows, and long runs of rows measured faster than 16-row tasks (the
+/// Output rows per task. With the scaled kernels each task runs its weight rows once per
+/// group of 8 (or 4) activation rows, and long runs of rows measured faster than 16-row tasks (the
 /// hardware prefetcher streams them): about 8 tasks per thread, at most 1,024 rows (on 2
 /// threads a 640-row matrix gets 40-row tasks, the 262,144-row output 1,024-row tasks).
 fn rows_per_task(n_out: usize, n_rows: usize, scaled: bool) -> usize {
-    if !scaled || n_rows < 8 {
+    if !scaled || n_rows < 4 {
         return ROWS_PER_TASK;
     }
     (n_out / (8 * rayon::current_num_threads())).clamp(ROWS_PER_TASK, 1024)
@@ -75,11 +75,11 @@ pub fn matmul(
     );
 }
 
-/// Blocks per row up to which the scaled 8-row kernels run: their scale table lives on the
-/// stack (16 KiB) and should stay in L1. Wider rows (n_in over 2048) use the plain 8-row
+/// Blocks per row up to which the scaled kernels run: their scale table lives on the stack
+/// (16 KiB) and should stay in L1. Wider rows (n_in over 2048) use the plain 8- and 4-row
 /// kernels, with the same results.
 const SCALED_BLOCKS_MAX: usize = 64;
-const TABLE_LEN: usize = super::SCALES8_PER_BLOCK * SCALED_BLOCKS_MAX;
+const TABLE_LEN: usize = 64 * SCALED_BLOCKS_MAX;
 
 /// A scale table on the stack, cache-line aligned so no 32-byte load of it splits a line.
 #[repr(align(64))]
@@ -101,7 +101,7 @@ fn run(
     // The SAFETY argument below rests on these; `matmul` checked them already.
     assert!(w.len() >= wrb * n_out && out.len() == n_rows * n_out);
     let ptr = OutPtr(out.as_mut_ptr());
-    let per_task = rows_per_task(n_out, n_rows, k.eight_scaled.is_some());
+    let per_task = rows_per_task(n_out, n_rows, k.four_scaled.is_some());
     let n_tasks = n_out.div_ceil(per_task);
     (0..n_tasks).into_par_iter().for_each(move |t| {
         let ptr = ptr;
@@ -118,17 +118,20 @@ fn run(
         // row to `one`, so how the batch splits into groups never changes a result.
         let mut b0 = 0;
         let nb = n_in / super::QK;
-        if let (Some(dot8s), true) = (k.eight_scaled, nb <= SCALED_BLOCKS_MAX) {
+        if let (Some(dot8s), Some(dot4s), true) =
+            (k.eight_scaled, k.four_scaled, nb <= SCALED_BLOCKS_MAX)
+        {
             // Activation groups outside, weight rows inside: each group's scales are decoded
             // once for the task's rows, which stay in cache across the groups.
             let mut table = ScaleTable([std::mem::MaybeUninit::<f32>::uninit(); TABLE_LEN]);
-            let table = &mut table.0[..super::SCALES8_PER_BLOCK * nb];
-            // SAFETY: f32 has no invalid bit patterns, and `q8_0_scales8` writes every element
-            // before a kernel reads any (zeroing 16 KiB per task cost more than the kernels saved).
-            let table: &mut [f32] = unsafe { &mut *(table as *mut [_] as *mut [f32]) };
+            // SAFETY: f32 has no invalid bit patterns, and `q8_0_scale_table` writes every
+            // element of the part it is given before a kernel reads any (zeroing 16 KiB per
+            // task cost more than the kernels saved).
+            let table: &mut [f32] = unsafe { &mut *(&mut table.0[..] as *mut [_] as *mut [f32]) };
             while b0 + 8 <= n_rows {
                 let group: [&[u8]; 8] = std::array::from_fn(|j| act(b0 + j));
-                super::q8_0_scales8(group, table);
+                let table = &mut table[..64 * nb];
+                super::q8_0_scale_table(group, table);
                 for r in rows.clone() {
                     let v = dot8s(n_in, wr(r), group, table);
                     v.into_iter()
@@ -136,6 +139,18 @@ fn run(
                         .for_each(|(j, v)| store(b0 + j, r, v));
                 }
                 b0 += 8;
+            }
+            if b0 + 4 <= n_rows {
+                let group: [&[u8]; 4] = std::array::from_fn(|j| act(b0 + j));
+                let table = &mut table[..32 * nb];
+                super::q8_0_scale_table(group, table);
+                for r in rows.clone() {
+                    let v = dot4s(n_in, wr(r), group, table);
+                    v.into_iter()
+                        .enumerate()
+                        .for_each(|(j, v)| store(b0 + j, r, v));
+                }
+                b0 += 4;
             }
         }
         for r in rows {
@@ -190,7 +205,8 @@ mod tests {
 
     #[test]
     fn matmul_equals_vec_dot_and_is_batch_invariant() {
-        let (n_in, n_out, n_rows) = (512, 37, 32);
+        // 31 rows: three groups of 8, one of 4 and three single rows.
+        let (n_in, n_out, n_rows) = (512, 37, 31);
         for ty in GgmlType::WEIGHT_TYPES {
             let (w, acts) = setup(ty, n_in, n_out, n_rows);
             let (wrb, arb) = (w.len() / n_out, acts.len() / n_rows);
@@ -218,7 +234,7 @@ mod tests {
         }
     }
 
-    /// Rows wider than the scaled kernels' table (n_in over 2048) take the plain 8-row kernels:
+    /// Rows wider than the scaled kernels' table (n_in over 2048) take the plain kernels:
     /// still equal to `vec_dot` bit for bit.
     #[test]
     fn wide_rows_match_vec_dot() {
@@ -276,6 +292,7 @@ mod tests {
                 four: None,
                 eight: None,
                 eight_scaled: None,
+                four_scaled: None,
             };
             super::run(k, &w, wrb, n_in, n_out, &acts, arb, &mut out);
             for b in 0..n_rows {

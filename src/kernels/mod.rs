@@ -35,23 +35,24 @@ pub type Dot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
 /// The same with 8 activation rows: during prefill the weight block is decoded half as often.
 pub type Dot8Fn = fn(usize, &[u8], [&[u8]; 8]) -> [f32; 8];
 
-/// The 8-row kernel for weights dotted with Q8_0 activations, given the activations' block
-/// scales already as f32 (see [`q8_0_scales8`]): bit-identical per row to the single-row
-/// kernel; it only saves decoding each f16 scale once per weight row.
-pub type Dot8ScaledFn = fn(usize, &[u8], [&[u8]; 8], &[f32]) -> [f32; 8];
+/// A kernel dotting one weight row with R Q8_0 activation rows whose block scales are given
+/// already as f32 (see [`q8_0_scale_table`]): bit-identical per row to the single-row kernel;
+/// it only saves decoding each f16 scale once per weight row.
+pub type DotScaledFn<const R: usize> = fn(usize, &[u8], [&[u8]; R], &[f32]) -> [f32; R];
+/// [`DotScaledFn`] for 8 activation rows.
+pub type Dot8ScaledFn = DotScaledFn<8>;
+/// [`DotScaledFn`] for 4 activation rows.
+pub type Dot4ScaledFn = DotScaledFn<4>;
 
-/// Floats per block in a [`q8_0_scales8`] table: 8 rows × 8 lanes.
-pub const SCALES8_PER_BLOCK: usize = 64;
-
-/// Fills `out[64 * block + 8 * row .. + 8]` with the f16 scale of that block of Q8_0
-/// activation row `row`, as f32 (exact), repeated in 8 lanes so a kernel multiplies by it
-/// straight from memory. `out` holds `64 × blocks` floats; each row at least that many blocks.
-pub fn q8_0_scales8(acts: [&[u8]; 8], out: &mut [f32]) {
-    let nb = out.len() / SCALES8_PER_BLOCK;
+/// Fills a scale table for R Q8_0 activation rows: `out[8R·block + 8·row ..][..8]` holds
+/// that block's f16 scale as f32 (exact), repeated in 8 lanes so a kernel multiplies by it
+/// straight from memory. `out` holds `8R × blocks` floats; each row at least that many blocks.
+pub fn q8_0_scale_table<const R: usize>(acts: [&[u8]; R], out: &mut [f32]) {
+    let nb = out.len() / (8 * R);
     for (row, a) in acts.iter().enumerate() {
         let blocks = blocks::as_blocks::<blocks::BlockQ8_0>(a);
         for (i, b) in blocks[..nb].iter().enumerate() {
-            let at = SCALES8_PER_BLOCK * i + 8 * row;
+            let at = 8 * R * i + 8 * row;
             out[at..at + 8].fill(blocks::f16_le(b.d));
         }
     }
@@ -122,6 +123,7 @@ pub(crate) struct Kernels {
     pub four: Option<Dot4Fn>,
     pub eight: Option<Dot8Fn>,
     pub eight_scaled: Option<Dot8ScaledFn>,
+    pub four_scaled: Option<Dot4ScaledFn>,
 }
 
 /// Like [`kernels_for`], with the 8-row kernels too.
@@ -133,6 +135,7 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
                 four: dot_avx2::kernel4(wty),
                 eight: dot_avx2::kernel8(wty),
                 eight_scaled: dot_avx2::kernel8_scaled(wty),
+                four_scaled: dot_avx2::kernel4_scaled(wty),
             };
         }
     }
@@ -141,6 +144,7 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
         four: None,
         eight: None,
         eight_scaled: None,
+        four_scaled: None,
     }
 }
 
