@@ -7,7 +7,7 @@
 //! function of its two rows.
 
 use super::types::GgmlType;
-use super::{Dot4Fn, Dot4ScaledFn, Dot8Fn, Dot8ScaledFn, DotFn};
+use super::{Dot4Fn, Dot8Fn, DotFn, DotScaledFn};
 
 #[cfg(target_arch = "x86_64")]
 pub use imp::*;
@@ -38,13 +38,7 @@ pub fn kernel8(_wty: GgmlType) -> Option<Dot8Fn> {
 
 /// No SIMD kernels off x86_64.
 #[cfg(not(target_arch = "x86_64"))]
-pub fn kernel8_scaled(_wty: GgmlType) -> Option<Dot8ScaledFn> {
-    None
-}
-
-/// No SIMD kernels off x86_64.
-#[cfg(not(target_arch = "x86_64"))]
-pub fn kernel4_scaled(_wty: GgmlType) -> Option<Dot4ScaledFn> {
+pub fn kernel_scaled<const R: usize>(_wty: GgmlType) -> Option<DotScaledFn<R>> {
     None
 }
 
@@ -54,7 +48,7 @@ mod imp {
         as_blocks, unpack_k4_scales, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
         BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     };
-    use super::{Dot4Fn, Dot4ScaledFn, Dot8Fn, Dot8ScaledFn, DotFn, GgmlType};
+    use super::{Dot4Fn, Dot8Fn, DotFn, DotScaledFn, GgmlType};
     use std::arch::x86_64::*;
 
     /// True when the CPU has AVX2, FMA and F16C (std caches the CPUID probe).
@@ -120,31 +114,19 @@ mod imp {
         Q6_K => vec_dot_q6_k_x4, vec_dot_q6_k_x8;
     );
 
-    /// The 8- and 4-activation-row AVX2 kernels for `wty` that take the activation scales
-    /// from a table (see [`Dot8ScaledFn`]), if any: the types whose activations are Q8_0.
+    /// The R-activation-row AVX2 kernel for `wty` that takes the activation scales from a
+    /// table (see [`DotScaledFn`]), if any: the types whose activations are Q8_0.
     macro_rules! scaled_kernels {
         ($($ty:ident => $raw:ident;)*) => {
-            /// The scaled 8-activation-row AVX2 kernel for `wty`, if any.
-            pub fn kernel8_scaled(wty: GgmlType) -> Option<Dot8ScaledFn> {
+            /// The scaled R-activation-row AVX2 kernel for `wty`, if any.
+            pub fn kernel_scaled<const R: usize>(wty: GgmlType) -> Option<DotScaledFn<R>> {
                 if !available() {
                     return None;
                 }
                 match wty {
                     // SAFETY: `available()` checked avx2, fma and f16c just above; the kernel
                     // checks the table's length.
-                    $(GgmlType::$ty => Some(|_, w, a, t| unsafe { $raw::<8>(w, a, t) }),)*
-                    _ => None,
-                }
-            }
-
-            /// The scaled 4-activation-row AVX2 kernel for `wty`, if any.
-            pub fn kernel4_scaled(wty: GgmlType) -> Option<Dot4ScaledFn> {
-                if !available() {
-                    return None;
-                }
-                match wty {
-                    // SAFETY: as above.
-                    $(GgmlType::$ty => Some(|_, w, a, t| unsafe { $raw::<4>(w, a, t) }),)*
+                    $(GgmlType::$ty => Some(|_, w, a, t| unsafe { $raw::<R>(w, a, t) }),)*
                     _ => None,
                 }
             }
@@ -410,24 +392,47 @@ mod imp {
                         acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy), p, acc[r]);
                     }
                 }
-                let mut out = [0f32; R];
-                for r in 0..R {
-                    out[r] = hsum_ps(acc[r]);
-                }
-                out
+                hsums(&acc)
             }
         };
     }
 
-    signed_q8_0_rows!(q8_0_rows, BlockQ8_0, |x| load32(&x.qs));
-    signed_q8_0_rows!(q4_0_rows, BlockQ4_0, |x| _mm256_sub_epi8(
-        nibbles_32(&x.qs),
-        _mm256_set1_epi8(8)
-    ));
-    signed_q8_0_rows!(q5_0_rows, BlockQ5_0, |x| _mm256_sub_epi8(
-        _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh)),
-        _mm256_set1_epi8(16)
-    ));
+    /// The 32 signed values of a Q8_0 block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_values(x: &BlockQ8_0) -> __m256i {
+        load32(&x.qs)
+    }
+
+    /// The 32 values of a Q4_0 block, offset removed (-8..7).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_0_values(x: &BlockQ4_0) -> __m256i {
+        _mm256_sub_epi8(nibbles_32(&x.qs), _mm256_set1_epi8(8))
+    }
+
+    /// The 32 values of a Q5_0 block, offset removed (-16..15).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5_0_values(x: &BlockQ5_0) -> __m256i {
+        let q = _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh));
+        _mm256_sub_epi8(q, _mm256_set1_epi8(16))
+    }
+
+    /// The lane sums of R accumulators.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsums<const R: usize>(acc: &[__m256; R]) -> [f32; R] {
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum_ps(acc[r]);
+        }
+        out
+    }
+
+    signed_q8_0_rows!(q8_0_rows, BlockQ8_0, |x| q8_0_values(x));
+    signed_q8_0_rows!(q4_0_rows, BlockQ4_0, |x| q4_0_values(x));
+    signed_q8_0_rows!(q5_0_rows, BlockQ5_0, |x| q5_0_values(x));
 
     /// Defines `$scaled::<R>`: the body of `signed_q8_0_rows!` with the activation scales read
     /// from a table (`q8_0_scale_table`: each f16 scale as f32, repeated in 8 lanes) instead of
@@ -467,24 +472,14 @@ mod imp {
                         acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r]);
                     }
                 }
-                let mut out = [0f32; R];
-                for r in 0..R {
-                    out[r] = hsum_ps(acc[r]);
-                }
-                out
+                hsums(&acc)
             }
         };
     }
 
-    signed_q8_0_rows_scaled!(q8_0_rows_scaled, BlockQ8_0, |x| load32(&x.qs));
-    signed_q8_0_rows_scaled!(q4_0_rows_scaled, BlockQ4_0, |x| _mm256_sub_epi8(
-        nibbles_32(&x.qs),
-        _mm256_set1_epi8(8)
-    ));
-    signed_q8_0_rows_scaled!(q5_0_rows_scaled, BlockQ5_0, |x| _mm256_sub_epi8(
-        _mm256_or_si256(nibbles_32(&x.qs), high_bits_32(x.qh)),
-        _mm256_set1_epi8(16)
-    ));
+    signed_q8_0_rows_scaled!(q8_0_rows_scaled, BlockQ8_0, |x| q8_0_values(x));
+    signed_q8_0_rows_scaled!(q4_0_rows_scaled, BlockQ4_0, |x| q4_0_values(x));
+    signed_q8_0_rows_scaled!(q5_0_rows_scaled, BlockQ5_0, |x| q5_0_values(x));
 
     row_kernels!(
         vec_dot_q8_0, vec_dot_q8_0_x4, vec_dot_q8_0_x8 => q8_0_rows, "Q8_0 · Q8_0 (the hot path: token embeddings / output)";
@@ -892,7 +887,8 @@ mod tests {
         }
         let mut tested = 0;
         for ty in GgmlType::WEIGHT_TYPES {
-            let (Some(k8s), Some(k4s)) = (super::kernel8_scaled(ty), super::kernel4_scaled(ty))
+            let (Some(k8s), Some(k4s)) =
+                (super::kernel_scaled::<8>(ty), super::kernel_scaled::<4>(ty))
             else {
                 continue;
             };

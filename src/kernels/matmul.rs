@@ -128,28 +128,17 @@ fn run(
             // element of the part it is given before a kernel reads any (zeroing 16 KiB per
             // task cost more than the kernels saved).
             let table: &mut [f32] = unsafe { &mut *(&mut table.0[..] as *mut [_] as *mut [f32]) };
+            let store_from = |b0: usize| move |j: usize, r: usize, v: f32| store(b0 + j, r, v);
             while b0 + 8 <= n_rows {
-                let group: [&[u8]; 8] = std::array::from_fn(|j| act(b0 + j));
-                let table = &mut table[..64 * nb];
-                super::q8_0_scale_table(group, table);
-                for r in rows.clone() {
-                    let v = dot8s(n_in, wr(r), group, table);
-                    v.into_iter()
-                        .enumerate()
-                        .for_each(|(j, v)| store(b0 + j, r, v));
-                }
+                let group = std::array::from_fn(|j| act(b0 + j));
+                let rows = rows.clone();
+                scaled_group(dot8s, group, table, nb, rows, wr, store_from(b0));
                 b0 += 8;
             }
             if b0 + 4 <= n_rows {
-                let group: [&[u8]; 4] = std::array::from_fn(|j| act(b0 + j));
-                let table = &mut table[..32 * nb];
-                super::q8_0_scale_table(group, table);
-                for r in rows.clone() {
-                    let v = dot4s(n_in, wr(r), group, table);
-                    v.into_iter()
-                        .enumerate()
-                        .for_each(|(j, v)| store(b0 + j, r, v));
-                }
+                let group = std::array::from_fn(|j| act(b0 + j));
+                let rows = rows.clone();
+                scaled_group(dot4s, group, table, nb, rows, wr, store_from(b0));
                 b0 += 4;
             }
         }
@@ -179,6 +168,27 @@ fn run(
             }
         }
     });
+}
+
+/// One group of R activation rows against a task's weight rows with a scaled kernel: fills
+/// the group's scale table (in `table`, which holds at least `8R × nb` floats), then hands
+/// each output to `store(j, r, value)` for activation row j of the group and weight row r.
+fn scaled_group<'a, const R: usize>(
+    dot: super::DotScaledFn<R>,
+    group: [&[u8]; R],
+    table: &mut [f32],
+    nb: usize,
+    rows: std::ops::Range<usize>,
+    wr: impl Fn(usize) -> &'a [u8],
+    store: impl Fn(usize, usize, f32),
+) {
+    let table = &mut table[..8 * R * nb];
+    super::q8_0_scale_table(group, table);
+    for r in rows {
+        let n_in = nb * super::QK;
+        let v = dot(n_in, wr(r), group, table);
+        v.into_iter().enumerate().for_each(|(j, v)| store(j, r, v));
+    }
 }
 
 #[cfg(test)]

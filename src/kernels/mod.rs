@@ -134,8 +134,8 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
                 one,
                 four: dot_avx2::kernel4(wty),
                 eight: dot_avx2::kernel8(wty),
-                eight_scaled: dot_avx2::kernel8_scaled(wty),
-                four_scaled: dot_avx2::kernel4_scaled(wty),
+                eight_scaled: dot_avx2::kernel_scaled(wty),
+                four_scaled: dot_avx2::kernel_scaled(wty),
             };
         }
     }
