@@ -897,13 +897,11 @@ mod tests {
                 let cs: Vec<_> = (0..8).map(|s| make_case(ty, n, 300 + s)).collect();
                 let w = &cs[0].w;
                 let a8: [&[u8]; 8] = std::array::from_fn(|k| cs[k].qa.as_slice());
-                let mut t8 = vec![0f32; 64 * (n / 32)];
-                super::super::q8_0_scale_table(a8, &mut t8);
-                let v8 = k8s(n, w, a8, &t8);
+                let mut t8 = vec![std::mem::MaybeUninit::uninit(); 64 * (n / 32)];
+                let v8 = k8s(n, w, a8, super::super::q8_0_scale_table(a8, &mut t8));
                 let a4: [&[u8]; 4] = std::array::from_fn(|k| a8[k]);
-                let mut t4 = vec![0f32; 32 * (n / 32)];
-                super::super::q8_0_scale_table(a4, &mut t4);
-                let v4 = k4s(n, w, a4, &t4);
+                let mut t4 = vec![std::mem::MaybeUninit::uninit(); 32 * (n / 32)];
+                let v4 = k4s(n, w, a4, super::super::q8_0_scale_table(a4, &mut t4));
                 for (k, c) in cs.iter().enumerate() {
                     let one = k1(n, w, &c.qa).to_bits();
                     assert_eq!(v8[k].to_bits(), one, "{ty} n={n} x8s row {k}");

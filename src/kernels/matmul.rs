@@ -101,7 +101,10 @@ fn run(
     // The SAFETY argument below rests on these; `matmul` checked them already.
     assert!(w.len() >= wrb * n_out && out.len() == n_rows * n_out);
     let ptr = OutPtr(out.as_mut_ptr());
-    let per_task = rows_per_task(n_out, n_rows, k.four_scaled.is_some());
+    let nb = n_in / super::QK;
+    // The scaled kernels, if this type has them and its rows fit their table.
+    let scaled = k.scaled.filter(|_| nb <= SCALED_BLOCKS_MAX);
+    let per_task = rows_per_task(n_out, n_rows, scaled.is_some());
     let n_tasks = n_out.div_ceil(per_task);
     (0..n_tasks).into_par_iter().for_each(move |t| {
         let ptr = ptr;
@@ -117,28 +120,23 @@ fn run(
         // Groups of 8 and 4 share the weight decoding; those kernels are bit-identical per
         // row to `one`, so how the batch splits into groups never changes a result.
         let mut b0 = 0;
-        let nb = n_in / super::QK;
-        if let (Some(dot8s), Some(dot4s), true) =
-            (k.eight_scaled, k.four_scaled, nb <= SCALED_BLOCKS_MAX)
-        {
+        if let Some((dot8s, dot4s)) = scaled {
             // Activation groups outside, weight rows inside: each group's scales are decoded
-            // once for the task's rows, which stay in cache across the groups.
+            // once for the task's rows, which stay in cache across the groups. The table is
+            // not zeroed (16 KiB per task cost more than the kernels saved): each group fills
+            // the part it uses.
             let mut table = ScaleTable([std::mem::MaybeUninit::<f32>::uninit(); TABLE_LEN]);
-            // SAFETY: f32 has no invalid bit patterns, and `q8_0_scale_table` writes every
-            // element of the part it is given before a kernel reads any (zeroing 16 KiB per
-            // task cost more than the kernels saved).
-            let table: &mut [f32] = unsafe { &mut *(&mut table.0[..] as *mut [_] as *mut [f32]) };
             let store_from = |b0: usize| move |j: usize, r: usize, v: f32| store(b0 + j, r, v);
             while b0 + 8 <= n_rows {
                 let group = std::array::from_fn(|j| act(b0 + j));
                 let rows = rows.clone();
-                scaled_group(dot8s, group, table, nb, rows, wr, store_from(b0));
+                scaled_group(dot8s, group, &mut table.0, nb, rows, wr, store_from(b0));
                 b0 += 8;
             }
             if b0 + 4 <= n_rows {
                 let group = std::array::from_fn(|j| act(b0 + j));
                 let rows = rows.clone();
-                scaled_group(dot4s, group, table, nb, rows, wr, store_from(b0));
+                scaled_group(dot4s, group, &mut table.0, nb, rows, wr, store_from(b0));
                 b0 += 4;
             }
         }
@@ -176,16 +174,15 @@ fn run(
 fn scaled_group<'a, const R: usize>(
     dot: super::DotScaledFn<R>,
     group: [&[u8]; R],
-    table: &mut [f32],
+    table: &mut [std::mem::MaybeUninit<f32>],
     nb: usize,
     rows: std::ops::Range<usize>,
     wr: impl Fn(usize) -> &'a [u8],
     store: impl Fn(usize, usize, f32),
 ) {
-    let table = &mut table[..8 * R * nb];
-    super::q8_0_scale_table(group, table);
+    let table = super::q8_0_scale_table(group, &mut table[..8 * R * nb]);
+    let n_in = nb * super::QK;
     for r in rows {
-        let n_in = nb * super::QK;
         let v = dot(n_in, wr(r), group, table);
         v.into_iter().enumerate().for_each(|(j, v)| store(j, r, v));
     }
@@ -301,8 +298,7 @@ mod tests {
                 one: dot,
                 four: None,
                 eight: None,
-                eight_scaled: None,
-                four_scaled: None,
+                scaled: None,
             };
             super::run(k, &w, wrb, n_in, n_out, &acts, arb, &mut out);
             for b in 0..n_rows {

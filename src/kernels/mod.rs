@@ -22,6 +22,7 @@ mod random_rows;
 
 pub use types::{GgmlType, QK, QK_K};
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -39,23 +40,27 @@ pub type Dot8Fn = fn(usize, &[u8], [&[u8]; 8]) -> [f32; 8];
 /// already as f32 (see [`q8_0_scale_table`]): bit-identical per row to the single-row kernel;
 /// it only saves decoding each f16 scale once per weight row.
 pub type DotScaledFn<const R: usize> = fn(usize, &[u8], [&[u8]; R], &[f32]) -> [f32; R];
-/// [`DotScaledFn`] for 8 activation rows.
-pub type Dot8ScaledFn = DotScaledFn<8>;
-/// [`DotScaledFn`] for 4 activation rows.
-pub type Dot4ScaledFn = DotScaledFn<4>;
 
-/// Fills a scale table for R Q8_0 activation rows: `out[8R·block + 8·row ..][..8]` holds
-/// that block's f16 scale as f32 (exact), repeated in 8 lanes so a kernel multiplies by it
-/// straight from memory. `out` holds `8R × blocks` floats; each row at least that many blocks.
-pub fn q8_0_scale_table<const R: usize>(acts: [&[u8]; R], out: &mut [f32]) {
+/// Fills a scale table for R Q8_0 activation rows and returns it: `[8R·block + 8·row ..][..8]`
+/// holds that block's f16 scale as f32 (exact), repeated in 8 lanes so a kernel multiplies by
+/// it straight from memory. `out` holds `8R × blocks` floats (uninitialized is fine: every one
+/// is written); each row at least that many blocks.
+pub fn q8_0_scale_table<'t, const R: usize>(
+    acts: [&[u8]; R],
+    out: &'t mut [MaybeUninit<f32>],
+) -> &'t [f32] {
     let nb = out.len() / (8 * R);
     for (row, a) in acts.iter().enumerate() {
         let blocks = blocks::as_blocks::<blocks::BlockQ8_0>(a);
         for (i, b) in blocks[..nb].iter().enumerate() {
             let at = 8 * R * i + 8 * row;
-            out[at..at + 8].fill(blocks::f16_le(b.d));
+            out[at..at + 8].fill(MaybeUninit::new(blocks::f16_le(b.d)));
         }
     }
+    let out = &out[..8 * R * nb];
+    // SAFETY: the loops above wrote all 8R·nb elements (R rows × nb blocks × 8 lanes, each
+    // (row, block) at its own offset), and MaybeUninit<f32> has f32's layout.
+    unsafe { &*(out as *const [MaybeUninit<f32>] as *const [f32]) }
 }
 
 /// Scalar reference kernels, for tests and benches.
@@ -122,8 +127,8 @@ pub(crate) struct Kernels {
     pub one: DotFn,
     pub four: Option<Dot4Fn>,
     pub eight: Option<Dot8Fn>,
-    pub eight_scaled: Option<Dot8ScaledFn>,
-    pub four_scaled: Option<Dot4ScaledFn>,
+    /// The 8- and 4-row kernels that take a scale table, for Q8_0-activation types.
+    pub scaled: Option<(DotScaledFn<8>, DotScaledFn<4>)>,
 }
 
 /// Like [`kernels_for`], with the 8-row kernels too.
@@ -134,8 +139,7 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
                 one,
                 four: dot_avx2::kernel4(wty),
                 eight: dot_avx2::kernel8(wty),
-                eight_scaled: dot_avx2::kernel_scaled(wty),
-                four_scaled: dot_avx2::kernel_scaled(wty),
+                scaled: dot_avx2::kernel_scaled(wty).zip(dot_avx2::kernel_scaled(wty)),
             };
         }
     }
@@ -143,8 +147,7 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
         one: dot_scalar::kernel(wty),
         four: None,
         eight: None,
-        eight_scaled: None,
-        four_scaled: None,
+        scaled: None,
     }
 }
 
