@@ -332,6 +332,20 @@ fn bench_model_prints_json_speeds() {
     }
     assert_eq!(v["n_prompt"].as_u64(), Some(16), "{v}");
     assert_eq!(v["n_gen"].as_u64(), Some(4), "{v}");
+    assert_eq!(v["batch"].as_u64(), Some(1), "{v}");
+}
+
+#[test]
+fn bench_model_decodes_a_batch_of_sequences() {
+    let m = model();
+    let args = ["bench-model", "-m", &m, "-p", "0", "-n", "3", "-r", "1"];
+    let o = run(&[&args[..], &["-b", "5"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let out = text(&o.stdout);
+    assert!(out.contains("tg3x5 "), "{out}");
+    let o = run(&[&args[..], &["-b", "0"]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(text(&o.stderr).contains("--batch"), "{}", describe(&o));
 }
 
 #[test]

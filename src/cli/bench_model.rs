@@ -21,6 +21,10 @@ pub struct BenchArgs {
     /// Tokens of the decode test (0 skips it).
     #[arg(short = 'n', long, default_value_t = 128)]
     n_gen: usize,
+    /// Sequences decoded together in the decode test (one token each per step, all with
+    /// logits, as the server's batched decode does); tokens/s counts all of them.
+    #[arg(short, long, default_value_t = 1)]
+    batch: usize,
     /// Compute threads.
     #[arg(short, long, default_value_t = 2)]
     threads: usize,
@@ -33,15 +37,15 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.reps == 0 || a.threads == 0 {
-        bail!("--reps and --threads must be at least 1");
+    if a.reps == 0 || a.threads == 0 || a.batch == 0 {
+        bail!("--reps, --threads and --batch must be at least 1");
     }
     let path = super::model_path(a.model.clone())?;
     let opts = ModelOptions {
         n_ctx: (a.n_prompt.max(a.n_gen) + 1).max(16),
-        n_seq: 1,
-        max_batch_tokens: a.n_prompt.max(1),
-        max_logit_rows: 1,
+        n_seq: a.batch,
+        max_batch_tokens: a.n_prompt.max(a.batch),
+        max_logit_rows: a.batch,
     };
     let model = Model::load(&path, opts)?;
     let pool = super::compute_pool(a.threads)?;
@@ -76,16 +80,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if a.n_gen > 0 {
             let t0 = Instant::now();
             for pos in 0..a.n_gen {
-                let batch = [BatchToken {
-                    token: next_token(),
-                    pos,
-                    seq: 0,
-                    logits: true,
-                }];
+                let batch: Vec<BatchToken> = (0..a.batch)
+                    .map(|seq| BatchToken {
+                        token: next_token(),
+                        pos,
+                        seq,
+                        logits: true,
+                    })
+                    .collect();
                 pool.install(|| model.forward(&mut state, &batch))?;
             }
             if rep > 0 {
-                tg.push(a.n_gen as f64 / t0.elapsed().as_secs_f64());
+                tg.push((a.n_gen * a.batch) as f64 / t0.elapsed().as_secs_f64());
             }
         }
     }
@@ -108,7 +114,7 @@ fn report(a: &BenchArgs, path: &std::path::Path, pp: &[f64], tg: &[f64]) {
     if a.json {
         let v = serde_json::json!({
             "model": path.display().to_string(), "threads": a.threads, "reps": a.reps,
-            "n_prompt": a.n_prompt, "n_gen": a.n_gen,
+            "n_prompt": a.n_prompt, "n_gen": a.n_gen, "batch": a.batch,
             "prefill_tokens_per_s": pp_mean, "prefill_sd": pp_sd,
             "decode_tokens_per_s": tg_mean, "decode_sd": tg_sd,
         });
@@ -128,6 +134,11 @@ fn report(a: &BenchArgs, path: &std::path::Path, pp: &[f64], tg: &[f64]) {
         );
     }
     if a.n_gen > 0 {
-        println!("tg{:<5} {:>9.2} ± {:.2} tokens/s", a.n_gen, tg_mean, tg_sd);
+        let tg = format!("tg{}", a.n_gen);
+        let tg = match a.batch {
+            1 => tg,
+            b => format!("{tg}x{b}"),
+        };
+        println!("{tg:<7} {:>9.2} ± {:.2} tokens/s", tg_mean, tg_sd);
     }
 }
