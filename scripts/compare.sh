@@ -2,12 +2,14 @@
 # Ryzanstein beside llama.cpp's llama-server: the same model file, the same threads, one run.
 #
 #   scripts/compare.sh [--overhead] [--model FILE] [--threads N] [--out DIR] [--tiny-requests N]
-#                      [--token-range LO..HI]
+#                      [--latency-requests N] [--token-range LO..HI]
 #
 # Default (full) mode prints one table: single-stream prefill and decode (`ryzanstein
 # bench-model` beside `llama-bench`), aggregate generated tokens/s at 1, 4, 8, 16 and 32 streams
 # (~20-token prompts, 64 new tokens, ignore_eos), time to first token and inter-token latency
-# p50/p99, tiny-request throughput (max_tokens 1, 5-token prompt, 64 keep-alive connections)
+# p50/p99, the latency at 8 streams again over more requests (--latency-requests, default 128:
+# with the 4 per client of the levels above, a p99 is simply the worst request; from 101 on it is
+# not), tiny-request throughput (max_tokens 1, 5-token prompt, 64 keep-alive connections)
 # and each server's peak resident memory (VmHWM). `--overhead` runs only the tiny-request part:
 # the serving overhead, best on tests/data/fixtures/tiny-llama.gguf.
 #
@@ -24,6 +26,7 @@ MODEL=""
 THREADS=2
 OUT=""
 TINY_REQUESTS=1000
+LATENCY_REQUESTS=128
 TOKEN_RANGE=1000..30000
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -32,8 +35,9 @@ while [ $# -gt 0 ]; do
     --threads) THREADS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --tiny-requests) TINY_REQUESTS="$2"; shift ;;
+    --latency-requests) LATENCY_REQUESTS="$2"; shift ;;
     --token-range) TOKEN_RANGE="$2"; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -115,6 +119,10 @@ if [ "$MODE" = full ]; then
   "$BIN" bench --url "$OURS" --compare "$PEER" --concurrency 1,4,8,16,32 \
     --prompt-tokens 20 --token-range "$TOKEN_RANGE" --max-tokens 64 --json "$OUT/streams.json" --svg "$OUT/charts" \
     | tee "$OUT/streams.txt"
+  echo "latency: 8 streams, $LATENCY_REQUESTS requests ..." >&2
+  "$BIN" bench --url "$OURS" --compare "$PEER" --concurrency 8 --requests "$LATENCY_REQUESTS" \
+    --prompt-tokens 20 --token-range "$TOKEN_RANGE" --max-tokens 64 --json "$OUT/latency8.json" \
+    | tee "$OUT/latency8.txt"
 fi
 echo "tiny requests: max_tokens 1, 5-token prompt, 64 keep-alive connections ..." >&2
 "$BIN" bench --url "$OURS" --compare "$PEER" --concurrency 64 --requests "$TINY_REQUESTS" \
@@ -152,7 +160,13 @@ if mode == "full":
         for key, name in (("ttft_ms", "TTFT"), ("itl_ms", "ITL")):
             for q in ("p50", "p99"):
                 row(f"{c} streams: {name} {q}, ms", a[key][q], b[key][q], lower_better=True)
-    for a, b in zip(*s["levels"]):
+    l8 = json.load(open(f"{out}/latency8.json"))
+    a, b = l8["levels"][0][0], l8["levels"][1][0]
+    n8 = f"8 streams, {a['completed']} / {b['completed']} requests"
+    for key, name in (("ttft_ms", "TTFT"), ("itl_ms", "ITL")):
+        for q in ("p50", "p99", "max"):
+            row(f"{n8}: {name} {q}, ms", a[key][q], b[key][q], lower_better=True)
+    for a, b in [*zip(*s["levels"]), (a, b)]:
         errs = sum(a["errors"].values()) + sum(b["errors"].values())
         if errs:
             rows.append(f"| {a['clients']} streams: errors (ours / peer) | {a['errors']} | {b['errors']} | |")
