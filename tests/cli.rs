@@ -343,9 +343,11 @@ fn bench_model_decodes_a_batch_of_sequences() {
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let out = text(&o.stdout);
     assert!(out.contains("tg3x5 "), "{out}");
-    let o = run(&[&args[..], &["-b", "0"]].concat());
-    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
-    assert!(text(&o.stderr).contains("--batch"), "{}", describe(&o));
+    for bad in ["0", "100000"] {
+        let o = run(&[&args[..], &["-b", bad]].concat());
+        assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+        assert!(text(&o.stderr).contains("--batch"), "{}", describe(&o));
+    }
 }
 
 #[test]

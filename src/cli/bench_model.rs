@@ -36,9 +36,16 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// Most sequences `--batch` takes: each holds a logits row (1 MiB for a 262,144-token
+/// vocabulary) and a KV cache, and the server batches at most `max_batch_size` (32 by default).
+const BATCH_MAX: usize = 256;
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.reps == 0 || a.threads == 0 || a.batch == 0 {
         bail!("--reps, --threads and --batch must be at least 1");
+    }
+    if a.batch > BATCH_MAX {
+        bail!("--batch {} is over {BATCH_MAX}", a.batch);
     }
     let path = super::model_path(a.model.clone())?;
     let opts = ModelOptions {
@@ -60,6 +67,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut state = model.new_state();
     let mut pp = Vec::new();
     let mut tg = Vec::new();
+    let mut step = Vec::with_capacity(a.batch);
     // One untimed warm-up of each test, as llama-bench does.
     for rep in 0..=a.reps {
         if a.n_prompt > 0 {
@@ -80,15 +88,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if a.n_gen > 0 {
             let t0 = Instant::now();
             for pos in 0..a.n_gen {
-                let batch: Vec<BatchToken> = (0..a.batch)
-                    .map(|seq| BatchToken {
-                        token: next_token(),
-                        pos,
-                        seq,
-                        logits: true,
-                    })
-                    .collect();
-                pool.install(|| model.forward(&mut state, &batch))?;
+                step.clear();
+                step.extend((0..a.batch).map(|seq| BatchToken {
+                    token: next_token(),
+                    pos,
+                    seq,
+                    logits: true,
+                }));
+                pool.install(|| model.forward(&mut state, &step))?;
             }
             if rep > 0 {
                 tg.push((a.n_gen * a.batch) as f64 / t0.elapsed().as_secs_f64());
