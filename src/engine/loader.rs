@@ -10,8 +10,13 @@
 //! `loaded`. Each phase is reported as a [`Progress`] event.
 //!
 //! **Invariant:** loading never runs on an HTTP worker, a dispatcher or the rayon pool: only
-//! here. The threads run at the lowest CPU priority (nice 19), so on a busy machine a load
-//! takes the time the running models leave over instead of slowing their steps.
+//! here. The file work of a load (open, validate, map, prefault) runs on a short-lived helper
+//! thread at the lowest CPU priority (`SCHED_IDLE` on Linux, which a waking thread of normal
+//! priority preempts at once; nice 19 where that is refused), so on a busy machine a load
+//! takes the time the running models leave over instead of slowing their steps. The `load-N`
+//! threads themselves keep normal priority because they start the model's dispatcher thread,
+//! and a thread inherits its creator's priority: a dispatcher born at nice 19 would lose
+//! every contended core to the compute threads it feeds.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -31,7 +36,7 @@ use super::registry::{
     FileInfo, Inner, Job, JobKind, LoadedModel, ModelState, Phase, Progress, Registry, WhenFull,
 };
 
-/// CPU niceness of the loader threads (Linux: per thread).
+/// CPU niceness of a load's helper thread where `SCHED_IDLE` is refused (Linux: per thread).
 const LOADER_NICE: i32 = 19;
 /// How often a load waiting for room re-checks (a lease ending also wakes it).
 const ROOM_POLL: Duration = Duration::from_millis(100);
@@ -42,7 +47,6 @@ const PAGE_BYTES: usize = 4096;
 
 /// A loader thread's loop: until shutdown, take the best runnable job and run it.
 pub(crate) fn run(reg: &Arc<Registry>) {
-    lower_priority();
     loop {
         let job = {
             let mut g = reg.lock();
@@ -353,8 +357,17 @@ fn evictable(reg: &Registry, g: &Inner, j: usize) -> bool {
 
 /// Stops the engines of evicted models and frees them (their leases are all gone).
 fn drop_models(victims: Vec<Arc<LoadedModel>>) {
-    for m in victims {
+    for m in &victims {
         m.handle.drain();
+    }
+    drop_at_low_priority(victims);
+}
+
+/// Frees `x` (a model's maps, tokenizer and KV memory: tens of milliseconds of CPU for a
+/// large vocabulary) on a low-priority helper thread, like the file work of a load.
+fn drop_at_low_priority<T: Send>(x: T) {
+    if let Err(e) = on_low_priority_thread(move || drop(x)) {
+        tracing::warn!("{e}; freed at normal priority");
     }
 }
 
@@ -371,7 +384,7 @@ fn drain(reg: &Registry, i: usize) {
     };
     if let Some(m) = m {
         m.handle.drain();
-        drop(m);
+        drop_at_low_priority(m);
     }
     tracing::info!(model = reg.id(i), "unloaded");
     let mut g = reg.lock();
@@ -415,7 +428,16 @@ fn report(reg: &Registry, i: usize, p: Progress) {
     reg.emit(&mut g, i, p);
 }
 
-/// Opens, validates, maps and prefaults model `i` and starts its engine.
+/// What a load's file work produces: everything but the running engine.
+struct Prepared {
+    file: Arc<GgufFile>,
+    model: Model,
+    tokenizer: Arc<Tokenizer>,
+    chat: Result<ChatTemplate, String>,
+}
+
+/// Opens, validates, maps and prefaults model `i` (on a low-priority helper thread) and
+/// starts its engine (from this thread, so the dispatcher has normal priority).
 fn build(reg: &Registry, i: usize) -> Result<LoadedModel, String> {
     assert!(
         std::thread::current()
@@ -423,6 +445,47 @@ fn build(reg: &Registry, i: usize) -> Result<LoadedModel, String> {
             .is_some_and(|n| n.starts_with("load-")),
         "models load on the load-N threads only"
     );
+    let Prepared {
+        file,
+        model,
+        tokenizer,
+        chat,
+    } = on_low_priority_thread(|| prepare(reg, i))??;
+    let entry = &reg.catalog.entries()[i];
+    let bytes_total = file.bytes().len() as u64;
+    let tensors_total = file.tensors().len();
+    let handle = ModelHandle::start(
+        &entry.id,
+        Arc::new(model),
+        tokenizer.clone(),
+        reg.engine_options(i),
+        reg.pool.clone(),
+    )
+    .map_err(|e| format!("{}: {e}", entry.path.display()))?;
+    let state_bytes = handle.stats().state_bytes.load(Ordering::Relaxed) as u64;
+    report(
+        reg,
+        i,
+        Progress {
+            phase: Phase::Prefault,
+            bytes_done: bytes_total,
+            bytes_total,
+            tensors_done: tensors_total,
+            tensors_total,
+        },
+    );
+    Ok(LoadedModel {
+        id: entry.id.clone(),
+        handle,
+        tokenizer,
+        chat,
+        created: unix_now(),
+        bytes: bytes_total + state_bytes,
+    })
+}
+
+/// The file work of a load: open, validate, map and prefault model `i`.
+fn prepare(reg: &Registry, i: usize) -> Result<Prepared, String> {
     let entry = &reg.catalog.entries()[i];
     let path: &Path = &entry.path;
     let ctx = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
@@ -462,27 +525,30 @@ fn build(reg: &Registry, i: usize) -> Result<LoadedModel, String> {
             report(reg, i, progress(Phase::Prefault, bytes, tensors));
         });
     }
-    let handle = ModelHandle::start(
-        &entry.id,
-        Arc::new(model),
-        tokenizer.clone(),
-        opts,
-        reg.pool.clone(),
-    )
-    .map_err(|e| ctx(&e))?;
-    let state_bytes = handle.stats().state_bytes.load(Ordering::Relaxed) as u64;
-    report(
-        reg,
-        i,
-        progress(Phase::Prefault, bytes_total, tensors_total),
-    );
-    Ok(LoadedModel {
-        id: entry.id.clone(),
-        handle,
+    Ok(Prepared {
+        file,
+        model,
         tokenizer,
         chat,
-        created: unix_now(),
-        bytes: bytes_total + state_bytes,
+    })
+}
+
+/// Runs `work` on a new thread named after this one (`load-N-work`) at the lowest CPU
+/// priority, and waits for it. A panic in `work` resumes here, where the load's
+/// `catch_unwind` turns it into a failed load.
+fn on_low_priority_thread<T: Send>(work: impl FnOnce() -> T + Send) -> Result<T, String> {
+    let name = format!("{}-work", std::thread::current().name().unwrap_or("load"));
+    std::thread::scope(|s| {
+        let helper = std::thread::Builder::new()
+            .name(name)
+            .spawn_scoped(s, || {
+                lower_priority();
+                work()
+            })
+            .map_err(|e| format!("cannot start a loader helper thread: {e}"))?;
+        helper
+            .join()
+            .map_err(|panic| std::panic::resume_unwind(panic))
     })
 }
 
@@ -514,14 +580,20 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Lowers this thread's CPU priority (Linux threads have their own nice value).
+/// Lowers this thread's CPU priority to `SCHED_IDLE`, or nice 19 if that is refused (Linux
+/// threads have their own policy and nice value; threads it starts inherit them).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on this thread's own id; no memory is shared.
+    // SAFETY: plain system calls on this thread's own id (0: the calling thread) with a
+    // parameter that lives across the call; no memory is shared.
     unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 {
+            return;
+        }
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         if libc::setpriority(libc::PRIO_PROCESS, tid, LOADER_NICE) != 0 {
-            tracing::debug!("cannot lower the loader thread's priority");
+            tracing::debug!("cannot lower the loader helper thread's priority");
         }
     }
 }
