@@ -59,7 +59,7 @@ const PROMPTS: [&str; 8] = [
 fn body(i: usize) -> Value {
     let mut b = json!({"prompt": PROMPTS[i % 8], "max_tokens": 16, "stream": true,
                        "stream_options": {"include_usage": true}, "logprobs": 2});
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         b["temperature"] = json!(0);
     } else {
         b["temperature"] = json!(0.9);

@@ -117,9 +117,18 @@ mod imp {
     /// The R-activation-row AVX2 kernel for `wty` that takes the activation scales from a
     /// table (see [`DotScaledFn`]), if any: the types whose activations are Q8_0.
     macro_rules! scaled_kernels {
-        ($($ty:ident => $raw:ident;)*) => {
-            /// The scaled R-activation-row AVX2 kernel for `wty`, if any.
+        ($($ty:ident => $raw:ident, $raw512:ident;)*) => {
+            /// The scaled R-activation-row kernel for `wty`, if any: the AVX-512 one where the
+            /// CPU has it and R is even (bit-identical to the AVX2 one), else AVX2.
             pub fn kernel_scaled<const R: usize>(wty: GgmlType) -> Option<DotScaledFn<R>> {
+                if R % 2 == 0 && avx512_available() {
+                    return kernel_scaled_avx512(wty);
+                }
+                kernel_scaled_avx2(wty)
+            }
+
+            /// The scaled R-activation-row AVX2 kernel for `wty`, if any.
+            pub fn kernel_scaled_avx2<const R: usize>(wty: GgmlType) -> Option<DotScaledFn<R>> {
                 if !available() {
                     return None;
                 }
@@ -130,12 +139,27 @@ mod imp {
                     _ => None,
                 }
             }
+
+            /// The scaled R-activation-row AVX-512 kernel for `wty`, if any (R even).
+            pub fn kernel_scaled_avx512<const R: usize>(
+                wty: GgmlType,
+            ) -> Option<DotScaledFn<R>> {
+                if R % 2 != 0 || !avx512_available() {
+                    return None;
+                }
+                match wty {
+                    // SAFETY: `avx512_available()` checked avx2, fma, f16c and the AVX-512
+                    // subsets just above; the kernel checks the table's length and R.
+                    $(GgmlType::$ty => Some(|_, w, a, t| unsafe { $raw512::<R>(w, a, t) }),)*
+                    _ => None,
+                }
+            }
         };
     }
     scaled_kernels!(
-        Q8_0 => q8_0_rows_scaled;
-        Q4_0 => q4_0_rows_scaled;
-        Q5_0 => q5_0_rows_scaled;
+        Q8_0 => q8_0_rows_scaled, q8_0_rows_scaled_512;
+        Q4_0 => q4_0_rows_scaled, q4_0_rows_scaled_512;
+        Q5_0 => q5_0_rows_scaled, q5_0_rows_scaled_512;
     );
 
     /// The AVX2 kernel for `wty`, or `None` if the CPU lacks the features.
@@ -480,6 +504,82 @@ mod imp {
     signed_q8_0_rows_scaled!(q8_0_rows_scaled, BlockQ8_0, |x| q8_0_values(x));
     signed_q8_0_rows_scaled!(q4_0_rows_scaled, BlockQ4_0, |x| q4_0_values(x));
     signed_q8_0_rows_scaled!(q5_0_rows_scaled, BlockQ5_0, |x| q5_0_values(x));
+
+    /// True when the CPU also has AVX-512 F, BW, DQ, VL and VNNI, for the paired scaled
+    /// kernels below (std caches the CPUID probe); `RYZANSTEIN_NO_AVX512=1` (read once) turns
+    /// them off, to compare.
+    pub fn avx512_available() -> bool {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            let off = std::env::var("RYZANSTEIN_NO_AVX512").is_ok_and(|v| v == "1");
+            !off && available()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512dq")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+        })
+    }
+
+    /// Defines `$scaled::<R>` on AVX-512: `signed_q8_0_rows_scaled!` with two activation rows
+    /// per 512-bit register (rows 2p and 2p+1 in the low and high 8 lanes). Every lane does
+    /// the same integer and float operations as its AVX2 twin, so results are bit-identical:
+    /// the lane's integer dot is exact either way (`vpdpbusd` sums the same four u8 × i8
+    /// products that `maddubs` + `madd` do, without the i16 step), and the scale product, the
+    /// conversion and the FMA chain over blocks are the same per lane. The sign trick uses a
+    /// mask: y is negated where x < 0 (where x is 0, |x| is 0 and the product too). Half the
+    /// instructions per (weight block, activation row) pair; R must be even.
+    macro_rules! signed_q8_0_rows_scaled_avx512 {
+        ($scaled:ident, $blk:ty, |$x:ident| $values:expr) => {
+            #[inline]
+            #[target_feature(
+                enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"
+            )]
+            unsafe fn $scaled<const R: usize>(
+                w: &[u8],
+                acts: [&[u8]; R],
+                scales: &[f32],
+            ) -> [f32; R] {
+                let xs = as_blocks::<$blk>(w);
+                let nb = xs.len();
+                assert!(R % 2 == 0 && R <= 16, "rows go in pairs, at most 8 of them");
+                assert!(scales.len() >= 8 * R * nb, "8 lanes per row per block");
+                let ys: [*const BlockQ8_0; R] =
+                    std::array::from_fn(|r| as_blocks::<BlockQ8_0>(acts[r])[..nb].as_ptr());
+                let zero = _mm512_setzero_si512();
+                let mut acc = [_mm512_setzero_ps(); 8];
+                for (i, $x) in xs.iter().enumerate() {
+                    let qx: __m256i = $values;
+                    let ax = _mm512_broadcast_i64x4(_mm256_abs_epi8(qx));
+                    let neg = _mm512_movepi8_mask(_mm512_broadcast_i64x4(qx));
+                    let dx = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
+                        i16::from_le_bytes($x.d),
+                    ))));
+                    let dy = scales.as_ptr().add(8 * R * i);
+                    for p in 0..R / 2 {
+                        // SAFETY: i < nb, and every row holds at least nb blocks (sliced above).
+                        let lo = _mm256_loadu_si256((*ys[2 * p].add(i)).qs.as_ptr().cast());
+                        let hi = _mm256_loadu_si256((*ys[2 * p + 1].add(i)).qs.as_ptr().cast());
+                        let y = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                        let sy = _mm512_mask_sub_epi8(y, neg, zero, y);
+                        let dot = _mm512_dpbusd_epi32(zero, ax, sy);
+                        let d = _mm512_mul_ps(dx, _mm512_loadu_ps(dy.add(16 * p)));
+                        acc[p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot), acc[p]);
+                    }
+                }
+                let mut out = [0f32; R];
+                for p in 0..R / 2 {
+                    out[2 * p] = hsum_ps(_mm512_castps512_ps256(acc[p]));
+                    out[2 * p + 1] = hsum_ps(_mm512_extractf32x8_ps(acc[p], 1));
+                }
+                out
+            }
+        };
+    }
+
+    signed_q8_0_rows_scaled_avx512!(q8_0_rows_scaled_512, BlockQ8_0, |x| q8_0_values(x));
+    signed_q8_0_rows_scaled_avx512!(q4_0_rows_scaled_512, BlockQ4_0, |x| q4_0_values(x));
+    signed_q8_0_rows_scaled_avx512!(q5_0_rows_scaled_512, BlockQ5_0, |x| q5_0_values(x));
 
     row_kernels!(
         vec_dot_q8_0, vec_dot_q8_0_x4, vec_dot_q8_0_x8 => q8_0_rows, "Q8_0 · Q8_0 (the hot path: token embeddings / output)";
@@ -913,6 +1013,41 @@ mod tests {
             tested += 1;
         }
         assert_eq!(tested, 3, "Q4_0, Q5_0 and Q8_0 have scaled kernels");
+    }
+
+    /// The AVX-512 scaled kernels against the AVX2 ones, bit for bit (on CPUs that have both).
+    #[test]
+    fn avx512_scaled_kernels_are_bit_identical_to_avx2() {
+        if !super::avx512_available() {
+            eprintln!("note: CPU lacks AVX-512 VNNI, AVX-512 kernels not tested");
+            return;
+        }
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0] {
+            let k512 = super::kernel_scaled_avx512::<8>(ty).expect("avx512");
+            let k2 = super::kernel_scaled_avx2::<8>(ty).expect("avx2");
+            for n in sizes(ty) {
+                for seed in 0..3 {
+                    let cs: Vec<_> = (0..8)
+                        .map(|s| make_case(ty, n, 400 + 8 * seed + s))
+                        .collect();
+                    let mut w = cs[0].w.clone();
+                    if ty == GgmlType::Q8_0 && seed == 2 {
+                        // Weights at -128 (legal in a file) and 0 in every block.
+                        for b in w.chunks_exact_mut(34) {
+                            b[2] = 0x80;
+                            b[3] = 0;
+                        }
+                    }
+                    let a8: [&[u8]; 8] = std::array::from_fn(|k| cs[k].qa.as_slice());
+                    let mut t = vec![std::mem::MaybeUninit::uninit(); 64 * (n / 32)];
+                    let table = super::super::q8_0_scale_table(a8, &mut t);
+                    let (v512, v2) = (k512(n, &w, a8, table), k2(n, &w, a8, table));
+                    for k in 0..8 {
+                        assert_eq!(v512[k].to_bits(), v2[k].to_bits(), "{ty} n={n} row {k}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

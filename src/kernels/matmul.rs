@@ -76,10 +76,10 @@ pub fn matmul(
 }
 
 /// Blocks per row up to which the scaled kernels run: their scale table lives on the stack
-/// (16 KiB) and should stay in L1. Wider rows (n_in over 2048) use the plain 8- and 4-row
+/// (16 KiB for 8 rows, 32 KiB for 16) and should stay in L1. Wider rows (n_in over 2048) use the plain 8- and 4-row
 /// kernels, with the same results.
 const SCALED_BLOCKS_MAX: usize = 64;
-const TABLE_LEN: usize = 64 * SCALED_BLOCKS_MAX;
+const TABLE_LEN: usize = 8 * 16 * SCALED_BLOCKS_MAX;
 
 /// A scale table on the stack, cache-line aligned so no 32-byte load of it splits a line.
 #[repr(align(64))]
@@ -127,6 +127,14 @@ fn run(
             // the part it uses.
             let mut table = ScaleTable([std::mem::MaybeUninit::<f32>::uninit(); TABLE_LEN]);
             let store_from = |b0: usize| move |j: usize, r: usize, v: f32| store(b0 + j, r, v);
+            if let Some(dot16s) = k.scaled16.filter(|_| scaled.is_some()) {
+                while b0 + 16 <= n_rows {
+                    let group = std::array::from_fn(|j| act(b0 + j));
+                    let rows = rows.clone();
+                    scaled_group(dot16s, group, &mut table.0, nb, rows, wr, store_from(b0));
+                    b0 += 16;
+                }
+            }
             while b0 + 8 <= n_rows {
                 let group = std::array::from_fn(|j| act(b0 + j));
                 let rows = rows.clone();
@@ -299,6 +307,7 @@ mod tests {
                 four: None,
                 eight: None,
                 scaled: None,
+                scaled16: None,
             };
             super::run(k, &w, wrb, n_in, n_out, &acts, arb, &mut out);
             for b in 0..n_rows {

@@ -129,6 +129,8 @@ pub(crate) struct Kernels {
     pub eight: Option<Dot8Fn>,
     /// The 8- and 4-row kernels that take a scale table, for Q8_0-activation types.
     pub scaled: Option<(DotScaledFn<8>, DotScaledFn<4>)>,
+    /// The 16-row one, where the CPU has AVX-512 (32 vector registers hold its accumulators).
+    pub scaled16: Option<DotScaledFn<16>>,
 }
 
 /// Like [`kernels_for`], with the 8-row kernels too.
@@ -140,6 +142,7 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
                 four: dot_avx2::kernel4(wty),
                 eight: dot_avx2::kernel8(wty),
                 scaled: dot_avx2::kernel_scaled(wty).zip(dot_avx2::kernel_scaled(wty)),
+                scaled16: dot_avx2::kernel_scaled_avx512(wty),
             };
         }
     }
@@ -148,6 +151,7 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
         four: None,
         eight: None,
         scaled: None,
+        scaled16: None,
     }
 }
 

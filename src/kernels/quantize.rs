@@ -59,7 +59,7 @@ fn quantize_32(x: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
 
 /// Q8_0: per 32 values, d = max|x| / 127, stored as f16.
 pub fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK == 0, "Q8_0 row length");
+    assert!(src.len().is_multiple_of(QK), "Q8_0 row length");
     let blocks = as_blocks_mut::<BlockQ8_0>(dst);
     assert_eq!(blocks.len(), src.len() / QK, "Q8_0 row size");
     for (b, x) in blocks.iter_mut().zip(src.chunks_exact(QK)) {
@@ -70,7 +70,7 @@ pub fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
 
 /// Q8_1: Q8_0 plus s = d * sum(q), both f16.
 pub fn quantize_row_q8_1(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK == 0, "Q8_1 row length");
+    assert!(src.len().is_multiple_of(QK), "Q8_1 row length");
     let blocks = as_blocks_mut::<BlockQ8_1>(dst);
     assert_eq!(blocks.len(), src.len() / QK, "Q8_1 row size");
     for (b, x) in blocks.iter_mut().zip(src.chunks_exact(QK)) {
@@ -83,7 +83,7 @@ pub fn quantize_row_q8_1(src: &[f32], dst: &mut [u8]) {
 /// Q8_K: per 256 values, scale from the value of largest magnitude (sign kept) so that it
 /// maps to -127; q = min(127, round_half_even(iscale * x)); d = 1 / iscale; 16 group sums.
 pub fn quantize_row_q8_k(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK_K == 0, "Q8_K row length");
+    assert!(src.len().is_multiple_of(QK_K), "Q8_K row length");
     let blocks = as_blocks_mut::<BlockQ8K>(dst);
     assert_eq!(blocks.len(), src.len() / QK_K, "Q8_K row size");
     for (b, x) in blocks.iter_mut().zip(src.chunks_exact(QK_K)) {

@@ -146,7 +146,7 @@ impl ModelConfig {
                 format!("{} tokens is not in 1..={VOCAB_MAX}", self.n_vocab),
             ));
         }
-        if self.n_head % self.n_head_kv != 0 {
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
             let why = format!(
                 "head_count {} is not a multiple of head_count_kv {}",
                 self.n_head, self.n_head_kv
@@ -157,7 +157,7 @@ impl ModelConfig {
                 why,
             ));
         }
-        if self.n_rot > self.head_dim || self.n_rot % 2 != 0 {
+        if self.n_rot > self.head_dim || !self.n_rot.is_multiple_of(2) {
             return Err(invalid(
                 file,
                 &format!("{}.rope.dimension_count", self.arch),
