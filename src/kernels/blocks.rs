@@ -176,7 +176,10 @@ unsafe impl Block for BlockQ8K {}
 #[inline(always)]
 pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
     let sz = size_of::<B>();
-    assert!(bytes.len().is_multiple_of(sz), "row is not a whole number of blocks");
+    assert!(
+        bytes.len().is_multiple_of(sz),
+        "row is not a whole number of blocks"
+    );
     // SAFETY: B has alignment 1, no padding and no invalid bit patterns (trait contract);
     // the length covers exactly len/sz blocks inside `bytes`, and the lifetime is tied.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / sz) }
@@ -186,7 +189,10 @@ pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
 #[inline(always)]
 pub fn as_blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
     let sz = size_of::<B>();
-    assert!(bytes.len().is_multiple_of(sz), "row is not a whole number of blocks");
+    assert!(
+        bytes.len().is_multiple_of(sz),
+        "row is not a whole number of blocks"
+    );
     // SAFETY: as in `as_blocks`; the unique borrow of `bytes` is moved into the result.
     unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<B>(), bytes.len() / sz) }
 }

@@ -7,7 +7,7 @@
 //! function of its two rows.
 
 use super::types::GgmlType;
-use super::{Dot4Fn, Dot8Fn, DotFn, DotScaledFn};
+use super::{Dot4Fn, Dot8Fn, DotFn, DotPairFn, DotScaledFn};
 
 #[cfg(target_arch = "x86_64")]
 pub use imp::*;
@@ -38,6 +38,12 @@ pub fn kernel8(_wty: GgmlType) -> Option<Dot8Fn> {
 
 /// No SIMD kernels off x86_64.
 #[cfg(not(target_arch = "x86_64"))]
+pub fn kernel_pair(_wty: GgmlType) -> Option<DotPairFn> {
+    None
+}
+
+/// No SIMD kernels off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
 pub fn kernel_scaled<const R: usize>(_wty: GgmlType) -> Option<DotScaledFn<R>> {
     None
 }
@@ -48,7 +54,7 @@ mod imp {
         as_blocks, unpack_k4_scales, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
         BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     };
-    use super::{Dot4Fn, Dot8Fn, DotFn, DotScaledFn, GgmlType};
+    use super::{Dot4Fn, Dot8Fn, DotFn, DotPairFn, DotScaledFn, GgmlType};
     use std::arch::x86_64::*;
 
     /// True when the CPU has AVX2, FMA and F16C (std caches the CPUID probe).
@@ -577,6 +583,70 @@ mod imp {
         };
     }
 
+    /// Defines `$pair`: two weight rows against one Q8_0 activation row on AVX-512, the rows
+    /// in the low and high 8 lanes of one register, each lane doing the operations of the
+    /// single-row AVX2 kernel (`signed_q8_0_rows!` with R = 1), so results are bit-identical
+    /// to two `one` calls; the activation block is loaded and decoded once for both rows.
+    /// The decode path (one activation row) spends most of its time here.
+    macro_rules! signed_q8_0_pair_avx512 {
+        ($pair:ident, $blk:ty, |$x:ident| $values:expr) => {
+            #[inline]
+            #[target_feature(
+                enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"
+            )]
+            unsafe fn $pair(w: [&[u8]; 2], a: &[u8]) -> [f32; 2] {
+                let (x0, x1) = (as_blocks::<$blk>(w[0]), as_blocks::<$blk>(w[1]));
+                let nb = x0.len();
+                assert_eq!(x1.len(), nb, "rows of one matrix");
+                let ys = &as_blocks::<BlockQ8_0>(a)[..nb];
+                let zero = _mm512_setzero_si512();
+                let mut acc = _mm512_setzero_ps();
+                for i in 0..nb {
+                    let $x = &x0[i];
+                    let q0: __m256i = $values;
+                    let $x = &x1[i];
+                    let q1: __m256i = $values;
+                    let qx = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+                    let ax = _mm512_abs_epi8(qx);
+                    let neg = _mm512_movepi8_mask(qx);
+                    let y = &ys[i];
+                    let yq = _mm512_broadcast_i64x4(load32(&y.qs));
+                    let sy = _mm512_mask_sub_epi8(yq, neg, zero, yq);
+                    let dot = _mm512_dpbusd_epi32(zero, ax, sy);
+                    let dx = _mm512_cvtph_ps(_mm256_set_m128i(
+                        _mm_set1_epi16(i16::from_le_bytes(x1[i].d)),
+                        _mm_set1_epi16(i16::from_le_bytes(x0[i].d)),
+                    ));
+                    let dy = _mm512_cvtph_ps(_mm256_set1_epi16(i16::from_le_bytes(y.d)));
+                    acc = _mm512_fmadd_ps(_mm512_mul_ps(dx, dy), _mm512_cvtepi32_ps(dot), acc);
+                }
+                [
+                    hsum_ps(_mm512_castps512_ps256(acc)),
+                    hsum_ps(_mm512_extractf32x8_ps(acc, 1)),
+                ]
+            }
+        };
+    }
+
+    signed_q8_0_pair_avx512!(q8_0_pair_512, BlockQ8_0, |x| q8_0_values(x));
+    signed_q8_0_pair_avx512!(q4_0_pair_512, BlockQ4_0, |x| q4_0_values(x));
+    signed_q8_0_pair_avx512!(q5_0_pair_512, BlockQ5_0, |x| q5_0_values(x));
+
+    /// The two-weight-row AVX-512 kernel for `wty` (bit-identical to two `kernel(wty)` calls),
+    /// if the CPU has AVX-512 VNNI and the type has one.
+    pub fn kernel_pair(wty: GgmlType) -> Option<DotPairFn> {
+        if !avx512_available() {
+            return None;
+        }
+        match wty {
+            // SAFETY (all three): `avx512_available()` checked every feature they enable.
+            GgmlType::Q8_0 => Some(|_, w, a| unsafe { q8_0_pair_512(w, a) }),
+            GgmlType::Q4_0 => Some(|_, w, a| unsafe { q4_0_pair_512(w, a) }),
+            GgmlType::Q5_0 => Some(|_, w, a| unsafe { q5_0_pair_512(w, a) }),
+            _ => None,
+        }
+    }
+
     signed_q8_0_rows_scaled_avx512!(q8_0_rows_scaled_512, BlockQ8_0, |x| q8_0_values(x));
     signed_q8_0_rows_scaled_avx512!(q4_0_rows_scaled_512, BlockQ4_0, |x| q4_0_values(x));
     signed_q8_0_rows_scaled_avx512!(q5_0_rows_scaled_512, BlockQ5_0, |x| q5_0_values(x));
@@ -1013,6 +1083,38 @@ mod tests {
             tested += 1;
         }
         assert_eq!(tested, 3, "Q4_0, Q5_0 and Q8_0 have scaled kernels");
+    }
+
+    /// The AVX-512 two-weight-row kernels against two single-row AVX2 calls, bit for bit.
+    #[test]
+    fn avx512_pair_kernels_are_bit_identical_to_single_row() {
+        if !super::avx512_available() {
+            eprintln!("note: CPU lacks AVX-512 VNNI, AVX-512 kernels not tested");
+            return;
+        }
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0] {
+            let pair = super::kernel_pair(ty).expect("avx512");
+            let one = super::kernel(ty).expect("avx2");
+            for n in sizes(ty) {
+                for seed in 0..3 {
+                    let c0 = make_case(ty, n, 500 + 2 * seed);
+                    let mut w1 = make_case(ty, n, 501 + 2 * seed).w;
+                    if ty == GgmlType::Q8_0 && seed == 2 {
+                        for b in w1.chunks_exact_mut(34) {
+                            b[2] = 0x80;
+                            b[3] = 0;
+                        }
+                    }
+                    let v = pair(n, [&c0.w, &w1], &c0.qa);
+                    assert_eq!(
+                        v[0].to_bits(),
+                        one(n, &c0.w, &c0.qa).to_bits(),
+                        "{ty} n={n}"
+                    );
+                    assert_eq!(v[1].to_bits(), one(n, &w1, &c0.qa).to_bits(), "{ty} n={n}");
+                }
+            }
+        }
     }
 
     /// The AVX-512 scaled kernels against the AVX2 ones, bit for bit (on CPUs that have both).

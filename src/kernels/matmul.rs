@@ -148,7 +148,11 @@ fn run(
                 b0 += 4;
             }
         }
-        for r in rows {
+        // Activation rows left over from the groups of 8 and 4 (all of them when decoding
+        // one sequence): from `singles` on.
+        let singles = b0 + k.eight.map_or(0, |_| (n_rows - b0) / 8 * 8);
+        let singles = singles + k.four.map_or(0, |_| (n_rows - singles) / 4 * 4);
+        for r in rows.clone() {
             let mut b = b0;
             if let Some(dot8) = k.eight {
                 while b + 8 <= n_rows {
@@ -168,9 +172,20 @@ fn run(
                     b += 4;
                 }
             }
-            while b < n_rows {
+            debug_assert_eq!(b, singles);
+        }
+        for b in singles..n_rows {
+            let mut r = rows.start;
+            if let Some(pair) = k.pair {
+                while r + 2 <= rows.end {
+                    let [v0, v1] = pair(n_in, [wr(r), wr(r + 1)], act(b));
+                    store(b, r, v0);
+                    store(b, r + 1, v1);
+                    r += 2;
+                }
+            }
+            for r in r..rows.end {
                 store(b, r, (k.one)(n_in, wr(r), act(b)));
-                b += 1;
             }
         }
     });
@@ -308,6 +323,7 @@ mod tests {
                 eight: None,
                 scaled: None,
                 scaled16: None,
+                pair: None,
             };
             super::run(k, &w, wrb, n_in, n_out, &acts, arb, &mut out);
             for b in 0..n_rows {

@@ -36,6 +36,10 @@ pub type Dot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
 /// The same with 8 activation rows: during prefill the weight block is decoded half as often.
 pub type Dot8Fn = fn(usize, &[u8], [&[u8]; 8]) -> [f32; 8];
 
+/// A kernel dotting two weight rows with one activation row, bit-identical to two calls of
+/// the single-row kernel of the same type (it only shares the activation decoding).
+pub type DotPairFn = fn(usize, [&[u8]; 2], &[u8]) -> [f32; 2];
+
 /// A kernel dotting one weight row with R Q8_0 activation rows whose block scales are given
 /// already as f32 (see [`q8_0_scale_table`]): bit-identical per row to the single-row kernel;
 /// it only saves decoding each f16 scale once per weight row.
@@ -131,6 +135,8 @@ pub(crate) struct Kernels {
     pub scaled: Option<(DotScaledFn<8>, DotScaledFn<4>)>,
     /// The 16-row one, where the CPU has AVX-512 (32 vector registers hold its accumulators).
     pub scaled16: Option<DotScaledFn<16>>,
+    /// Two weight rows against one activation row, where the CPU has AVX-512.
+    pub pair: Option<DotPairFn>,
 }
 
 /// Like [`kernels_for`], with the 8-row kernels too.
@@ -143,6 +149,7 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
                 eight: dot_avx2::kernel8(wty),
                 scaled: dot_avx2::kernel_scaled(wty).zip(dot_avx2::kernel_scaled(wty)),
                 scaled16: dot_avx2::kernel_scaled_avx512(wty),
+                pair: dot_avx2::kernel_pair(wty),
             };
         }
     }
@@ -152,6 +159,7 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
         eight: None,
         scaled: None,
         scaled16: None,
+        pair: None,
     }
 }
 
