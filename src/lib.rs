@@ -12,8 +12,11 @@
 //! - [`server`] — the OpenAI-compatible HTTP server over the engine; [`api`] holds its wire
 //!   types and [`config`] its settings and limits.
 //!
-//! Nothing in this crate below the (future) engine layer spawns threads, blocks or locks; the
-//! only parallelism is rayon inside the kernels and the forward pass.
+//! - [`team`] — how a forward pass uses the rayon pool: every thread at once, the followers
+//!   spinning between the pass's parallel loops.
+//!
+//! Nothing in this crate below the engine layer spawns threads, blocks or locks; the only
+//! parallelism is the pool's threads inside the kernels and the forward pass ([`team`]).
 
 pub mod api;
 pub mod bench;
@@ -27,4 +30,5 @@ pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod server;
+pub mod team;
 pub mod tensor;

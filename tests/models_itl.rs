@@ -4,19 +4,16 @@
 //! names; B's file is in the page cache, so each load is the CPU side of a load: parsing,
 //! the tokenizer, mapping and prefaulting ~250 MB).
 //!
-//! The bar is p99 within 1.5x of idle, which this does not meet on a 2-core machine,
-//! and the reason is known: any other runnable thread, even one at `SCHED_IDLE`, costs our
-//! decode about 30% (`bench-model -p 0 -n 64` beside a `chrt -i 0` busy loop: 44.7 against
-//! 31.6 tokens/s; llama-bench's spinning threads lose nothing), because rayon's idle workers
-//! `sched_yield` between the forward pass's parallel loops and a yield hands the core to the
-//! other thread until the next tick. The loader does its file work on a `SCHED_IDLE` helper
-//! (the least it can ask for), and a load is about 70 ms of CPU, but B loads back to back
-//! here, so A's stream always has that neighbour. The p99 of ~190 gaps is the worst two or
-//! three and moves between 1.1x and 2.1x from run to run, so it is asserted with a generous
-//! bound (3x plus 10 ms); the median came out 1.35x to 1.50x after the change above (1.62x
-//! once in CI before it, while the dispatchers inherited the loader's nice 19) and is
-//! asserted at 2x; the dispatchers' priority, the bug behind that failure, is asserted
-//! directly. The figures are printed (`cargo test --test models_itl -- --nocapture`).
+//! The bar: p99 within 1.5x of idle, asserted with 5 ms of slack (about one
+//! scheduler tick), and the median within 1.25x. Two changes made it hold on 2 cores, where
+//! it used to come out 1.1x to 2.1x (p99) and 1.35x to 1.62x (p50): a forward pass runs as a
+//! team whose threads spin between its parallel loops (`src/team.rs`; rayon's idle workers
+//! yielded, and every yield gave the core to the loader until the next tick), and the
+//! loader's file work runs at `SCHED_IDLE` while the dispatchers it starts keep normal
+//! priority (they used to inherit nice 19; checked here too). Measured after them: p99 ratio
+//! 1.01 to 1.03, p50 23.6 against 23.0 ms. The price is paid by the load, which now gets the
+//! gaps between passes: about 1.7 s while A streams instead of 0.35 s. The figures are printed
+//! (`cargo test --test models_itl -- --nocapture`).
 
 mod common;
 mod models_support;
@@ -179,13 +176,13 @@ fn a_stream_keeps_its_pace_while_another_model_loads() {
         "{dispatchers:?}"
     );
     assert!(
-        b50 <= i50 * 2.0 + 0.002,
+        b50 <= i50 * 1.25 + 0.002,
         "p50 {:.1} ms while loading vs {:.1} ms idle",
         ms(b50),
         ms(i50)
     );
     assert!(
-        b99 <= i99 * 3.0 + 0.010,
+        b99 <= i99 * 1.5 + 0.005,
         "p99 {:.1} ms while loading vs {:.1} ms idle",
         ms(b99),
         ms(i99)

@@ -80,7 +80,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 })
                 .collect();
             let t0 = Instant::now();
-            pool.install(|| model.forward(&mut state, &batch))?;
+            ryzanstein::team::run(&pool, || model.forward(&mut state, &batch))?;
             if rep > 0 {
                 pp.push(a.n_prompt as f64 / t0.elapsed().as_secs_f64());
             }
@@ -95,7 +95,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     seq,
                     logits: true,
                 }));
-                pool.install(|| model.forward(&mut state, &step))?;
+                ryzanstein::team::run(&pool, || model.forward(&mut state, &step))?;
             }
             if rep > 0 {
                 tg.push((a.n_gen * a.batch) as f64 / t0.elapsed().as_secs_f64());

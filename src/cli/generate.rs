@@ -177,7 +177,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let pool = super::compute_pool(a.threads)?;
     let mut state = model.new_state();
     let mut stdout = std::io::stdout();
-    let g = pool.install(|| {
+    let g = ryzanstein::team::run(&pool, || {
         generate(&model, &mut state, &tok, &prompt, &params, |text| {
             // A closed stdout (e.g. `| head`) ends generation quietly.
             stdout

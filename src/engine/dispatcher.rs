@@ -668,7 +668,7 @@ impl Dispatcher {
         crate::faults::dispatcher_step(&self.id, self.stats.steps.load(Ordering::Relaxed) + 1);
         let t0 = Instant::now();
         let (model, state, batch) = (&self.model, &mut self.state, &self.batch);
-        let logits = match self.pool.install(|| model.forward(state, batch)) {
+        let logits = match crate::team::run(&self.pool, || model.forward(state, batch)) {
             Ok(l) => l,
             Err(e) => {
                 let msg = e.to_string();

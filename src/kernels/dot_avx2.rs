@@ -7,7 +7,7 @@
 //! function of its two rows.
 
 use super::types::GgmlType;
-use super::{Dot4Fn, Dot8Fn, DotFn, DotPairFn, DotScaledFn};
+use super::{Dot4Fn, Dot8Fn, DotFn, DotPairFn, DotScaledFn, GroupTables};
 
 #[cfg(target_arch = "x86_64")]
 pub use imp::*;
@@ -42,6 +42,34 @@ pub fn kernel_pair(_wty: GgmlType) -> Option<DotPairFn> {
     None
 }
 
+/// No AVX-512 off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn avx512_available() -> bool {
+    false
+}
+
+/// No SIMD kernels off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn kernel_scaled_avx512<const R: usize>(_wty: GgmlType) -> Option<DotScaledFn<R>> {
+    None
+}
+
+/// No SIMD kernels off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn offset_shift(_wty: GgmlType) -> Option<u32> {
+    None
+}
+
+/// No SIMD kernels off x86_64 (never called: `offset_shift` is `None`).
+#[cfg(not(target_arch = "x86_64"))]
+pub fn corr_table<'t, const R: usize>(
+    _acts: [&[u8]; R],
+    _shift: u32,
+    _out: &'t mut [std::mem::MaybeUninit<i32>],
+) -> &'t [i32] {
+    unreachable!("no AVX-512 kernels off x86_64")
+}
+
 /// No SIMD kernels off x86_64.
 #[cfg(not(target_arch = "x86_64"))]
 pub fn kernel_scaled<const R: usize>(_wty: GgmlType) -> Option<DotScaledFn<R>> {
@@ -54,7 +82,7 @@ mod imp {
         as_blocks, unpack_k4_scales, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
         BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     };
-    use super::{Dot4Fn, Dot8Fn, DotFn, DotPairFn, DotScaledFn, GgmlType};
+    use super::{Dot4Fn, Dot8Fn, DotFn, DotPairFn, DotScaledFn, GgmlType, GroupTables};
     use std::arch::x86_64::*;
 
     /// True when the CPU has AVX2, FMA and F16C (std caches the CPUID probe).
@@ -141,7 +169,7 @@ mod imp {
                 match wty {
                     // SAFETY: `available()` checked avx2, fma and f16c just above; the kernel
                     // checks the table's length.
-                    $(GgmlType::$ty => Some(|_, w, a, t| unsafe { $raw::<R>(w, a, t) }),)*
+                    $(GgmlType::$ty => Some(|_, w, a, t| unsafe { $raw::<R>(w, a, t.scales) }),)*
                     _ => None,
                 }
             }
@@ -528,15 +556,16 @@ mod imp {
     }
 
     /// Defines `$scaled::<R>` on AVX-512: `signed_q8_0_rows_scaled!` with two activation rows
-    /// per 512-bit register (rows 2p and 2p+1 in the low and high 8 lanes). Every lane does
-    /// the same integer and float operations as its AVX2 twin, so results are bit-identical:
-    /// the lane's integer dot is exact either way (`vpdpbusd` sums the same four u8 × i8
-    /// products that `maddubs` + `madd` do, without the i16 step), and the scale product, the
-    /// conversion and the FMA chain over blocks are the same per lane. The sign trick uses a
-    /// mask: y is negated where x < 0 (where x is 0, |x| is 0 and the product too). Half the
-    /// instructions per (weight block, activation row) pair; R must be even.
-    macro_rules! signed_q8_0_rows_scaled_avx512 {
-        ($scaled:ident, $blk:ty, |$x:ident| $values:expr) => {
+    /// per 512-bit register (rows 2p and 2p+1 in the low and high 8 lanes) and the weights
+    /// taken as unsigned bytes `u = x + 2^shift` (`$uvalues`: the raw nibbles for Q4_0 and
+    /// Q5_0, `x ^ 0x80` for Q8_0), so one `vpdpbusd` per pair does the products: it starts
+    /// from the group table's correction `-(Σ y) << shift` for the lane's four values and adds
+    /// `Σ u·y`, which leaves exactly the lane's `Σ x·y` (no i16 step to saturate; |sums| stay
+    /// far inside i32). Every lane then does the float operations of its AVX2 twin on the same
+    /// integers — scale product, conversion, the FMA chain over blocks, the final lane sum —
+    /// so results are bit-identical to it. R must be even.
+    macro_rules! offset_q8_0_rows_scaled_avx512 {
+        ($scaled:ident, $blk:ty, |$x:ident| $uvalues:expr) => {
             #[inline]
             #[target_feature(
                 enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"
@@ -544,31 +573,38 @@ mod imp {
             unsafe fn $scaled<const R: usize>(
                 w: &[u8],
                 acts: [&[u8]; R],
-                scales: &[f32],
+                t: GroupTables<'_>,
             ) -> [f32; R] {
                 let xs = as_blocks::<$blk>(w);
                 let nb = xs.len();
                 assert!(R % 2 == 0 && R <= 16, "rows go in pairs, at most 8 of them");
-                assert!(scales.len() >= 8 * R * nb, "8 lanes per row per block");
+                assert!(
+                    t.scales.len() >= 8 * R * nb,
+                    "8 scale lanes per row per block"
+                );
+                assert!(
+                    t.corr.len() >= 8 * R * nb,
+                    "8 correction lanes per row per block"
+                );
                 let ys: [*const BlockQ8_0; R] =
                     std::array::from_fn(|r| as_blocks::<BlockQ8_0>(acts[r])[..nb].as_ptr());
-                let zero = _mm512_setzero_si512();
                 let mut acc = [_mm512_setzero_ps(); 8];
                 for (i, $x) in xs.iter().enumerate() {
-                    let qx: __m256i = $values;
-                    let ax = _mm512_broadcast_i64x4(_mm256_abs_epi8(qx));
-                    let neg = _mm512_movepi8_mask(_mm512_broadcast_i64x4(qx));
+                    let u: __m256i = $uvalues;
+                    let u = _mm512_broadcast_i64x4(u);
                     let dx = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
                         i16::from_le_bytes($x.d),
                     ))));
-                    let dy = scales.as_ptr().add(8 * R * i);
+                    let dy = t.scales.as_ptr().add(8 * R * i);
+                    let cy = t.corr.as_ptr().add(8 * R * i);
                     for p in 0..R / 2 {
-                        // SAFETY: i < nb, and every row holds at least nb blocks (sliced above).
+                        // SAFETY: i < nb, and every row holds at least nb blocks (sliced above);
+                        // both tables hold 8R lanes per block (asserted).
                         let lo = _mm256_loadu_si256((*ys[2 * p].add(i)).qs.as_ptr().cast());
                         let hi = _mm256_loadu_si256((*ys[2 * p + 1].add(i)).qs.as_ptr().cast());
                         let y = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                        let sy = _mm512_mask_sub_epi8(y, neg, zero, y);
-                        let dot = _mm512_dpbusd_epi32(zero, ax, sy);
+                        let c = _mm512_loadu_si512(cy.add(16 * p).cast());
+                        let dot = _mm512_dpbusd_epi32(c, u, y);
                         let d = _mm512_mul_ps(dx, _mm512_loadu_ps(dy.add(16 * p)));
                         acc[p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot), acc[p]);
                     }
@@ -581,6 +617,62 @@ mod imp {
                 out
             }
         };
+    }
+
+    /// The shift of the unsigned form the AVX-512 scaled kernels read `wty`'s weights in
+    /// (`u = x + 2^shift`: Q8_0 7, Q5_0 4, Q4_0 3), if they have one for it.
+    pub fn offset_shift(wty: GgmlType) -> Option<u32> {
+        match wty {
+            GgmlType::Q8_0 => Some(7),
+            GgmlType::Q5_0 => Some(4),
+            GgmlType::Q4_0 => Some(3),
+            _ => None,
+        }
+    }
+
+    /// Fills the correction table of R Q8_0 activation rows for weights read as `x + 2^shift`:
+    /// `[8R·block + 8·row + k]` holds `-(y[4k] + … + y[4k+3]) << shift` of that block, and
+    /// returns it. `out` holds `8R × blocks` lanes (every one is written); each row at least
+    /// that many blocks. Needs AVX2 (checked).
+    pub fn corr_table<'t, const R: usize>(
+        acts: [&[u8]; R],
+        shift: u32,
+        out: &'t mut [std::mem::MaybeUninit<i32>],
+    ) -> &'t [i32] {
+        assert!(available(), "AVX2");
+        assert!(shift <= 7, "offsets up to 128");
+        let nb = out.len() / (8 * R);
+        for (row, a) in acts.iter().enumerate() {
+            let blocks = &as_blocks::<BlockQ8_0>(a)[..nb];
+            for (i, b) in blocks.iter().enumerate() {
+                let at = 8 * R * i + 8 * row;
+                // SAFETY: AVX2 checked above; `at + 8 <= out.len()` since row < R, i < nb.
+                unsafe { corr_lanes(b, shift, out[at..at + 8].as_mut_ptr().cast()) };
+            }
+        }
+        let out = &out[..8 * R * nb];
+        // SAFETY: the loops wrote all 8R·nb lanes (R rows × nb blocks × 8, each at its own
+        // offset), and MaybeUninit<i32> has i32's layout.
+        unsafe { &*(out as *const [std::mem::MaybeUninit<i32>] as *const [i32]) }
+    }
+
+    /// Writes the 8 correction lanes of one activation block at `dst`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn corr_lanes(y: &BlockQ8_0, shift: u32, dst: *mut i32) {
+        let sums = dot_u8_i8(_mm256_set1_epi8(1), load32(&y.qs));
+        let c = _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            _mm256_sll_epi32(sums, _mm_cvtsi32_si128(shift as i32)),
+        );
+        _mm256_storeu_si256(dst.cast(), c);
+    }
+
+    /// The 32 values of a Q8_0 block plus 128, as unsigned bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_uvalues(x: &BlockQ8_0) -> __m256i {
+        _mm256_xor_si256(load32(&x.qs), _mm256_set1_epi8(0x80u8 as i8))
     }
 
     /// Defines `$pair`: two weight rows against one Q8_0 activation row on AVX-512, the rows
@@ -647,9 +739,12 @@ mod imp {
         }
     }
 
-    signed_q8_0_rows_scaled_avx512!(q8_0_rows_scaled_512, BlockQ8_0, |x| q8_0_values(x));
-    signed_q8_0_rows_scaled_avx512!(q4_0_rows_scaled_512, BlockQ4_0, |x| q4_0_values(x));
-    signed_q8_0_rows_scaled_avx512!(q5_0_rows_scaled_512, BlockQ5_0, |x| q5_0_values(x));
+    offset_q8_0_rows_scaled_avx512!(q8_0_rows_scaled_512, BlockQ8_0, |x| q8_0_uvalues(x));
+    offset_q8_0_rows_scaled_avx512!(q4_0_rows_scaled_512, BlockQ4_0, |x| nibbles_32(&x.qs));
+    offset_q8_0_rows_scaled_avx512!(q5_0_rows_scaled_512, BlockQ5_0, |x| _mm256_or_si256(
+        nibbles_32(&x.qs),
+        high_bits_32(x.qh)
+    ));
 
     row_kernels!(
         vec_dot_q8_0, vec_dot_q8_0_x4, vec_dot_q8_0_x8 => q8_0_rows, "Q8_0 · Q8_0 (the hot path: token embeddings / output)";
@@ -1050,6 +1145,24 @@ mod tests {
         }
     }
 
+    /// Calls `f` with the group tables of `acts` that `kernel_scaled` of `ty` reads (the
+    /// correction table only where the AVX-512 kernels are in use).
+    fn with_tables<const R: usize, T>(
+        ty: GgmlType,
+        acts: [&[u8]; R],
+        f: impl FnOnce(super::super::GroupTables<'_>) -> T,
+    ) -> T {
+        let nb = acts[0].len() / 34;
+        let mut ts = vec![std::mem::MaybeUninit::uninit(); 8 * R * nb];
+        let mut tc = vec![std::mem::MaybeUninit::uninit(); 8 * R * nb];
+        let scales = super::super::q8_0_scale_table(acts, &mut ts);
+        let corr = match super::offset_shift(ty).filter(|_| super::avx512_available()) {
+            Some(shift) => super::corr_table(acts, shift, &mut tc),
+            None => &[],
+        };
+        f(super::super::GroupTables { scales, corr })
+    }
+
     #[test]
     fn scaled_kernels_are_bit_identical_to_single_row() {
         if !super::available() {
@@ -1067,11 +1180,9 @@ mod tests {
                 let cs: Vec<_> = (0..8).map(|s| make_case(ty, n, 300 + s)).collect();
                 let w = &cs[0].w;
                 let a8: [&[u8]; 8] = std::array::from_fn(|k| cs[k].qa.as_slice());
-                let mut t8 = vec![std::mem::MaybeUninit::uninit(); 64 * (n / 32)];
-                let v8 = k8s(n, w, a8, super::super::q8_0_scale_table(a8, &mut t8));
+                let v8 = with_tables(ty, a8, |t| k8s(n, w, a8, t));
                 let a4: [&[u8]; 4] = std::array::from_fn(|k| a8[k]);
-                let mut t4 = vec![std::mem::MaybeUninit::uninit(); 32 * (n / 32)];
-                let v4 = k4s(n, w, a4, super::super::q8_0_scale_table(a4, &mut t4));
+                let v4 = with_tables(ty, a4, |t| k4s(n, w, a4, t));
                 for (k, c) in cs.iter().enumerate() {
                     let one = k1(n, w, &c.qa).to_bits();
                     assert_eq!(v8[k].to_bits(), one, "{ty} n={n} x8s row {k}");
@@ -1141,9 +1252,8 @@ mod tests {
                         }
                     }
                     let a8: [&[u8]; 8] = std::array::from_fn(|k| cs[k].qa.as_slice());
-                    let mut t = vec![std::mem::MaybeUninit::uninit(); 64 * (n / 32)];
-                    let table = super::super::q8_0_scale_table(a8, &mut t);
-                    let (v512, v2) = (k512(n, &w, a8, table), k2(n, &w, a8, table));
+                    let (v512, v2) =
+                        with_tables(ty, a8, |t| (k512(n, &w, a8, t), k2(n, &w, a8, t)));
                     for k in 0..8 {
                         assert_eq!(v512[k].to_bits(), v2[k].to_bits(), "{ty} n={n} row {k}");
                     }

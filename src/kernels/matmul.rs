@@ -7,7 +7,6 @@
 //! batch- and thread-count-invariant. No heap allocation.
 
 use super::types::GgmlType;
-use rayon::prelude::*;
 
 /// Output rows per rayon task: large enough to amortise task overhead, small enough to
 /// balance the small (640-row) matrices across cores. 16 beat 64 in `benches/kernels.rs`
@@ -85,6 +84,17 @@ const TABLE_LEN: usize = 8 * 16 * SCALED_BLOCKS_MAX;
 #[repr(align(64))]
 struct ScaleTable([std::mem::MaybeUninit<f32>; TABLE_LEN]);
 
+/// The correction table of the AVX-512 scaled kernels, likewise.
+#[repr(align(64))]
+struct CorrTable([std::mem::MaybeUninit<i32>; TABLE_LEN]);
+
+/// A group's tables: scales, and corrections when the kernels need them (`shift`).
+struct Tables {
+    scales: ScaleTable,
+    corr: CorrTable,
+    shift: Option<u32>,
+}
+
 /// The parallel loop of [`matmul`] with its kernels chosen (and sizes checked) by the caller.
 #[allow(clippy::too_many_arguments)]
 fn run(
@@ -106,7 +116,7 @@ fn run(
     let scaled = k.scaled.filter(|_| nb <= SCALED_BLOCKS_MAX);
     let per_task = rows_per_task(n_out, n_rows, scaled.is_some());
     let n_tasks = n_out.div_ceil(per_task);
-    (0..n_tasks).into_par_iter().for_each(move |t| {
+    crate::team::for_each(n_tasks, move |t| {
         let ptr = ptr;
         let rows = t * per_task..((t + 1) * per_task).min(n_out);
         let wr = |r: usize| &w[r * wrb..(r + 1) * wrb];
@@ -125,26 +135,30 @@ fn run(
             // once for the task's rows, which stay in cache across the groups. The table is
             // not zeroed (16 KiB per task cost more than the kernels saved): each group fills
             // the part it uses.
-            let mut table = ScaleTable([std::mem::MaybeUninit::<f32>::uninit(); TABLE_LEN]);
+            let mut table = Tables {
+                scales: ScaleTable([std::mem::MaybeUninit::<f32>::uninit(); TABLE_LEN]),
+                corr: CorrTable([std::mem::MaybeUninit::<i32>::uninit(); TABLE_LEN]),
+                shift: k.scaled_shift,
+            };
             let store_from = |b0: usize| move |j: usize, r: usize, v: f32| store(b0 + j, r, v);
             if let Some(dot16s) = k.scaled16.filter(|_| scaled.is_some()) {
                 while b0 + 16 <= n_rows {
                     let group = std::array::from_fn(|j| act(b0 + j));
                     let rows = rows.clone();
-                    scaled_group(dot16s, group, &mut table.0, nb, rows, wr, store_from(b0));
+                    scaled_group(dot16s, group, &mut table, nb, rows, wr, store_from(b0));
                     b0 += 16;
                 }
             }
             while b0 + 8 <= n_rows {
                 let group = std::array::from_fn(|j| act(b0 + j));
                 let rows = rows.clone();
-                scaled_group(dot8s, group, &mut table.0, nb, rows, wr, store_from(b0));
+                scaled_group(dot8s, group, &mut table, nb, rows, wr, store_from(b0));
                 b0 += 8;
             }
             if b0 + 4 <= n_rows {
                 let group = std::array::from_fn(|j| act(b0 + j));
                 let rows = rows.clone();
-                scaled_group(dot4s, group, &mut table.0, nb, rows, wr, store_from(b0));
+                scaled_group(dot4s, group, &mut table, nb, rows, wr, store_from(b0));
                 b0 += 4;
             }
         }
@@ -192,21 +206,26 @@ fn run(
 }
 
 /// One group of R activation rows against a task's weight rows with a scaled kernel: fills
-/// the group's scale table (in `table`, which holds at least `8R × nb` floats), then hands
+/// the group's tables (in `tables`, which hold at least `8R × nb` lanes each), then hands
 /// each output to `store(j, r, value)` for activation row j of the group and weight row r.
 fn scaled_group<'a, const R: usize>(
     dot: super::DotScaledFn<R>,
     group: [&[u8]; R],
-    table: &mut [std::mem::MaybeUninit<f32>],
+    tables: &mut Tables,
     nb: usize,
     rows: std::ops::Range<usize>,
     wr: impl Fn(usize) -> &'a [u8],
     store: impl Fn(usize, usize, f32),
 ) {
-    let table = super::q8_0_scale_table(group, &mut table[..8 * R * nb]);
+    let scales = super::q8_0_scale_table(group, &mut tables.scales.0[..8 * R * nb]);
+    let corr = match tables.shift {
+        Some(shift) => super::dot_avx2::corr_table(group, shift, &mut tables.corr.0[..8 * R * nb]),
+        None => &[],
+    };
+    let t = super::GroupTables { scales, corr };
     let n_in = nb * super::QK;
     for r in rows {
-        let v = dot(n_in, wr(r), group, table);
+        let v = dot(n_in, wr(r), group, t);
         v.into_iter().enumerate().for_each(|(j, v)| store(j, r, v));
     }
 }
@@ -323,6 +342,7 @@ mod tests {
                 eight: None,
                 scaled: None,
                 scaled16: None,
+                scaled_shift: None,
                 pair: None,
             };
             super::run(k, &w, wrb, n_in, n_out, &acts, arb, &mut out);

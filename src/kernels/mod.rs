@@ -43,7 +43,17 @@ pub type DotPairFn = fn(usize, [&[u8]; 2], &[u8]) -> [f32; 2];
 /// A kernel dotting one weight row with R Q8_0 activation rows whose block scales are given
 /// already as f32 (see [`q8_0_scale_table`]): bit-identical per row to the single-row kernel;
 /// it only saves decoding each f16 scale once per weight row.
-pub type DotScaledFn<const R: usize> = fn(usize, &[u8], [&[u8]; R], &[f32]) -> [f32; R];
+pub type DotScaledFn<const R: usize> = fn(usize, &[u8], [&[u8]; R], GroupTables<'_>) -> [f32; R];
+
+/// What a scaled kernel reads about its group of R activation rows instead of decoding it for
+/// every weight row: the scales ([`q8_0_scale_table`]) and, for the AVX-512 kernels that take
+/// weights as unsigned bytes (`x + 2^shift`), each 4-value group's correction
+/// `-(Σ y) << shift` (see [`Kernels::scaled_shift`]; empty otherwise).
+#[derive(Clone, Copy)]
+pub struct GroupTables<'t> {
+    pub scales: &'t [f32],
+    pub corr: &'t [i32],
+}
 
 /// Fills a scale table for R Q8_0 activation rows and returns it: `[8R·block + 8·row ..][..8]`
 /// holds that block's f16 scale as f32 (exact), repeated in 8 lanes so a kernel multiplies by
@@ -135,6 +145,9 @@ pub(crate) struct Kernels {
     pub scaled: Option<(DotScaledFn<8>, DotScaledFn<4>)>,
     /// The 16-row one, where the CPU has AVX-512 (32 vector registers hold its accumulators).
     pub scaled16: Option<DotScaledFn<16>>,
+    /// Set when the scaled kernels are the AVX-512 ones, which read weights as unsigned bytes
+    /// `x + 2^shift` and need the correction table ([`GroupTables::corr`]) built with it.
+    pub scaled_shift: Option<u32>,
     /// Two weight rows against one activation row, where the CPU has AVX-512.
     pub pair: Option<DotPairFn>,
 }
@@ -149,6 +162,8 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
                 eight: dot_avx2::kernel8(wty),
                 scaled: dot_avx2::kernel_scaled(wty).zip(dot_avx2::kernel_scaled(wty)),
                 scaled16: dot_avx2::kernel_scaled_avx512(wty),
+                scaled_shift: dot_avx2::kernel_scaled_avx512::<8>(wty)
+                    .and_then(|_| dot_avx2::offset_shift(wty)),
                 pair: dot_avx2::kernel_pair(wty),
             };
         }
@@ -159,6 +174,7 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
         eight: None,
         scaled: None,
         scaled16: None,
+        scaled_shift: None,
         pair: None,
     }
 }

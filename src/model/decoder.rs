@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rayon::prelude::*;
+use crate::team;
 
 use crate::gguf::{GgufErrorKind, GgufFile};
 use crate::tensor::Tensor;
@@ -317,15 +317,13 @@ impl Model {
     fn embed(&self, bytes: &[u8], batch: &[BatchToken], s: &mut Scratch) {
         let d = self.cfg.n_embd;
         let scale = self.arch.embd_scale.then(|| (d as f32).sqrt());
-        s.x[..batch.len() * d]
-            .par_chunks_mut(d)
-            .zip(batch)
-            .for_each(|(x, t)| {
-                self.token_embd.dequantize_row(bytes, t.token as usize, x);
-                if let Some(scale) = scale {
-                    x.iter_mut().for_each(|v| *v *= scale);
-                }
-            });
+        team::for_each_chunk_mut(&mut s.x[..batch.len() * d], d, |i, x| {
+            self.token_embd
+                .dequantize_row(bytes, batch[i].token as usize, x);
+            if let Some(scale) = scale {
+                x.iter_mut().for_each(|v| *v *= scale);
+            }
+        });
     }
 
     /// cos/sin of every token's position, for each RoPE frequency set.
@@ -385,14 +383,12 @@ impl Model {
         };
         let q_norm = l.qk_norm.as_ref().map(|nm| nm.q.as_slice());
         let k_norm = l.qk_norm.as_ref().map(|nm| nm.k.as_slice());
-        s.q[..n * c.q_width()]
-            .par_chunks_mut(c.q_width())
-            .enumerate()
-            .for_each(|(t, q)| prep(q, t, q_norm, q_scale));
-        s.k[..n * c.k_width()]
-            .par_chunks_mut(c.k_width())
-            .enumerate()
-            .for_each(|(t, k)| prep(k, t, k_norm, 1.0));
+        team::for_each_chunk_mut(&mut s.q[..n * c.q_width()], c.q_width(), |t, q| {
+            prep(q, t, q_norm, q_scale)
+        });
+        team::for_each_chunk_mut(&mut s.k[..n * c.k_width()], c.k_width(), |t, k| {
+            prep(k, t, k_norm, 1.0)
+        });
         let shape = AttnShape {
             n_head: c.n_head,
             n_head_kv: c.n_head_kv,
@@ -420,13 +416,15 @@ impl Model {
         s.acts.invalidate();
         matmul(bytes, &l.gate, &mut s.acts, &s.h, n, &mut s.gate);
         matmul(bytes, &l.up, &mut s.acts, &s.h, n, &mut s.up);
-        let rows = s.gate[..n * ff]
-            .par_chunks_mut(ff)
-            .zip(s.up[..n * ff].par_chunks(ff));
-        match &self.gelu {
-            Some(gelu) => rows.for_each(|(g, u)| gelu.geglu(g, u)),
-            None => rows.for_each(|(g, u)| ops::swiglu(g, u)),
-        }
+        let up = &s.up[..n * ff];
+        let gelu = self.gelu.as_ref();
+        team::for_each_chunk_mut(&mut s.gate[..n * ff], ff, |t, g| {
+            let u = &up[t * ff..][..ff];
+            match gelu {
+                Some(gelu) => gelu.geglu(g, u),
+                None => ops::swiglu(g, u),
+            }
+        });
         s.acts.invalidate();
         matmul(bytes, &l.down, &mut s.acts, &s.gate, n, &mut s.proj);
         let post_norm = l.post_norms.as_ref().map(|p| p.ffn.as_slice());
@@ -582,34 +580,30 @@ fn matmul(bytes: &[u8], lin: &Linear, acts: &mut QuantActs, x: &[f32], n: usize,
     let q = acts.prepare(w.act_type(), x, n, w.row_len);
     w.matmul(bytes, q, n, out);
     if let Some(b) = &lin.bias {
-        out[..n * w.n_rows]
-            .par_chunks_mut(w.n_rows)
-            .for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += *b));
+        team::for_each_chunk_mut(&mut out[..n * w.n_rows], w.n_rows, |_, row| {
+            row.iter_mut().zip(b).for_each(|(o, b)| *o += *b)
+        });
     }
 }
 
 /// `dst[t] = rms_norm(src[t]) * w` for every row.
 fn norm_rows(dst: &mut [f32], src: &[f32], w: &[f32], eps: f32) {
     let d = w.len();
-    dst.par_chunks_mut(d)
-        .zip(src.par_chunks(d))
-        .for_each(|(h, x)| {
-            h.copy_from_slice(x);
-            ops::rms_norm(h, w, eps);
-        });
+    team::for_each_chunk_mut(dst, d, |t, h| {
+        h.copy_from_slice(&src[t * d..][..d]);
+        ops::rms_norm(h, w, eps);
+    });
 }
 
 /// `x[t] += y[t]`, or `x[t] += rms_norm(y[t]) * w` with a post-norm (`y` is overwritten); rows
 /// of `d`.
 fn add_residual(x: &mut [f32], y: &mut [f32], d: usize, post_norm: Option<&[f32]>, eps: f32) {
-    x.par_chunks_mut(d)
-        .zip(y.par_chunks_mut(d))
-        .for_each(|(x, y)| {
-            if let Some(w) = post_norm {
-                ops::rms_norm(y, w, eps);
-            }
-            x.iter_mut().zip(y.iter()).for_each(|(a, b)| *a += *b);
-        });
+    team::for_each_chunk_mut2(x, d, y, d, |_, x, y| {
+        if let Some(w) = post_norm {
+            ops::rms_norm(y, w, eps);
+        }
+        x.iter_mut().zip(y.iter()).for_each(|(a, b)| *a += *b);
+    });
 }
 
 fn check_options(file: &GgufFile, cfg: &ModelConfig, o: &ModelOptions) -> Result<(), ModelError> {

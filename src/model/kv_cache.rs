@@ -15,8 +15,6 @@
 //! CPU flash attention (f16 query, f16 running sum of values, online softmax in f32) so greedy
 //! tokens match its tokens.
 
-use rayon::prelude::*;
-
 use crate::kernels::f16;
 
 /// Widest attention head the stack buffers of [`attention`] hold.
@@ -206,25 +204,23 @@ fn attention(
         kq_scale,
     } = shape;
     let group = n_head / n_head_kv;
-    out[..tokens.len() * n_head * head_dim_v]
-        .par_chunks_mut(head_dim_v)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (t, h) = (i / n_head, i % n_head);
-            let tok = tokens[t];
-            let qh = &q[(t * n_head + h) * head_dim..][..head_dim];
-            let table = &tables[tok.seq];
-            attend_one(
-                cache,
-                table,
-                tok,
-                h / group,
-                qh,
-                o,
-                (head_dim, head_dim_v),
-                kq_scale,
-            );
-        });
+    let out = &mut out[..tokens.len() * n_head * head_dim_v];
+    crate::team::for_each_chunk_mut(out, head_dim_v, |i, o| {
+        let (t, h) = (i / n_head, i % n_head);
+        let tok = tokens[t];
+        let qh = &q[(t * n_head + h) * head_dim..][..head_dim];
+        let table = &tables[tok.seq];
+        attend_one(
+            cache,
+            table,
+            tok,
+            h / group,
+            qh,
+            o,
+            (head_dim, head_dim_v),
+            kq_scale,
+        );
+    });
 }
 
 /// Online-softmax attention of one query head over its visible positions, in llama.cpp's order:

@@ -1,6 +1,7 @@
 //! Model layer: the shared decoder ([`Model`]) and the architectures it runs (Gemma 3, Llama,
 //! Qwen2, Qwen3; one small file each, see [`arch`]), KV cache, tokenizer, sampler.
-//! Single-threaded logic (rayon only inside the forward pass), no channels, no locks.
+//! Single-threaded logic (the pool's threads only inside the forward pass, through
+//! [`crate::team`]), no channels, no locks.
 
 pub mod arch;
 pub mod chat;

@@ -1,8 +1,6 @@
 //! Scratch buffers of the forward pass, sized once at load for the largest batch, so a forward
 //! pass allocates nothing on the heap.
 
-use rayon::prelude::*;
-
 use crate::kernels::{self, GgmlType};
 
 /// Activations quantized to one activation type, reused across the matmuls that share an input.
@@ -32,9 +30,9 @@ impl QuantActs {
             .expect("row length is a whole number of blocks (checked at load)");
         let out = &mut self.buf[..n_rows * row_bytes];
         if self.ty != Some(ty) {
-            out.par_chunks_mut(row_bytes)
-                .zip(x[..n_rows * row_len].par_chunks(row_len))
-                .for_each(|(dst, src)| kernels::quantize_row(ty, src, dst));
+            crate::team::for_each_chunk_mut(out, row_bytes, |t, dst| {
+                kernels::quantize_row(ty, &x[t * row_len..][..row_len], dst)
+            });
             self.ty = Some(ty);
         }
         &self.buf[..n_rows * row_bytes]
