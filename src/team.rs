@@ -17,7 +17,8 @@
 //! compare-and-swap on a word holding (generation, next task), so a follower that read a stale
 //! loop can never claim a task of the next one; the leader claims tasks too and returns once every task is
 //! done. Results never depend on which thread ran a task: every task writes its own outputs.
-//! Outside a team (tests, tools that call the model directly) [`for_each`] is plain rayon.
+//! Outside a team (tests, tools that call the model directly) [`for_each`] is plain rayon,
+//! and `RYZANSTEIN_NO_TEAM=1` makes [`run`] plain rayon too, to compare.
 //!
 //! Runs are serialised process-wide: two models sharing the pool would otherwise each hold
 //! some of its threads spinning for a leader that waits behind the other's job.
@@ -79,7 +80,7 @@ static RUNS: Mutex<()> = Mutex::new(());
 /// Runs `f` as the leader of a team made of every thread of `pool` (see the module comment)
 /// and returns its result; a panic in `f` or in any task is resumed here.
 pub fn run<R: Send>(pool: &rayon::ThreadPool, f: impl FnOnce() -> R + Send) -> R {
-    if pool.current_num_threads() < 2 {
+    if pool.current_num_threads() < 2 || !enabled() {
         return pool.install(f);
     }
     let _one_at_a_time = RUNS.lock().unwrap_or_else(|e| e.into_inner());
@@ -113,6 +114,12 @@ pub fn run<R: Send>(pool: &rayon::ThreadPool, f: impl FnOnce() -> R + Send) -> R
         Ok(v) => v,
         Err(p) => resume_unwind(p),
     }
+}
+
+/// False when `RYZANSTEIN_NO_TEAM=1` (read once): passes then run on plain rayon, to compare.
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !std::env::var("RYZANSTEIN_NO_TEAM").is_ok_and(|v| v == "1"))
 }
 
 /// Calls `f(i)` for every `i` in `0..n`, in parallel: on the team if this thread leads one,
