@@ -50,6 +50,12 @@ pub fn avx512_available() -> bool {
 
 /// No SIMD kernels off x86_64.
 #[cfg(not(target_arch = "x86_64"))]
+pub fn kernels_k_avx512(_wty: GgmlType) -> Option<(DotFn, Dot4Fn, Dot8Fn)> {
+    None
+}
+
+/// No SIMD kernels off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
 pub fn kernel_scaled_avx512<const R: usize>(_wty: GgmlType) -> Option<DotScaledFn<R>> {
     None
 }
@@ -1084,6 +1090,165 @@ mod imp {
         out
     }
 
+    /// `q4_k_rows` on AVX-512: each 64-value chunk's low and high nibbles in one register
+    /// against 64 activation bytes, `maddubs` then `vpdpwssd` with the two sub-block scales —
+    /// two instructions where AVX2 takes six. Only each row's integer totals reach the float
+    /// steps, and integer sums do not depend on order, so results are bit-identical.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    unsafe fn q4_k_rows_512<const R: usize>(w: &[u8], acts: [&[u8]; R]) -> [f32; R] {
+        let xs = as_blocks::<BlockQ4K>(w);
+        let ys = q8k_rows(acts, xs.len());
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut acc = [0f32; R];
+        let mut accm = [0f32; R];
+        let (mut acc8, mut accm8) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (i, x) in xs.iter().enumerate() {
+            let (sc, mn) = unpack_k4_scales(&x.scales);
+            let mut q = [_mm512_setzero_si512(); 4];
+            let mut s = [_mm512_setzero_si512(); 4];
+            for c in 0..4 {
+                let q4 = load32u(&x.qs[32 * c..]);
+                let lo = _mm256_and_si256(q4, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+                q[c] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                s[c] = _mm512_inserti64x4(
+                    _mm512_set1_epi16(sc[2 * c] as i16),
+                    _mm256_set1_epi16(sc[2 * c + 1] as i16),
+                    1,
+                );
+            }
+            let (xd, xdmin) = (h2f(x.d), h2f(x.dmin));
+            let mut sums = [_mm256_setzero_si256(); R];
+            let mut mins = [_mm256_setzero_si256(); R];
+            for r in 0..R {
+                let y = &ys[r][i];
+                let mut sumi = _mm512_setzero_si512();
+                for c in 0..4 {
+                    let yv = _mm512_loadu_si512(y.qs[64 * c..].as_ptr().cast());
+                    sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(q[c], yv), s[c]);
+                }
+                sums[r] = _mm256_add_epi32(
+                    _mm512_castsi512_si256(sumi),
+                    _mm512_extracti64x4_epi64(sumi, 1),
+                );
+                mins[r] = k4_mins(&mn, y);
+            }
+            if R == 8 {
+                let yds: [f32; 8] = std::array::from_fn(|r| ys[r][i].d());
+                let yd = _mm256_loadu_ps(yds.as_ptr());
+                let isum = _mm256_cvtepi32_ps(row_totals8(&sums));
+                let imin = _mm256_cvtepi32_ps(row_totals8(&mins));
+                acc8 = _mm256_fmadd_ps(isum, _mm256_mul_ps(_mm256_set1_ps(xd), yd), acc8);
+                accm8 = _mm256_fmadd_ps(imin, _mm256_mul_ps(_mm256_set1_ps(xdmin), yd), accm8);
+            } else {
+                for r in 0..R {
+                    let yd = ys[r][i].d();
+                    let isum = hsum_epi32(sums[r]) as f32;
+                    let imin = hsum_epi32(mins[r]) as f32;
+                    acc[r] = isum.mul_add(xd * yd, acc[r]);
+                    accm[r] = imin.mul_add(xdmin * yd, accm[r]);
+                }
+            }
+        }
+        if R == 8 {
+            _mm256_storeu_ps(acc.as_mut_ptr(), acc8);
+            _mm256_storeu_ps(accm.as_mut_ptr(), accm8);
+        }
+        std::array::from_fn(|r| acc[r] - accm[r])
+    }
+
+    /// `q6_k_rows` on AVX-512: groups j and j+1 (64 contiguous values) in one register,
+    /// `maddubs` then `vpdpwssd` with their scales; the two 8-lane halves are added into the
+    /// AVX2 kernel's 8 lanes (lane k of the AVX2 sum is lane k of group j plus lane k of
+    /// group j+1, exact integers), so every float step sees the same values: bit-identical.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    unsafe fn q6_k_rows_512<const R: usize>(w: &[u8], acts: [&[u8]; R]) -> [f32; R] {
+        let xs = as_blocks::<BlockQ6K>(w);
+        let ys = q8k_rows(acts, xs.len());
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (i, x) in xs.iter().enumerate() {
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.scales.as_ptr().cast()));
+            // q[4h + g]: values 128h + 32g .. +32; s[4h + g]: lane 0 scale k, lane 1 k + 1.
+            let mut q = [_mm256_setzero_si256(); 8];
+            let mut s = [_mm256_setzero_si256(); 8];
+            for h in 0..2 {
+                let ql0 = load32u(&x.ql[64 * h..]);
+                let ql1 = load32u(&x.ql[64 * h + 32..]);
+                let qh = load32u(&x.qh[32 * h..]);
+                let lo0 = _mm256_and_si256(ql0, m4);
+                let lo1 = _mm256_and_si256(ql1, m4);
+                let hi0 = _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4);
+                let hi1 = _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4);
+                let h0 = _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30);
+                let h1 = _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30);
+                let h2 = _mm256_and_si256(qh, m30);
+                let h3 = _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30);
+                q[4 * h] = _mm256_or_si256(lo0, h0);
+                q[4 * h + 1] = _mm256_or_si256(lo1, h1);
+                q[4 * h + 2] = _mm256_or_si256(hi0, h2);
+                q[4 * h + 3] = _mm256_or_si256(hi1, h3);
+                for g in 0..4 {
+                    let k = 8 * h + 2 * g;
+                    s[4 * h + g] = _mm256_set_m128i(
+                        _mm_set1_epi16(x.scales[k + 1] as i16),
+                        _mm_set1_epi16(x.scales[k] as i16),
+                    );
+                }
+            }
+            let join = |a: __m256i, b: __m256i| _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+            let q2: [__m512i; 4] = std::array::from_fn(|j| join(q[2 * j], q[2 * j + 1]));
+            let s2: [__m512i; 4] = std::array::from_fn(|j| join(s[2 * j], s[2 * j + 1]));
+            let xd = h2f(x.d);
+            for r in 0..R {
+                let y = &ys[r][i];
+                let offset = _mm256_madd_epi16(load32u(&y.bsums), sc16);
+                let mut sum2 = _mm512_setzero_si512();
+                for j in 0..4 {
+                    let yv = _mm512_loadu_si512(y.qs[64 * j..].as_ptr().cast());
+                    sum2 = _mm512_dpwssd_epi32(sum2, _mm512_maddubs_epi16(q2[j], yv), s2[j]);
+                }
+                let sumi = _mm256_add_epi32(
+                    _mm512_castsi512_si256(sum2),
+                    _mm512_extracti64x4_epi64(sum2, 1),
+                );
+                let sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
+                let d = _mm256_set1_ps(xd * y.d());
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[r]);
+            }
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum_ps(acc[r]);
+        }
+        out
+    }
+
+    /// The AVX-512 kernels of the K-quants that have them (Q4_K, Q6_K) for 1, 4 and 8
+    /// activation rows, bit-identical to the AVX2 ones, if the CPU has AVX-512 VNNI.
+    pub fn kernels_k_avx512(wty: GgmlType) -> Option<(DotFn, Dot4Fn, Dot8Fn)> {
+        if !avx512_available() {
+            return None;
+        }
+        // SAFETY (all six): `avx512_available()` checked every feature they enable.
+        match wty {
+            GgmlType::Q4_K => Some((
+                |_, w, a| unsafe { q4_k_rows_512::<1>(w, [a])[0] },
+                |_, w, a| unsafe { q4_k_rows_512::<4>(w, a) },
+                |_, w, a| unsafe { q4_k_rows_512::<8>(w, a) },
+            )),
+            GgmlType::Q6_K => Some((
+                |_, w, a| unsafe { q6_k_rows_512::<1>(w, [a])[0] },
+                |_, w, a| unsafe { q6_k_rows_512::<4>(w, a) },
+                |_, w, a| unsafe { q6_k_rows_512::<8>(w, a) },
+            )),
+            _ => None,
+        }
+    }
+
     row_kernels!(
         vec_dot_q4_k, vec_dot_q4_k_x4, vec_dot_q4_k_x8 => q4_k_rows, "Q4_K · Q8_K";
         vec_dot_q5_k, vec_dot_q5_k_x4, vec_dot_q5_k_x8 => q5_k_rows, "Q5_K · Q8_K";
@@ -1194,6 +1359,36 @@ mod tests {
             tested += 1;
         }
         assert_eq!(tested, 3, "Q4_0, Q5_0 and Q8_0 have scaled kernels");
+    }
+
+    /// The AVX-512 Q4_K and Q6_K kernels against the AVX2 ones, bit for bit.
+    #[test]
+    fn avx512_k_quant_kernels_are_bit_identical_to_avx2() {
+        if !super::avx512_available() {
+            eprintln!("note: CPU lacks AVX-512 VNNI, AVX-512 kernels not tested");
+            return;
+        }
+        for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+            let (k1, k4, k8) = super::kernels_k_avx512(ty).expect("avx512");
+            let (a1, a4, a8) = (
+                super::kernel(ty).expect("avx2"),
+                super::kernel4(ty).expect("avx2"),
+                super::kernel8(ty).expect("avx2"),
+            );
+            for n in sizes(ty) {
+                let cs: Vec<_> = (0..8).map(|s| make_case(ty, n, 600 + s)).collect();
+                let w = &cs[0].w;
+                let r8: [&[u8]; 8] = std::array::from_fn(|k| cs[k].qa.as_slice());
+                let r4: [&[u8]; 4] = std::array::from_fn(|k| r8[k]);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&k8(n, w, r8)), bits(&a8(n, w, r8)), "{ty} n={n} x8");
+                assert_eq!(bits(&k4(n, w, r4)), bits(&a4(n, w, r4)), "{ty} n={n} x4");
+                for c in &cs {
+                    let (v, want) = (k1(n, w, &c.qa), a1(n, w, &c.qa));
+                    assert_eq!(v.to_bits(), want.to_bits(), "{ty} n={n}");
+                }
+            }
+        }
     }
 
     /// The AVX-512 two-weight-row kernels against two single-row AVX2 calls, bit for bit.

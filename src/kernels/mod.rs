@@ -155,6 +155,17 @@ pub(crate) struct Kernels {
 /// Like [`kernels_for`], with the 8-row kernels too.
 pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
     if simd_allowed() {
+        if let Some((one, four, eight)) = dot_avx2::kernels_k_avx512(wty) {
+            return Kernels {
+                one,
+                four: Some(four),
+                eight: Some(eight),
+                scaled: None,
+                scaled16: None,
+                scaled_shift: None,
+                pair: None,
+            };
+        }
         if let Some(one) = dot_avx2::kernel(wty) {
             return Kernels {
                 one,
