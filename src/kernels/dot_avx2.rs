@@ -7,7 +7,7 @@
 //! function of its two rows.
 
 use super::types::GgmlType;
-use super::{Dot4Fn, Dot8Fn, DotFn, DotPairFn, DotScaledFn, GroupTables};
+use super::{Dot4Fn, Dot8Fn, DotFn, DotQuadFn, DotScaledFn, GroupTables};
 
 #[cfg(target_arch = "x86_64")]
 pub use imp::*;
@@ -38,7 +38,7 @@ pub fn kernel8(_wty: GgmlType) -> Option<Dot8Fn> {
 
 /// No SIMD kernels off x86_64.
 #[cfg(not(target_arch = "x86_64"))]
-pub fn kernel_pair(_wty: GgmlType) -> Option<DotPairFn> {
+pub fn kernel_quad(_wty: GgmlType) -> Option<DotQuadFn> {
     None
 }
 
@@ -88,7 +88,7 @@ mod imp {
         as_blocks, unpack_k4_scales, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
         BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     };
-    use super::{Dot4Fn, Dot8Fn, DotFn, DotPairFn, DotScaledFn, GgmlType, GroupTables};
+    use super::{Dot4Fn, Dot8Fn, DotFn, DotQuadFn, DotScaledFn, GgmlType, GroupTables};
     use std::arch::x86_64::*;
 
     /// True when the CPU has AVX2, FMA and F16C (std caches the CPUID probe).
@@ -681,66 +681,81 @@ mod imp {
         _mm256_xor_si256(load32(&x.qs), _mm256_set1_epi8(0x80u8 as i8))
     }
 
-    /// Defines `$pair`: two weight rows against one Q8_0 activation row on AVX-512, the rows
-    /// in the low and high 8 lanes of one register, each lane doing the operations of the
-    /// single-row AVX2 kernel (`signed_q8_0_rows!` with R = 1), so results are bit-identical
-    /// to two `one` calls; the activation block is loaded and decoded once for both rows.
-    /// The decode path (one activation row) spends most of its time here.
-    macro_rules! signed_q8_0_pair_avx512 {
-        ($pair:ident, $blk:ty, |$x:ident| $values:expr) => {
+    /// Defines `$quad`: four weight rows against one Q8_0 activation row on AVX-512 (the
+    /// decode path), rows 2p and 2p+1 in the low and high lanes of accumulator p. The weights
+    /// go in as unsigned bytes with the activation row's correction table, as in
+    /// `offset_q8_0_rows_scaled_avx512!` (R = 1 tables), and the activation block, its
+    /// correction and its scale are loaded once for the four rows. Every lane does the
+    /// single-row AVX2 kernel's float operations on the same integers (`d_x·d_y`, conversion,
+    /// the FMA chain, the final lane sum), so results are bit-identical to four `one` calls.
+    macro_rules! offset_q8_0_quad_avx512 {
+        ($quad:ident, $blk:ty, |$x:ident| $uvalues:expr) => {
             #[inline]
             #[target_feature(
                 enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"
             )]
-            unsafe fn $pair(w: [&[u8]; 2], a: &[u8]) -> [f32; 2] {
-                let (x0, x1) = (as_blocks::<$blk>(w[0]), as_blocks::<$blk>(w[1]));
-                let nb = x0.len();
-                assert_eq!(x1.len(), nb, "rows of one matrix");
+            unsafe fn $quad(w: [&[u8]; 4], a: &[u8], t: GroupTables<'_>) -> [f32; 4] {
+                let xs: [&[$blk]; 4] = std::array::from_fn(|k| as_blocks::<$blk>(w[k]));
+                let nb = xs[0].len();
+                assert!(xs.iter().all(|x| x.len() == nb), "rows of one matrix");
                 let ys = &as_blocks::<BlockQ8_0>(a)[..nb];
-                let zero = _mm512_setzero_si512();
-                let mut acc = _mm512_setzero_ps();
+                assert!(
+                    t.scales.len() >= 8 * nb && t.corr.len() >= 8 * nb,
+                    "R = 1 tables"
+                );
+                let mut acc = [_mm512_setzero_ps(); 2];
                 for i in 0..nb {
-                    let $x = &x0[i];
-                    let q0: __m256i = $values;
-                    let $x = &x1[i];
-                    let q1: __m256i = $values;
-                    let qx = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
-                    let ax = _mm512_abs_epi8(qx);
-                    let neg = _mm512_movepi8_mask(qx);
-                    let y = &ys[i];
-                    let yq = _mm512_broadcast_i64x4(load32(&y.qs));
-                    let sy = _mm512_mask_sub_epi8(yq, neg, zero, yq);
-                    let dot = _mm512_dpbusd_epi32(zero, ax, sy);
-                    let dx = _mm512_cvtph_ps(_mm256_set_m128i(
-                        _mm_set1_epi16(i16::from_le_bytes(x1[i].d)),
-                        _mm_set1_epi16(i16::from_le_bytes(x0[i].d)),
+                    let yb = _mm512_broadcast_i64x4(load32(&ys[i].qs));
+                    // SAFETY: 8i + 8 <= 8nb, the tables' length (asserted).
+                    let c = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        t.corr.as_ptr().add(8 * i).cast(),
                     ));
-                    let dy = _mm512_cvtph_ps(_mm256_set1_epi16(i16::from_le_bytes(y.d)));
-                    acc = _mm512_fmadd_ps(_mm512_mul_ps(dx, dy), _mm512_cvtepi32_ps(dot), acc);
+                    let dy = _mm512_broadcast_f32x8(_mm256_loadu_ps(t.scales.as_ptr().add(8 * i)));
+                    for p in 0..2 {
+                        let $x = &xs[2 * p][i];
+                        let u0: __m256i = $uvalues;
+                        let $x = &xs[2 * p + 1][i];
+                        let u1: __m256i = $uvalues;
+                        let u = _mm512_inserti64x4(_mm512_castsi256_si512(u0), u1, 1);
+                        let dot = _mm512_dpbusd_epi32(c, u, yb);
+                        let dx = _mm512_cvtph_ps(_mm256_set_m128i(
+                            _mm_set1_epi16(i16::from_le_bytes(xs[2 * p + 1][i].d)),
+                            _mm_set1_epi16(i16::from_le_bytes(xs[2 * p][i].d)),
+                        ));
+                        acc[p] =
+                            _mm512_fmadd_ps(_mm512_mul_ps(dx, dy), _mm512_cvtepi32_ps(dot), acc[p]);
+                    }
                 }
                 [
-                    hsum_ps(_mm512_castps512_ps256(acc)),
-                    hsum_ps(_mm512_extractf32x8_ps(acc, 1)),
+                    hsum_ps(_mm512_castps512_ps256(acc[0])),
+                    hsum_ps(_mm512_extractf32x8_ps(acc[0], 1)),
+                    hsum_ps(_mm512_castps512_ps256(acc[1])),
+                    hsum_ps(_mm512_extractf32x8_ps(acc[1], 1)),
                 ]
             }
         };
     }
 
-    signed_q8_0_pair_avx512!(q8_0_pair_512, BlockQ8_0, |x| q8_0_values(x));
-    signed_q8_0_pair_avx512!(q4_0_pair_512, BlockQ4_0, |x| q4_0_values(x));
-    signed_q8_0_pair_avx512!(q5_0_pair_512, BlockQ5_0, |x| q5_0_values(x));
+    offset_q8_0_quad_avx512!(q8_0_quad_512, BlockQ8_0, |x| q8_0_uvalues(x));
+    offset_q8_0_quad_avx512!(q4_0_quad_512, BlockQ4_0, |x| nibbles_32(&x.qs));
+    offset_q8_0_quad_avx512!(q5_0_quad_512, BlockQ5_0, |x| _mm256_or_si256(
+        nibbles_32(&x.qs),
+        high_bits_32(x.qh)
+    ));
 
-    /// The two-weight-row AVX-512 kernel for `wty` (bit-identical to two `kernel(wty)` calls),
-    /// if the CPU has AVX-512 VNNI and the type has one.
-    pub fn kernel_pair(wty: GgmlType) -> Option<DotPairFn> {
+    /// The four-weight-row AVX-512 kernel for `wty` (bit-identical to four `kernel(wty)`
+    /// calls; it reads the activation row's R = 1 tables, with the correction table built
+    /// for `offset_shift(wty)`), if the CPU has AVX-512 VNNI and the type has one.
+    pub fn kernel_quad(wty: GgmlType) -> Option<DotQuadFn> {
         if !avx512_available() {
             return None;
         }
         match wty {
-            // SAFETY (all three): `avx512_available()` checked every feature they enable.
-            GgmlType::Q8_0 => Some(|_, w, a| unsafe { q8_0_pair_512(w, a) }),
-            GgmlType::Q4_0 => Some(|_, w, a| unsafe { q4_0_pair_512(w, a) }),
-            GgmlType::Q5_0 => Some(|_, w, a| unsafe { q5_0_pair_512(w, a) }),
+            // SAFETY (all three): `avx512_available()` checked every feature they enable;
+            // the kernels check the tables' lengths.
+            GgmlType::Q8_0 => Some(|_, w, a, t| unsafe { q8_0_quad_512(w, a, t) }),
+            GgmlType::Q4_0 => Some(|_, w, a, t| unsafe { q4_0_quad_512(w, a, t) }),
+            GgmlType::Q5_0 => Some(|_, w, a, t| unsafe { q5_0_quad_512(w, a, t) }),
             _ => None,
         }
     }
@@ -1391,33 +1406,39 @@ mod tests {
         }
     }
 
-    /// The AVX-512 two-weight-row kernels against two single-row AVX2 calls, bit for bit.
+    /// The AVX-512 four-weight-row kernels against four single-row AVX2 calls, bit for bit.
     #[test]
-    fn avx512_pair_kernels_are_bit_identical_to_single_row() {
+    fn avx512_quad_kernels_are_bit_identical_to_single_row() {
         if !super::avx512_available() {
             eprintln!("note: CPU lacks AVX-512 VNNI, AVX-512 kernels not tested");
             return;
         }
         for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0] {
-            let pair = super::kernel_pair(ty).expect("avx512");
+            let quad = super::kernel_quad(ty).expect("avx512");
             let one = super::kernel(ty).expect("avx2");
             for n in sizes(ty) {
                 for seed in 0..3 {
-                    let c0 = make_case(ty, n, 500 + 2 * seed);
-                    let mut w1 = make_case(ty, n, 501 + 2 * seed).w;
+                    let cs: Vec<_> = (0..4)
+                        .map(|k| make_case(ty, n, 500 + 4 * seed + k))
+                        .collect();
+                    let mut ws: Vec<Vec<u8>> = cs.iter().map(|c| c.w.clone()).collect();
                     if ty == GgmlType::Q8_0 && seed == 2 {
-                        for b in w1.chunks_exact_mut(34) {
+                        // Weights at -128 (legal in a file) and 0 in every block.
+                        for b in ws[1].chunks_exact_mut(34) {
                             b[2] = 0x80;
                             b[3] = 0;
                         }
                     }
-                    let v = pair(n, [&c0.w, &w1], &c0.qa);
-                    assert_eq!(
-                        v[0].to_bits(),
-                        one(n, &c0.w, &c0.qa).to_bits(),
-                        "{ty} n={n}"
-                    );
-                    assert_eq!(v[1].to_bits(), one(n, &w1, &c0.qa).to_bits(), "{ty} n={n}");
+                    let a = &cs[0].qa;
+                    let w4: [&[u8]; 4] = std::array::from_fn(|k| ws[k].as_slice());
+                    let v = with_tables(ty, [a.as_slice()], |t| quad(n, w4, a, t));
+                    for k in 0..4 {
+                        assert_eq!(
+                            v[k].to_bits(),
+                            one(n, w4[k], a).to_bits(),
+                            "{ty} n={n} row {k}"
+                        );
+                    }
                 }
             }
         }

@@ -114,7 +114,14 @@ fn run(
     let nb = n_in / super::QK;
     // The scaled kernels, if this type has them and its rows fit their table.
     let scaled = k.scaled.filter(|_| nb <= SCALED_BLOCKS_MAX);
-    let per_task = rows_per_task(n_out, n_rows, scaled.is_some());
+    // One activation row with the four-row kernel amortises that row's tables over the task's
+    // weight rows: long tasks, as for the scaled groups.
+    let quad_single = k.quad.is_some() && k.scaled_shift.is_some() && n_rows < 4;
+    let per_task = rows_per_task(
+        n_out,
+        if quad_single { 4 } else { n_rows },
+        scaled.is_some(),
+    );
     let n_tasks = n_out.div_ceil(per_task);
     crate::team::for_each(n_tasks, move |t| {
         let ptr = ptr;
@@ -130,16 +137,16 @@ fn run(
         // Groups of 8 and 4 share the weight decoding; those kernels are bit-identical per
         // row to `one`, so how the batch splits into groups never changes a result.
         let mut b0 = 0;
+        // The tables are not zeroed (tens of KiB per task cost more than the kernels
+        // saved): each group, or single row, fills the part it uses.
+        let mut table = Tables {
+            scales: ScaleTable([std::mem::MaybeUninit::<f32>::uninit(); TABLE_LEN]),
+            corr: CorrTable([std::mem::MaybeUninit::<i32>::uninit(); TABLE_LEN]),
+            shift: k.scaled_shift,
+        };
         if let Some((dot8s, dot4s)) = scaled {
             // Activation groups outside, weight rows inside: each group's scales are decoded
-            // once for the task's rows, which stay in cache across the groups. The table is
-            // not zeroed (16 KiB per task cost more than the kernels saved): each group fills
-            // the part it uses.
-            let mut table = Tables {
-                scales: ScaleTable([std::mem::MaybeUninit::<f32>::uninit(); TABLE_LEN]),
-                corr: CorrTable([std::mem::MaybeUninit::<i32>::uninit(); TABLE_LEN]),
-                shift: k.scaled_shift,
-            };
+            // once for the task's rows, which stay in cache across the groups.
             let store_from = |b0: usize| move |j: usize, r: usize, v: f32| store(b0 + j, r, v);
             if let Some(dot16s) = k.scaled16.filter(|_| scaled.is_some()) {
                 while b0 + 16 <= n_rows {
@@ -188,14 +195,19 @@ fn run(
             }
             debug_assert_eq!(b, singles);
         }
+        let quad = k
+            .quad
+            .filter(|_| k.scaled_shift.is_some() && 8 * nb <= TABLE_LEN);
         for b in singles..n_rows {
             let mut r = rows.start;
-            if let Some(pair) = k.pair {
-                while r + 2 <= rows.end {
-                    let [v0, v1] = pair(n_in, [wr(r), wr(r + 1)], act(b));
-                    store(b, r, v0);
-                    store(b, r + 1, v1);
-                    r += 2;
+            if let Some(quad) = quad {
+                let t = single_tables(act(b), &mut table, nb);
+                while r + 4 <= rows.end {
+                    let v = quad(n_in, [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], act(b), t);
+                    v.into_iter()
+                        .enumerate()
+                        .for_each(|(j, v)| store(b, r + j, v));
+                    r += 4;
                 }
             }
             for r in r..rows.end {
@@ -203,6 +215,14 @@ fn run(
             }
         }
     });
+}
+
+/// The tables of one activation row (R = 1), for the four-row decode kernel.
+fn single_tables<'t>(act: &[u8], tables: &'t mut Tables, nb: usize) -> super::GroupTables<'t> {
+    let shift = tables.shift.expect("the quad kernels come with a shift");
+    let scales = super::q8_0_scale_table([act], &mut tables.scales.0[..8 * nb]);
+    let corr = super::dot_avx2::corr_table([act], shift, &mut tables.corr.0[..8 * nb]);
+    super::GroupTables { scales, corr }
 }
 
 /// One group of R activation rows against a task's weight rows with a scaled kernel: fills
@@ -343,7 +363,7 @@ mod tests {
                 scaled: None,
                 scaled16: None,
                 scaled_shift: None,
-                pair: None,
+                quad: None,
             };
             super::run(k, &w, wrb, n_in, n_out, &acts, arb, &mut out);
             for b in 0..n_rows {
