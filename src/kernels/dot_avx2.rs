@@ -545,6 +545,22 @@ mod imp {
     signed_q8_0_rows_scaled!(q4_0_rows_scaled, BlockQ4_0, |x| q4_0_values(x));
     signed_q8_0_rows_scaled!(q5_0_rows_scaled, BlockQ5_0, |x| q5_0_values(x));
 
+    /// Bytes ahead of the current weight block that the AVX-512 kernels prefetch. Weight
+    /// rows are streams read once per call; the hardware prefetcher alone left the decode
+    /// kernels waiting on memory. Measured on `bench-model -p 20 -n 32` (decode, tokens/s):
+    /// none 44.2, 512 B 48.6, 1 KiB 56.1, 2 KiB 62.9, 4 KiB 65.9, 8 KiB 66.1.
+    const PREFETCH_AHEAD: usize = 4096;
+
+    /// Prefetches the `lines` cache lines from `PREFETCH_AHEAD` bytes past `p` (a pointer into
+    /// a weight row; past the row's end it is the next row, or other memory: a prefetch
+    /// never faults, and `wrapping_add` makes no claim about the address).
+    #[inline(always)]
+    unsafe fn prefetch_ahead(p: *const u8, lines: usize) {
+        for l in 0..lines {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + 64 * l).cast());
+        }
+    }
+
     /// True when the CPU also has AVX-512 F, BW, DQ, VL and VNNI, for the paired scaled
     /// kernels below (std caches the CPUID probe); `RYZANSTEIN_NO_AVX512=1` (read once) turns
     /// them off, to compare.
@@ -596,6 +612,7 @@ mod imp {
                     std::array::from_fn(|r| as_blocks::<BlockQ8_0>(acts[r])[..nb].as_ptr());
                 let mut acc = [_mm512_setzero_ps(); 8];
                 for (i, $x) in xs.iter().enumerate() {
+                    prefetch_ahead(($x as *const $blk).cast(), 1);
                     let u: __m256i = $uvalues;
                     let u = _mm512_broadcast_i64x4(u);
                     let dx = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
@@ -704,7 +721,14 @@ mod imp {
                     "R = 1 tables"
                 );
                 let mut acc = [_mm512_setzero_ps(); 2];
+                let bases: [*const u8; 4] = std::array::from_fn(|k| w[k].as_ptr());
                 for i in 0..nb {
+                    // The four rows are four streams through memory, each read once: ask for
+                    // each a few blocks ahead (past a row's end that is the next row, which
+                    // the next call reads). Prefetches never fault.
+                    for base in bases {
+                        prefetch_ahead(base.wrapping_add(i * std::mem::size_of::<$blk>()), 1);
+                    }
                     let yb = _mm512_broadcast_i64x4(load32(&ys[i].qs));
                     // SAFETY: 8i + 8 <= 8nb, the tables' length (asserted).
                     let c = _mm512_broadcast_i64x4(_mm256_loadu_si256(
@@ -1119,6 +1143,7 @@ mod imp {
         let mut accm = [0f32; R];
         let (mut acc8, mut accm8) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for (i, x) in xs.iter().enumerate() {
+            prefetch_ahead((x as *const BlockQ4K).cast(), 3);
             let (sc, mn) = unpack_k4_scales(&x.scales);
             let mut q = [_mm512_setzero_si512(); 4];
             let mut s = [_mm512_setzero_si512(); 4];
@@ -1214,6 +1239,7 @@ mod imp {
                     );
                 }
             }
+            prefetch_ahead((x as *const BlockQ6K).cast(), 4);
             let join = |a: __m256i, b: __m256i| _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
             let q2: [__m512i; 4] = std::array::from_fn(|j| join(q[2 * j], q[2 * j + 1]));
             let s2: [__m512i; 4] = std::array::from_fn(|j| join(s[2 * j], s[2 * j + 1]));
