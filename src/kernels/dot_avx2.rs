@@ -7,7 +7,7 @@
 //! function of its two rows.
 
 use super::types::GgmlType;
-use super::{Dot4Fn, Dot8Fn, DotFn, DotQuadFn, DotScaledFn, GroupTables};
+use super::{Dot4Fn, Dot8Fn, DotFn, DotScaledFn, GroupTables};
 
 #[cfg(target_arch = "x86_64")]
 pub use imp::*;
@@ -33,12 +33,6 @@ pub fn kernel4(_wty: GgmlType) -> Option<Dot4Fn> {
 /// No SIMD kernels off x86_64.
 #[cfg(not(target_arch = "x86_64"))]
 pub fn kernel8(_wty: GgmlType) -> Option<Dot8Fn> {
-    None
-}
-
-/// No SIMD kernels off x86_64.
-#[cfg(not(target_arch = "x86_64"))]
-pub fn kernel_quad(_wty: GgmlType) -> Option<DotQuadFn> {
     None
 }
 
@@ -88,7 +82,7 @@ mod imp {
         as_blocks, unpack_k4_scales, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
         BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     };
-    use super::{Dot4Fn, Dot8Fn, DotFn, DotQuadFn, DotScaledFn, GgmlType, GroupTables};
+    use super::{Dot4Fn, Dot8Fn, DotFn, DotScaledFn, GgmlType, GroupTables};
     use std::arch::x86_64::*;
 
     /// True when the CPU has AVX2, FMA and F16C (std caches the CPUID probe).
@@ -445,6 +439,7 @@ mod imp {
                 }
                 let mut acc = [_mm256_setzero_ps(); R];
                 for (i, $x) in xs.iter().enumerate() {
+                    prefetch_ahead(($x as *const $blk).cast(), 1);
                     let qx: __m256i = $values;
                     let ax = _mm256_sign_epi8(qx, qx);
                     let dx = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes($x.d)));
@@ -523,6 +518,7 @@ mod imp {
                 let ones = _mm256_set1_epi16(1);
                 let mut acc = [_mm256_setzero_ps(); R];
                 for (i, $x) in xs.iter().enumerate() {
+                    prefetch_ahead(($x as *const $blk).cast(), 1);
                     let qx: __m256i = $values;
                     let ax = _mm256_sign_epi8(qx, qx);
                     let dx = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes($x.d)));
@@ -545,7 +541,7 @@ mod imp {
     signed_q8_0_rows_scaled!(q4_0_rows_scaled, BlockQ4_0, |x| q4_0_values(x));
     signed_q8_0_rows_scaled!(q5_0_rows_scaled, BlockQ5_0, |x| q5_0_values(x));
 
-    /// Bytes ahead of the current weight block that the AVX-512 kernels prefetch. Weight
+    /// Bytes ahead of the current weight block that the AVX-512 and AVX2 kernels prefetch. Weight
     /// rows are streams read once per call; the hardware prefetcher alone left the decode
     /// kernels waiting on memory. Measured on `bench-model -p 20 -n 32` (decode, tokens/s):
     /// none 44.2, 512 B 48.6, 1 KiB 56.1, 2 KiB 62.9, 4 KiB 65.9, 8 KiB 66.1.
@@ -696,92 +692,6 @@ mod imp {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0_uvalues(x: &BlockQ8_0) -> __m256i {
         _mm256_xor_si256(load32(&x.qs), _mm256_set1_epi8(0x80u8 as i8))
-    }
-
-    /// Defines `$quad`: four weight rows against one Q8_0 activation row on AVX-512 (the
-    /// decode path), rows 2p and 2p+1 in the low and high lanes of accumulator p. The weights
-    /// go in as unsigned bytes with the activation row's correction table, as in
-    /// `offset_q8_0_rows_scaled_avx512!` (R = 1 tables), and the activation block, its
-    /// correction and its scale are loaded once for the four rows. Every lane does the
-    /// single-row AVX2 kernel's float operations on the same integers (`d_x·d_y`, conversion,
-    /// the FMA chain, the final lane sum), so results are bit-identical to four `one` calls.
-    macro_rules! offset_q8_0_quad_avx512 {
-        ($quad:ident, $blk:ty, |$x:ident| $uvalues:expr) => {
-            #[inline]
-            #[target_feature(
-                enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"
-            )]
-            unsafe fn $quad(w: [&[u8]; 4], a: &[u8], t: GroupTables<'_>) -> [f32; 4] {
-                let xs: [&[$blk]; 4] = std::array::from_fn(|k| as_blocks::<$blk>(w[k]));
-                let nb = xs[0].len();
-                assert!(xs.iter().all(|x| x.len() == nb), "rows of one matrix");
-                let ys = &as_blocks::<BlockQ8_0>(a)[..nb];
-                assert!(
-                    t.scales.len() >= 8 * nb && t.corr.len() >= 8 * nb,
-                    "R = 1 tables"
-                );
-                let mut acc = [_mm512_setzero_ps(); 2];
-                let bases: [*const u8; 4] = std::array::from_fn(|k| w[k].as_ptr());
-                for i in 0..nb {
-                    // The four rows are four streams through memory, each read once: ask for
-                    // each a few blocks ahead (past a row's end that is the next row, which
-                    // the next call reads). Prefetches never fault.
-                    for base in bases {
-                        prefetch_ahead(base.wrapping_add(i * std::mem::size_of::<$blk>()), 1);
-                    }
-                    let yb = _mm512_broadcast_i64x4(load32(&ys[i].qs));
-                    // SAFETY: 8i + 8 <= 8nb, the tables' length (asserted).
-                    let c = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                        t.corr.as_ptr().add(8 * i).cast(),
-                    ));
-                    let dy = _mm512_broadcast_f32x8(_mm256_loadu_ps(t.scales.as_ptr().add(8 * i)));
-                    for p in 0..2 {
-                        let $x = &xs[2 * p][i];
-                        let u0: __m256i = $uvalues;
-                        let $x = &xs[2 * p + 1][i];
-                        let u1: __m256i = $uvalues;
-                        let u = _mm512_inserti64x4(_mm512_castsi256_si512(u0), u1, 1);
-                        let dot = _mm512_dpbusd_epi32(c, u, yb);
-                        let dx = _mm512_cvtph_ps(_mm256_set_m128i(
-                            _mm_set1_epi16(i16::from_le_bytes(xs[2 * p + 1][i].d)),
-                            _mm_set1_epi16(i16::from_le_bytes(xs[2 * p][i].d)),
-                        ));
-                        acc[p] =
-                            _mm512_fmadd_ps(_mm512_mul_ps(dx, dy), _mm512_cvtepi32_ps(dot), acc[p]);
-                    }
-                }
-                [
-                    hsum_ps(_mm512_castps512_ps256(acc[0])),
-                    hsum_ps(_mm512_extractf32x8_ps(acc[0], 1)),
-                    hsum_ps(_mm512_castps512_ps256(acc[1])),
-                    hsum_ps(_mm512_extractf32x8_ps(acc[1], 1)),
-                ]
-            }
-        };
-    }
-
-    offset_q8_0_quad_avx512!(q8_0_quad_512, BlockQ8_0, |x| q8_0_uvalues(x));
-    offset_q8_0_quad_avx512!(q4_0_quad_512, BlockQ4_0, |x| nibbles_32(&x.qs));
-    offset_q8_0_quad_avx512!(q5_0_quad_512, BlockQ5_0, |x| _mm256_or_si256(
-        nibbles_32(&x.qs),
-        high_bits_32(x.qh)
-    ));
-
-    /// The four-weight-row AVX-512 kernel for `wty` (bit-identical to four `kernel(wty)`
-    /// calls; it reads the activation row's R = 1 tables, with the correction table built
-    /// for `offset_shift(wty)`), if the CPU has AVX-512 VNNI and the type has one.
-    pub fn kernel_quad(wty: GgmlType) -> Option<DotQuadFn> {
-        if !avx512_available() {
-            return None;
-        }
-        match wty {
-            // SAFETY (all three): `avx512_available()` checked every feature they enable;
-            // the kernels check the tables' lengths.
-            GgmlType::Q8_0 => Some(|_, w, a, t| unsafe { q8_0_quad_512(w, a, t) }),
-            GgmlType::Q4_0 => Some(|_, w, a, t| unsafe { q4_0_quad_512(w, a, t) }),
-            GgmlType::Q5_0 => Some(|_, w, a, t| unsafe { q5_0_quad_512(w, a, t) }),
-            _ => None,
-        }
     }
 
     offset_q8_0_rows_scaled_avx512!(q8_0_rows_scaled_512, BlockQ8_0, |x| q8_0_uvalues(x));
@@ -950,6 +860,7 @@ mod imp {
         let mut accm = [0f32; R];
         let (mut acc8, mut accm8) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for (i, x) in xs.iter().enumerate() {
+            prefetch_ahead((x as *const BlockQ4K).cast(), 3);
             let (sc, mn) = unpack_k4_scales(&x.scales);
             let mut q = [[_mm256_setzero_si256(); 2]; 4];
             for (c, qc) in q.iter_mut().enumerate() {
@@ -1080,6 +991,7 @@ mod imp {
         let m30 = _mm256_set1_epi8(0x30);
         let mut acc = [_mm256_setzero_ps(); R];
         for (i, x) in xs.iter().enumerate() {
+            prefetch_ahead((x as *const BlockQ6K).cast(), 4);
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.scales.as_ptr().cast()));
             // q[4h + g]: values 128h + 32g .. +32; s[4h + g]: lane 0 scale k, lane 1 k + 1.
             let mut q = [_mm256_setzero_si256(); 8];
@@ -1427,44 +1339,6 @@ mod tests {
                 for c in &cs {
                     let (v, want) = (k1(n, w, &c.qa), a1(n, w, &c.qa));
                     assert_eq!(v.to_bits(), want.to_bits(), "{ty} n={n}");
-                }
-            }
-        }
-    }
-
-    /// The AVX-512 four-weight-row kernels against four single-row AVX2 calls, bit for bit.
-    #[test]
-    fn avx512_quad_kernels_are_bit_identical_to_single_row() {
-        if !super::avx512_available() {
-            eprintln!("note: CPU lacks AVX-512 VNNI, AVX-512 kernels not tested");
-            return;
-        }
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0] {
-            let quad = super::kernel_quad(ty).expect("avx512");
-            let one = super::kernel(ty).expect("avx2");
-            for n in sizes(ty) {
-                for seed in 0..3 {
-                    let cs: Vec<_> = (0..4)
-                        .map(|k| make_case(ty, n, 500 + 4 * seed + k))
-                        .collect();
-                    let mut ws: Vec<Vec<u8>> = cs.iter().map(|c| c.w.clone()).collect();
-                    if ty == GgmlType::Q8_0 && seed == 2 {
-                        // Weights at -128 (legal in a file) and 0 in every block.
-                        for b in ws[1].chunks_exact_mut(34) {
-                            b[2] = 0x80;
-                            b[3] = 0;
-                        }
-                    }
-                    let a = &cs[0].qa;
-                    let w4: [&[u8]; 4] = std::array::from_fn(|k| ws[k].as_slice());
-                    let v = with_tables(ty, [a.as_slice()], |t| quad(n, w4, a, t));
-                    for k in 0..4 {
-                        assert_eq!(
-                            v[k].to_bits(),
-                            one(n, w4[k], a).to_bits(),
-                            "{ty} n={n} row {k}"
-                        );
-                    }
                 }
             }
         }

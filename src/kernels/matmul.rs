@@ -114,14 +114,7 @@ fn run(
     let nb = n_in / super::QK;
     // The scaled kernels, if this type has them and its rows fit their table.
     let scaled = k.scaled.filter(|_| nb <= SCALED_BLOCKS_MAX);
-    // One activation row with the four-row kernel amortises that row's tables over the task's
-    // weight rows: long tasks, as for the scaled groups.
-    let quad_single = k.quad.is_some() && k.scaled_shift.is_some() && n_rows < 4;
-    let per_task = rows_per_task(
-        n_out,
-        if quad_single { 4 } else { n_rows },
-        scaled.is_some(),
-    );
+    let per_task = rows_per_task(n_out, n_rows, scaled.is_some());
     let n_tasks = n_out.div_ceil(per_task);
     crate::team::for_each(n_tasks, move |t| {
         let ptr = ptr;
@@ -195,34 +188,12 @@ fn run(
             }
             debug_assert_eq!(b, singles);
         }
-        let quad = k
-            .quad
-            .filter(|_| k.scaled_shift.is_some() && 8 * nb <= TABLE_LEN);
         for b in singles..n_rows {
-            let mut r = rows.start;
-            if let Some(quad) = quad {
-                let t = single_tables(act(b), &mut table, nb);
-                while r + 4 <= rows.end {
-                    let v = quad(n_in, [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], act(b), t);
-                    v.into_iter()
-                        .enumerate()
-                        .for_each(|(j, v)| store(b, r + j, v));
-                    r += 4;
-                }
-            }
-            for r in r..rows.end {
+            for r in rows.clone() {
                 store(b, r, (k.one)(n_in, wr(r), act(b)));
             }
         }
     });
-}
-
-/// The tables of one activation row (R = 1), for the four-row decode kernel.
-fn single_tables<'t>(act: &[u8], tables: &'t mut Tables, nb: usize) -> super::GroupTables<'t> {
-    let shift = tables.shift.expect("the quad kernels come with a shift");
-    let scales = super::q8_0_scale_table([act], &mut tables.scales.0[..8 * nb]);
-    let corr = super::dot_avx2::corr_table([act], shift, &mut tables.corr.0[..8 * nb]);
-    super::GroupTables { scales, corr }
 }
 
 /// One group of R activation rows against a task's weight rows with a scaled kernel: fills
@@ -363,7 +334,6 @@ mod tests {
                 scaled: None,
                 scaled16: None,
                 scaled_shift: None,
-                quad: None,
             };
             super::run(k, &w, wrb, n_in, n_out, &acts, arb, &mut out);
             for b in 0..n_rows {

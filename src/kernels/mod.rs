@@ -36,11 +36,6 @@ pub type Dot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
 /// The same with 8 activation rows: during prefill the weight block is decoded half as often.
 pub type Dot8Fn = fn(usize, &[u8], [&[u8]; 8]) -> [f32; 8];
 
-/// A kernel dotting four weight rows with one Q8_0 activation row, given that row's tables
-/// (R = 1), bit-identical to four calls of the single-row kernel of the same type (it only
-/// shares the activation's loads).
-pub type DotQuadFn = fn(usize, [&[u8]; 4], &[u8], GroupTables<'_>) -> [f32; 4];
-
 /// A kernel dotting one weight row with R Q8_0 activation rows whose block scales are given
 /// already as f32 (see [`q8_0_scale_table`]): bit-identical per row to the single-row kernel;
 /// it only saves decoding each f16 scale once per weight row.
@@ -149,9 +144,6 @@ pub(crate) struct Kernels {
     /// Set when the scaled kernels are the AVX-512 ones, which read weights as unsigned bytes
     /// `x + 2^shift` and need the correction table ([`GroupTables::corr`]) built with it.
     pub scaled_shift: Option<u32>,
-    /// Four weight rows against one activation row, where the CPU has AVX-512 (it needs the
-    /// row's tables, the correction one built with `scaled_shift`).
-    pub quad: Option<DotQuadFn>,
 }
 
 /// Like [`kernels_for`], with the 8-row kernels too.
@@ -165,7 +157,6 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
                 scaled: None,
                 scaled16: None,
                 scaled_shift: None,
-                quad: None,
             };
         }
         if let Some(one) = dot_avx2::kernel(wty) {
@@ -177,7 +168,6 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
                 scaled16: dot_avx2::kernel_scaled_avx512(wty),
                 scaled_shift: dot_avx2::kernel_scaled_avx512::<8>(wty)
                     .and_then(|_| dot_avx2::offset_shift(wty)),
-                quad: dot_avx2::kernel_quad(wty),
             };
         }
     }
@@ -188,7 +178,6 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
         scaled: None,
         scaled16: None,
         scaled_shift: None,
-        quad: None,
     }
 }
 
