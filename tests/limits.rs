@@ -27,9 +27,12 @@ const STOP_MAX: usize = 2;
 const STOP_BYTES_MAX: usize = 8;
 const LOGIT_BIAS_MAX: usize = 3;
 const CONCURRENT_MAX: usize = 2;
-/// Long enough that two streams are surely running when a third request comes, short next
-/// to the 3 s or more that 4000 tokens of the tiny model take.
-const DEADLINE_MS: u64 = 1500;
+/// Long enough that two streams are surely running when a third request comes (the 503
+/// comes within milliseconds), short next to the time 4000 tokens of the tiny model take:
+/// 0.95 s on 2026-12-04 (`curl` against `serve --model tests/data/fixtures/tiny-llama.gguf
+/// --n-ctx 4096`), 3 s and more before the forward pass ran as a team. At 1.5 s, a whole
+/// 4000-token request finished before its deadline.
+const DEADLINE_MS: u64 = 300;
 
 /// A server with small request limits (the tests run in parallel against it).
 fn small_limits() -> SocketAddr {
