@@ -856,9 +856,7 @@ mod imp {
         let xs = as_blocks::<BlockQ4K>(w);
         let ys = q8k_rows(acts, xs.len());
         let m4 = _mm256_set1_epi8(0x0F);
-        let mut acc = [0f32; R];
-        let mut accm = [0f32; R];
-        let (mut acc8, mut accm8) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut k = K4Acc::<R>::new();
         for (i, x) in xs.iter().enumerate() {
             prefetch_ahead((x as *const BlockQ4K).cast(), 3);
             let (sc, mn) = unpack_k4_scales(&x.scales);
@@ -884,28 +882,78 @@ mod imp {
                 sums[r] = sumi;
                 mins[r] = k4_mins(&mn, y);
             }
+            k.add_block(
+                &sums,
+                &mins,
+                std::array::from_fn(|r| ys[r][i].d()),
+                xd,
+                xdmin,
+            );
+        }
+        k.finish()
+    }
+
+    /// The float steps of the Q4_K kernels (AVX2 and AVX-512 share them), in llama.cpp's
+    /// order: per super-block `acc = fma(sum, d_x·d_y, acc)` and `accm = fma(mins,
+    /// dmin_x·d_y, accm)`; the result is `acc − accm`. With 8 rows the steps run lane-wise
+    /// over the rows (one lane per row, the same operations on the same values).
+    struct K4Acc<const R: usize> {
+        acc: [f32; R],
+        accm: [f32; R],
+        acc8: __m256,
+        accm8: __m256,
+    }
+
+    impl<const R: usize> K4Acc<R> {
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn new() -> Self {
+            K4Acc {
+                acc: [0.0; R],
+                accm: [0.0; R],
+                acc8: _mm256_setzero_ps(),
+                accm8: _mm256_setzero_ps(),
+            }
+        }
+
+        /// Folds one super-block: each row's exact integer sums and mins (8 lanes to total)
+        /// and its activation scale `yd[r]`, with the weight's `xd` and `xdmin`.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn add_block(
+            &mut self,
+            sums: &[__m256i; R],
+            mins: &[__m256i; R],
+            yd: [f32; R],
+            xd: f32,
+            xdmin: f32,
+        ) {
             if R == 8 {
-                let yds: [f32; 8] = std::array::from_fn(|r| ys[r][i].d());
-                let yd = _mm256_loadu_ps(yds.as_ptr());
-                let isum = _mm256_cvtepi32_ps(row_totals8(&sums));
-                let imin = _mm256_cvtepi32_ps(row_totals8(&mins));
-                acc8 = _mm256_fmadd_ps(isum, _mm256_mul_ps(_mm256_set1_ps(xd), yd), acc8);
-                accm8 = _mm256_fmadd_ps(imin, _mm256_mul_ps(_mm256_set1_ps(xdmin), yd), accm8);
+                let y = _mm256_loadu_ps(yd.as_ptr());
+                let isum = _mm256_cvtepi32_ps(row_totals8(sums));
+                let imin = _mm256_cvtepi32_ps(row_totals8(mins));
+                self.acc8 = _mm256_fmadd_ps(isum, _mm256_mul_ps(_mm256_set1_ps(xd), y), self.acc8);
+                self.accm8 =
+                    _mm256_fmadd_ps(imin, _mm256_mul_ps(_mm256_set1_ps(xdmin), y), self.accm8);
             } else {
                 for r in 0..R {
-                    let yd = ys[r][i].d();
                     let isum = hsum_epi32(sums[r]) as f32;
                     let imin = hsum_epi32(mins[r]) as f32;
-                    acc[r] = isum.mul_add(xd * yd, acc[r]);
-                    accm[r] = imin.mul_add(xdmin * yd, accm[r]);
+                    self.acc[r] = isum.mul_add(xd * yd[r], self.acc[r]);
+                    self.accm[r] = imin.mul_add(xdmin * yd[r], self.accm[r]);
                 }
             }
         }
-        if R == 8 {
-            _mm256_storeu_ps(acc.as_mut_ptr(), acc8);
-            _mm256_storeu_ps(accm.as_mut_ptr(), accm8);
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn finish(mut self) -> [f32; R] {
+            if R == 8 {
+                _mm256_storeu_ps(self.acc.as_mut_ptr(), self.acc8);
+                _mm256_storeu_ps(self.accm.as_mut_ptr(), self.accm8);
+            }
+            std::array::from_fn(|r| self.acc[r] - self.accm[r])
         }
-        std::array::from_fn(|r| acc[r] - accm[r])
     }
 
     /// The exact sums of the 8 i32 lanes of each of 8 vectors (wrapping, like `hsum_epi32`),
@@ -987,39 +1035,11 @@ mod imp {
     unsafe fn q6_k_rows<const R: usize>(w: &[u8], acts: [&[u8]; R]) -> [f32; R] {
         let xs = as_blocks::<BlockQ6K>(w);
         let ys = q8k_rows(acts, xs.len());
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m30 = _mm256_set1_epi8(0x30);
         let mut acc = [_mm256_setzero_ps(); R];
         for (i, x) in xs.iter().enumerate() {
             prefetch_ahead((x as *const BlockQ6K).cast(), 4);
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.scales.as_ptr().cast()));
-            // q[4h + g]: values 128h + 32g .. +32; s[4h + g]: lane 0 scale k, lane 1 k + 1.
-            let mut q = [_mm256_setzero_si256(); 8];
-            let mut s = [_mm256_setzero_si256(); 8];
-            for h in 0..2 {
-                let ql0 = load32u(&x.ql[64 * h..]);
-                let ql1 = load32u(&x.ql[64 * h + 32..]);
-                let qh = load32u(&x.qh[32 * h..]);
-                let lo0 = _mm256_and_si256(ql0, m4);
-                let lo1 = _mm256_and_si256(ql1, m4);
-                let hi0 = _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4);
-                let hi1 = _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4);
-                let h0 = _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30);
-                let h1 = _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30);
-                let h2 = _mm256_and_si256(qh, m30);
-                let h3 = _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30);
-                q[4 * h] = _mm256_or_si256(lo0, h0);
-                q[4 * h + 1] = _mm256_or_si256(lo1, h1);
-                q[4 * h + 2] = _mm256_or_si256(hi0, h2);
-                q[4 * h + 3] = _mm256_or_si256(hi1, h3);
-                for g in 0..4 {
-                    let k = 8 * h + 2 * g;
-                    s[4 * h + g] = _mm256_set_m128i(
-                        _mm_set1_epi16(x.scales[k + 1] as i16),
-                        _mm_set1_epi16(x.scales[k] as i16),
-                    );
-                }
-            }
+            let (q, s) = q6k_values(x);
             let xd = h2f(x.d);
             for r in 0..R {
                 let y = &ys[r][i];
@@ -1051,9 +1071,7 @@ mod imp {
         let xs = as_blocks::<BlockQ4K>(w);
         let ys = q8k_rows(acts, xs.len());
         let m4 = _mm256_set1_epi8(0x0F);
-        let mut acc = [0f32; R];
-        let mut accm = [0f32; R];
-        let (mut acc8, mut accm8) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut k = K4Acc::<R>::new();
         for (i, x) in xs.iter().enumerate() {
             prefetch_ahead((x as *const BlockQ4K).cast(), 3);
             let (sc, mn) = unpack_k4_scales(&x.scales);
@@ -1086,28 +1104,53 @@ mod imp {
                 );
                 mins[r] = k4_mins(&mn, y);
             }
-            if R == 8 {
-                let yds: [f32; 8] = std::array::from_fn(|r| ys[r][i].d());
-                let yd = _mm256_loadu_ps(yds.as_ptr());
-                let isum = _mm256_cvtepi32_ps(row_totals8(&sums));
-                let imin = _mm256_cvtepi32_ps(row_totals8(&mins));
-                acc8 = _mm256_fmadd_ps(isum, _mm256_mul_ps(_mm256_set1_ps(xd), yd), acc8);
-                accm8 = _mm256_fmadd_ps(imin, _mm256_mul_ps(_mm256_set1_ps(xdmin), yd), accm8);
-            } else {
-                for r in 0..R {
-                    let yd = ys[r][i].d();
-                    let isum = hsum_epi32(sums[r]) as f32;
-                    let imin = hsum_epi32(mins[r]) as f32;
-                    acc[r] = isum.mul_add(xd * yd, acc[r]);
-                    accm[r] = imin.mul_add(xdmin * yd, accm[r]);
-                }
+            k.add_block(
+                &sums,
+                &mins,
+                std::array::from_fn(|r| ys[r][i].d()),
+                xd,
+                xdmin,
+            );
+        }
+        k.finish()
+    }
+
+    /// One Q6_K block's 256 values (unsigned, 0..63) and scales: `q[4h + g]` holds values
+    /// 128h + 32g .. +32; `s[4h + g]` its two 16-value scales as i16 (lanes 0..8 scale k,
+    /// lanes 8..16 scale k + 1), for `maddubs` + `madd`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6k_values(x: &BlockQ6K) -> ([__m256i; 8], [__m256i; 8]) {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        // q[4h + g]: values 128h + 32g .. +32; s[4h + g]: lane 0 scale k, lane 1 k + 1.
+        let mut q = [_mm256_setzero_si256(); 8];
+        let mut s = [_mm256_setzero_si256(); 8];
+        for h in 0..2 {
+            let ql0 = load32u(&x.ql[64 * h..]);
+            let ql1 = load32u(&x.ql[64 * h + 32..]);
+            let qh = load32u(&x.qh[32 * h..]);
+            let lo0 = _mm256_and_si256(ql0, m4);
+            let lo1 = _mm256_and_si256(ql1, m4);
+            let hi0 = _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4);
+            let hi1 = _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4);
+            let h0 = _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30);
+            let h1 = _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30);
+            let h2 = _mm256_and_si256(qh, m30);
+            let h3 = _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30);
+            q[4 * h] = _mm256_or_si256(lo0, h0);
+            q[4 * h + 1] = _mm256_or_si256(lo1, h1);
+            q[4 * h + 2] = _mm256_or_si256(hi0, h2);
+            q[4 * h + 3] = _mm256_or_si256(hi1, h3);
+            for g in 0..4 {
+                let k = 8 * h + 2 * g;
+                s[4 * h + g] = _mm256_set_m128i(
+                    _mm_set1_epi16(x.scales[k + 1] as i16),
+                    _mm_set1_epi16(x.scales[k] as i16),
+                );
             }
         }
-        if R == 8 {
-            _mm256_storeu_ps(acc.as_mut_ptr(), acc8);
-            _mm256_storeu_ps(accm.as_mut_ptr(), accm8);
-        }
-        std::array::from_fn(|r| acc[r] - accm[r])
+        (q, s)
     }
 
     /// `q6_k_rows` on AVX-512: groups j and j+1 (64 contiguous values) in one register,
@@ -1119,38 +1162,10 @@ mod imp {
     unsafe fn q6_k_rows_512<const R: usize>(w: &[u8], acts: [&[u8]; R]) -> [f32; R] {
         let xs = as_blocks::<BlockQ6K>(w);
         let ys = q8k_rows(acts, xs.len());
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m30 = _mm256_set1_epi8(0x30);
         let mut acc = [_mm256_setzero_ps(); R];
         for (i, x) in xs.iter().enumerate() {
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.scales.as_ptr().cast()));
-            // q[4h + g]: values 128h + 32g .. +32; s[4h + g]: lane 0 scale k, lane 1 k + 1.
-            let mut q = [_mm256_setzero_si256(); 8];
-            let mut s = [_mm256_setzero_si256(); 8];
-            for h in 0..2 {
-                let ql0 = load32u(&x.ql[64 * h..]);
-                let ql1 = load32u(&x.ql[64 * h + 32..]);
-                let qh = load32u(&x.qh[32 * h..]);
-                let lo0 = _mm256_and_si256(ql0, m4);
-                let lo1 = _mm256_and_si256(ql1, m4);
-                let hi0 = _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4);
-                let hi1 = _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4);
-                let h0 = _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30);
-                let h1 = _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30);
-                let h2 = _mm256_and_si256(qh, m30);
-                let h3 = _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30);
-                q[4 * h] = _mm256_or_si256(lo0, h0);
-                q[4 * h + 1] = _mm256_or_si256(lo1, h1);
-                q[4 * h + 2] = _mm256_or_si256(hi0, h2);
-                q[4 * h + 3] = _mm256_or_si256(hi1, h3);
-                for g in 0..4 {
-                    let k = 8 * h + 2 * g;
-                    s[4 * h + g] = _mm256_set_m128i(
-                        _mm_set1_epi16(x.scales[k + 1] as i16),
-                        _mm_set1_epi16(x.scales[k] as i16),
-                    );
-                }
-            }
+            let (q, s) = q6k_values(x);
             prefetch_ahead((x as *const BlockQ6K).cast(), 4);
             let join = |a: __m256i, b: __m256i| _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
             let q2: [__m512i; 4] = std::array::from_fn(|j| join(q[2 * j], q[2 * j + 1]));
