@@ -10,8 +10,9 @@
 //! `loaded`. Each phase is reported as a [`Progress`] event.
 //!
 //! **Invariant:** loading never runs on an HTTP worker, a dispatcher or the rayon pool: only
-//! here. The file work of a load (open, validate, map, prefault) runs on a short-lived helper
-//! thread at the lowest CPU priority (`SCHED_IDLE` on Linux, which a waking thread of normal
+//! here. The file work of a load (open, validate, map, prefault) and the freeing of an
+//! unloaded model run on the load thread's long-lived helper thread (`load-N-work`) at the
+//! lowest CPU priority (`SCHED_IDLE` on Linux, which a waking thread of normal
 //! priority preempts at once; nice 19 where that is refused), so on a busy machine a load
 //! takes the time the running models leave over instead of slowing their steps. The `load-N`
 //! threads themselves keep normal priority because they start the model's dispatcher thread,
@@ -365,7 +366,7 @@ fn drop_models(victims: Vec<Arc<LoadedModel>>) {
 
 /// Frees `x` (a model's maps, tokenizer and KV memory: tens of milliseconds of CPU for a
 /// large vocabulary) on a low-priority helper thread, like the file work of a load.
-fn drop_at_low_priority<T: Send>(x: T) {
+fn drop_at_low_priority<T: Send + 'static>(x: T) {
     if let Err(e) = on_low_priority_thread(move || drop(x)) {
         tracing::warn!("{e}; freed at normal priority");
     }
@@ -438,7 +439,7 @@ struct Prepared {
 
 /// Opens, validates, maps and prefaults model `i` (on a low-priority helper thread) and
 /// starts its engine (from this thread, so the dispatcher has normal priority).
-fn build(reg: &Registry, i: usize) -> Result<LoadedModel, String> {
+fn build(reg: &Arc<Registry>, i: usize) -> Result<LoadedModel, String> {
     assert!(
         std::thread::current()
             .name()
@@ -450,7 +451,10 @@ fn build(reg: &Registry, i: usize) -> Result<LoadedModel, String> {
         model,
         tokenizer,
         chat,
-    } = on_low_priority_thread(|| prepare(reg, i))??;
+    } = {
+        let reg = reg.clone();
+        on_low_priority_thread(move || prepare(&reg, i))??
+    };
     let entry = &reg.catalog.entries()[i];
     let bytes_total = file.bytes().len() as u64;
     let tensors_total = file.tensors().len();
@@ -533,23 +537,60 @@ fn prepare(reg: &Registry, i: usize) -> Result<Prepared, String> {
     })
 }
 
-/// Runs `work` on a new thread named after this one (`load-N-work`) at the lowest CPU
-/// priority, and waits for it. A panic in `work` resumes here, where the load's
-/// `catch_unwind` turns it into a failed load.
-fn on_low_priority_thread<T: Send>(work: impl FnOnce() -> T + Send) -> Result<T, String> {
+/// A job for a load thread's helper.
+type HelperJob = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    /// This load thread's helper: a long-lived thread at the lowest CPU priority (started on
+    /// first use, ended when this thread ends and drops the sender). One per load thread
+    /// rather than one per job: a thread per load made resident memory creep (each new
+    /// thread's stack and malloc arena) in `tests/models_soak.rs`.
+    static HELPER: std::cell::RefCell<Option<crossbeam_channel::Sender<HelperJob>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `work` on this load thread's helper (`load-N-work`, lowest CPU priority) and waits
+/// for it. A panic in `work` resumes here, where the load's `catch_unwind` turns it into a
+/// failed load.
+fn on_low_priority_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let tx = HELPER.with(|h| -> Result<_, String> {
+        let mut h = h.borrow_mut();
+        if h.is_none() {
+            *h = Some(start_helper()?);
+        }
+        Ok(h.as_ref().expect("started").clone())
+    })?;
+    let (rtx, rrx) = crossbeam_channel::bounded(1);
+    let job: HelperJob = Box::new(move || {
+        let _ = rtx.send(catch_unwind(AssertUnwindSafe(work)));
+    });
+    if tx.send(job).is_err() {
+        HELPER.with(|h| h.borrow_mut().take());
+        return Err("the loader helper thread is gone".to_string());
+    }
+    match rrx.recv() {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => Err("the loader helper thread ended during a job".to_string()),
+    }
+}
+
+/// Starts this load thread's helper thread.
+fn start_helper() -> Result<crossbeam_channel::Sender<HelperJob>, String> {
     let name = format!("{}-work", std::thread::current().name().unwrap_or("load"));
-    std::thread::scope(|s| {
-        let helper = std::thread::Builder::new()
-            .name(name)
-            .spawn_scoped(s, || {
-                lower_priority();
-                work()
-            })
-            .map_err(|e| format!("cannot start a loader helper thread: {e}"))?;
-        helper
-            .join()
-            .map_err(|panic| std::panic::resume_unwind(panic))
-    })
+    let (tx, rx) = crossbeam_channel::unbounded::<HelperJob>();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            lower_priority();
+            for job in rx {
+                job();
+            }
+        })
+        .map_err(|e| format!("cannot start a loader helper thread: {e}"))?;
+    Ok(tx)
 }
 
 /// Touches one byte per page of every tensor's data, in file order, reporting progress
