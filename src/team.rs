@@ -15,8 +15,8 @@
 //! the pass, the others follow. A loop is published under a sequence lock (a generation number
 //! that is odd while the loop is written); tasks are claimed in shrinking shares with a
 //! compare-and-swap on a word holding (generation, next task), so a follower that read a stale
-//! loop can never claim a task of the next one; the leader claims tasks too and returns once every task is
-//! done. Results never depend on which thread ran a task: every task writes its own outputs.
+//! loop can never claim a task of the next one; the leader claims tasks too and returns once
+//! every task is done. Results never depend on which thread ran a task: every task writes its own outputs.
 //! Outside a team (tests, tools that call the model directly) [`for_each`] is plain rayon,
 //! and `RYZANSTEIN_NO_TEAM=1` makes [`run`] plain rayon too, to compare.
 //!
@@ -31,8 +31,8 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-/// Spins of an idle follower between two checks of the clock-free fallback: after this many
-/// it yields once (a leader this slow is doing long serial work, or has lost its core).
+/// Spins of a follower waiting for the next loop after which it yields once, and again every
+/// as many (a leader this slow is doing long serial work, or has lost its core).
 const SPINS_BEFORE_YIELD: u32 = 1 << 16;
 
 /// A parallel loop body, type-erased.
@@ -219,8 +219,9 @@ impl Team {
         self.done.store(0, Ordering::Relaxed);
         self.claim.store(gen << 32, Ordering::Relaxed);
         self.seq.store(seq + 2, Ordering::Release); // even: posted
-                                                    // A panic is held until the followers are done: they use `f` and the data it
-                                                    // borrows, which unwinding past this frame would free.
+
+        // A panic is held until the followers are done: they use `f` and the data it
+        // borrows, which unwinding past this frame would free.
         let mut mine = 0;
         while let Some(tasks) = self.claim_tasks(gen, n) {
             mine += tasks.len();

@@ -75,8 +75,8 @@ pub fn matmul(
 }
 
 /// Blocks per row up to which the scaled kernels run: their scale table lives on the stack
-/// (16 KiB for 8 rows, 32 KiB for 16) and should stay in L1. Wider rows (n_in over 2048) use the plain 8- and 4-row
-/// kernels, with the same results.
+/// (16 KiB for 8 rows, 32 KiB for 16) and should stay in L1. Wider rows (n_in over 2048) use
+/// the plain 8- and 4-row kernels, with the same results.
 const SCALED_BLOCKS_MAX: usize = 64;
 const TABLE_LEN: usize = 8 * 16 * SCALED_BLOCKS_MAX;
 
