@@ -251,7 +251,7 @@ mod imp {
     /// The 32 nibbles of 16 bytes as bytes: low nibbles (elements 0..16) then high (16..32).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn nibbles_32(qs: &[u8; 16]) -> __m256i {
+    pub(crate) unsafe fn nibbles_32(qs: &[u8; 16]) -> __m256i {
         let q = _mm_loadu_si128(qs.as_ptr().cast());
         let m4 = _mm_set1_epi8(0x0F);
         let lo = _mm_and_si128(q, m4);
@@ -262,7 +262,7 @@ mod imp {
     /// Byte j = 0x10 if bit j of the little-endian u32 `qh` is set, else 0.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn high_bits_32(qh: [u8; 4]) -> __m256i {
+    pub(crate) unsafe fn high_bits_32(qh: [u8; 4]) -> __m256i {
         let h = _mm256_set1_epi32(i32::from_le_bytes(qh));
         // Byte j takes byte j/8 of h (shuffle works per 128-bit lane; h is in both).
         let idx = _mm256_set_epi64x(
@@ -551,7 +551,7 @@ mod imp {
     /// a weight row; past the row's end it is the next row, or other memory: a prefetch
     /// never faults, and `wrapping_add` makes no claim about the address).
     #[inline(always)]
-    unsafe fn prefetch_ahead(p: *const u8, lines: usize) {
+    pub(crate) unsafe fn prefetch_ahead(p: *const u8, lines: usize) {
         for l in 0..lines {
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + 64 * l).cast());
         }

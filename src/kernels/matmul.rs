@@ -6,6 +6,7 @@
 //! same per-(row, activation) kernel whatever the batch size or chunking, so results are
 //! batch- and thread-count-invariant. No heap allocation.
 
+use super::group::{GroupKernel, TableBuf, GROUP_MAX};
 use super::types::GgmlType;
 
 /// Output rows per rayon task: large enough to amortise task overhead, small enough to
@@ -95,10 +96,80 @@ struct Tables {
     shift: Option<u32>,
 }
 
-/// The parallel loop of [`matmul`] with its kernels chosen (and sizes checked) by the caller.
+/// Fewest leftover rows (past the whole groups of 16) worth a padded group: the group kernel
+/// spends 25 vector operations per weight block on up to 16 rows, the paired scaled kernels
+/// 5 per 2 rows, so from 10 rows on the padded group is no slower.
+const PADDED_GROUP_MIN: usize = 10;
+
+/// Activation rows the group kernel (of `width` lanes) takes: the whole groups, plus the rest
+/// in one padded group if there are enough of them.
+fn grouped_rows(n_rows: usize, width: usize) -> usize {
+    let whole = n_rows / width * width;
+    if n_rows - whole >= PADDED_GROUP_MIN {
+        n_rows
+    } else {
+        whole
+    }
+}
+
+thread_local! {
+    /// The group tables of the matmul this thread leads (kept to reuse the allocation).
+    static TABLES: std::cell::RefCell<TableBuf> = std::cell::RefCell::default();
+}
+
+/// The group kernel, its tables and the activation rows it takes (the first ones).
+#[derive(Clone, Copy)]
+struct Grouped<'t> {
+    kernel: GroupKernel,
+    tables: &'t TableBuf,
+    n_rows: usize,
+}
+
+/// The parallel loop of [`matmul`] with its kernels chosen (and sizes checked) by the caller:
+/// lays out the activation rows for the group kernel first, if it takes any.
 #[allow(clippy::too_many_arguments)]
 fn run(
     k: super::Kernels,
+    w: &[u8],
+    wrb: usize,
+    n_in: usize,
+    n_out: usize,
+    acts: &[u8],
+    arb: usize,
+    out: &mut [f32],
+) {
+    let n_rows = acts.len() / arb;
+    let Some((g, n_grouped)) = k
+        .group
+        .map(|g| (g, grouped_rows(n_rows, g.width)))
+        .filter(|&(_, n)| n > 0)
+    else {
+        return run_tasks(k, None, w, wrb, n_in, n_out, acts, arb, out);
+    };
+    let mut with = |t: &mut TableBuf| {
+        let nb = n_in / super::QK;
+        t.fill(&acts[..n_grouped * arb], arb, nb, g.width, g.shift);
+        let grouped = Grouped {
+            kernel: g,
+            tables: t,
+            n_rows: n_grouped,
+        };
+        run_tasks(k, Some(grouped), w, wrb, n_in, n_out, acts, arb, out)
+    };
+    // A rayon thread waiting in a plain (non-team) loop may run a task of another matmul that
+    // holds this thread's tables: that call brings its own.
+    TABLES.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut t) => with(&mut t),
+        Err(_) => with(&mut TableBuf::default()),
+    })
+}
+
+/// The tasks of [`run`]: each takes its weight rows against the grouped activation rows, then
+/// the rest.
+#[allow(clippy::too_many_arguments)]
+fn run_tasks(
+    k: super::Kernels,
+    grouped: Option<Grouped<'_>>,
     w: &[u8],
     wrb: usize,
     n_in: usize,
@@ -127,9 +198,14 @@ fn run(
             // (length n_rows * n_out, asserted); only this task writes output row r.
             unsafe { *ptr.0.add(b * n_out + r) = v }
         };
-        // Groups of 8 and 4 share the weight decoding; those kernels are bit-identical per
-        // row to `one`, so how the batch splits into groups never changes a result.
+        // Every kernel below is bit-identical per row to `one`, so how the batch splits into
+        // groups never changes a result. First the group kernel's rows.
         let mut b0 = 0;
+        if let Some(gr) = grouped {
+            group_rows(gr, rows.clone(), wr, store);
+            b0 = gr.n_rows;
+        }
+        // Then groups of 8 and 4, which share the weight decoding.
         // The tables are not zeroed (tens of KiB per task cost more than the kernels
         // saved): each group, or single row, fills the part it uses.
         let mut table = Tables {
@@ -194,6 +270,30 @@ fn run(
             }
         }
     });
+}
+
+/// The group kernel's rows against a task's weight rows: group after group, the weight rows
+/// staying in cache after the first.
+fn group_rows<'a>(
+    gr: Grouped<'_>,
+    rows: std::ops::Range<usize>,
+    wr: impl Fn(usize) -> &'a [u8],
+    store: impl Fn(usize, usize, f32),
+) {
+    let width = gr.kernel.width;
+    let mut v = [0f32; GROUP_MAX];
+    for grp in 0..gr.n_rows.div_ceil(width) {
+        let t = gr.tables.group(grp);
+        let b0 = grp * width;
+        let lanes = (gr.n_rows - b0).min(width);
+        for r in rows.clone() {
+            (gr.kernel.dot)(wr(r), t, &mut v);
+            v[..lanes]
+                .iter()
+                .enumerate()
+                .for_each(|(j, &x)| store(b0 + j, r, x));
+        }
+    }
 }
 
 /// One group of R activation rows against a task's weight rows with a scaled kernel: fills
@@ -334,6 +434,7 @@ mod tests {
                 scaled: None,
                 scaled16: None,
                 scaled_shift: None,
+                group: None,
             };
             super::run(k, &w, wrb, n_in, n_out, &acts, arb, &mut out);
             for b in 0..n_rows {

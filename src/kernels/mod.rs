@@ -13,6 +13,7 @@ pub mod dequant;
 pub mod dot_avx2;
 pub mod dot_scalar;
 pub mod f16;
+pub mod group;
 pub mod matmul;
 pub mod quantize;
 pub mod types;
@@ -144,6 +145,8 @@ pub(crate) struct Kernels {
     /// Set when the scaled kernels are the AVX-512 ones, which read weights as unsigned bytes
     /// `x + 2^shift` and need the correction table ([`GroupTables::corr`]) built with it.
     pub scaled_shift: Option<u32>,
+    /// The 16-lane group kernel (AVX-512), for batches of 10 rows or more (see `matmul`).
+    pub group: Option<group::GroupKernel>,
 }
 
 /// Like [`kernels_for`], with the 8-row kernels too.
@@ -157,6 +160,7 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
                 scaled: None,
                 scaled16: None,
                 scaled_shift: None,
+                group: None,
             };
         }
         if let Some(one) = dot_avx2::kernel(wty) {
@@ -168,6 +172,7 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
                 scaled16: dot_avx2::kernel_scaled_avx512(wty),
                 scaled_shift: dot_avx2::kernel_scaled_avx512::<8>(wty)
                     .and_then(|_| dot_avx2::offset_shift(wty)),
+                group: group::group_kernel(wty),
             };
         }
     }
@@ -178,6 +183,7 @@ pub(crate) fn kernels_for_all(wty: GgmlType) -> Kernels {
         scaled: None,
         scaled16: None,
         scaled_shift: None,
+        group: None,
     }
 }
 
