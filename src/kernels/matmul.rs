@@ -125,6 +125,18 @@ struct Grouped<'t> {
     n_rows: usize,
 }
 
+/// A matmul's operands (sizes checked by `matmul`): weight rows of `wrb` bytes, activation
+/// rows of `arb` bytes.
+#[derive(Clone, Copy)]
+struct Operands<'a> {
+    w: &'a [u8],
+    wrb: usize,
+    n_in: usize,
+    n_out: usize,
+    acts: &'a [u8],
+    arb: usize,
+}
+
 /// The parallel loop of [`matmul`] with its kernels chosen (and sizes checked) by the caller:
 /// lays out the activation rows for the group kernel first, if it takes any.
 #[allow(clippy::too_many_arguments)]
@@ -139,12 +151,20 @@ fn run(
     out: &mut [f32],
 ) {
     let n_rows = acts.len() / arb;
+    let ops = Operands {
+        w,
+        wrb,
+        n_in,
+        n_out,
+        acts,
+        arb,
+    };
     let Some((g, n_grouped)) = k
         .group
         .map(|g| (g, grouped_rows(n_rows, g.width)))
         .filter(|&(_, n)| n > 0)
     else {
-        return run_tasks(k, None, w, wrb, n_in, n_out, acts, arb, out);
+        return run_tasks(k, None, ops, out);
     };
     let mut with = |t: &mut TableBuf| {
         let nb = n_in / super::QK;
@@ -154,7 +174,7 @@ fn run(
             tables: t,
             n_rows: n_grouped,
         };
-        run_tasks(k, Some(grouped), w, wrb, n_in, n_out, acts, arb, out)
+        run_tasks(k, Some(grouped), ops, out)
     };
     // A rayon thread waiting in a plain (non-team) loop may run a task of another matmul that
     // holds this thread's tables: that call brings its own.
@@ -166,18 +186,15 @@ fn run(
 
 /// The tasks of [`run`]: each takes its weight rows against the grouped activation rows, then
 /// the rest.
-#[allow(clippy::too_many_arguments)]
-fn run_tasks(
-    k: super::Kernels,
-    grouped: Option<Grouped<'_>>,
-    w: &[u8],
-    wrb: usize,
-    n_in: usize,
-    n_out: usize,
-    acts: &[u8],
-    arb: usize,
-    out: &mut [f32],
-) {
+fn run_tasks(k: super::Kernels, grouped: Option<Grouped<'_>>, ops: Operands<'_>, out: &mut [f32]) {
+    let Operands {
+        w,
+        wrb,
+        n_in,
+        n_out,
+        acts,
+        arb,
+    } = ops;
     let n_rows = acts.len() / arb;
     // The SAFETY argument below rests on these; `matmul` checked them already.
     assert!(w.len() >= wrb * n_out && out.len() == n_rows * n_out);
