@@ -36,8 +36,8 @@ pub const GROUP_MAX: usize = 16;
 pub struct Tables<'t> {
     /// `[(i·8 + g)·W + lane]`: bytes 4g..4g+4 of block i of that lane's row, as one i32.
     pub acts: &'t [i32],
-    /// `[(i·8 + g)·W + lane]`: `-(y[4g] + … + y[4g+3]) << shift` (the AVX-512 kernels read
-    /// weights as unsigned bytes `x + 2^shift`; empty for the others).
+    /// `[(i·8 + g)·W + lane]`: `-(y[4g] + … + y[4g+3]) << shift` (the kernels read weights
+    /// as unsigned bytes `x + 2^shift`).
     pub corr: &'t [i32],
     /// `[i·W + lane]`: block i's scale as f32 (f16 → f32 is exact).
     pub scales: &'t [f32],
@@ -53,8 +53,8 @@ pub struct GroupKernel {
     pub dot: GroupDotFn,
     /// Lanes (rows) per group.
     pub width: usize,
-    /// The unsigned-offset shift the kernel wants corrections for, if any.
-    pub shift: Option<u32>,
+    /// The unsigned-offset shift the kernel wants corrections for.
+    pub shift: u32,
 }
 
 /// The tables of every group of one matmul's activation rows (kept to reuse the allocation).
@@ -69,8 +69,8 @@ pub struct TableBuf {
 
 impl TableBuf {
     /// Lays out Q8_0 rows of `nb` blocks (`arb` bytes apart in `acts`) in groups of `width`,
-    /// the last one padded with zero rows; with corrections for `shift` if given.
-    pub fn fill(&mut self, acts: &[u8], arb: usize, nb: usize, width: usize, shift: Option<u32>) {
+    /// the last one padded with zero rows; corrections for `shift`.
+    pub fn fill(&mut self, acts: &[u8], arb: usize, nb: usize, width: usize, shift: u32) {
         let n_rows = acts.len() / arb;
         let lanes = n_rows.div_ceil(width) * width;
         self.width = width;
@@ -78,10 +78,7 @@ impl TableBuf {
         // Zeros matter only in the padding lanes; real rows overwrite theirs below.
         reset(&mut self.acts, lanes * nb * 8);
         reset(&mut self.scales, lanes * nb);
-        reset(
-            &mut self.corr,
-            if shift.is_some() { lanes * nb * 8 } else { 0 },
-        );
+        reset(&mut self.corr, lanes * nb * 8);
         let group_len = nb * 8 * width;
         for row in 0..n_rows {
             let (grp, lane) = (row / width, row % width);
@@ -98,13 +95,11 @@ impl TableBuf {
             for (i, b) in blocks.iter().enumerate() {
                 scales_g[i * width + lane] = f16_le(b.d);
             }
-            if let Some(shift) = shift {
-                let corr_g = &mut self.corr[grp * group_len..][..group_len];
-                for (i, b) in blocks.iter().enumerate() {
-                    for g in 0..8 {
-                        let sum: i32 = b.qs[4 * g..4 * g + 4].iter().map(|&v| v as i32).sum();
-                        corr_g[(i * 8 + g) * width + lane] = -(sum << shift);
-                    }
+            let corr_g = &mut self.corr[grp * group_len..][..group_len];
+            for (i, b) in blocks.iter().enumerate() {
+                for g in 0..8 {
+                    let sum: i32 = b.qs[4 * g..4 * g + 4].iter().map(|&v| v as i32).sum();
+                    corr_g[(i * 8 + g) * width + lane] = -(sum << shift);
                 }
             }
         }
@@ -113,14 +108,9 @@ impl TableBuf {
     /// The tables of group `grp` (of the last `fill`).
     pub fn group(&self, grp: usize) -> Tables<'_> {
         let group_len = self.nb * 8 * self.width;
-        let corr = if self.corr.is_empty() {
-            &[][..]
-        } else {
-            &self.corr[grp * group_len..][..group_len]
-        };
         Tables {
             acts: &self.acts[grp * group_len..][..group_len],
-            corr,
+            corr: &self.corr[grp * group_len..][..group_len],
             scales: &self.scales[grp * self.nb * self.width..][..self.nb * self.width],
         }
     }
@@ -169,7 +159,7 @@ mod x86 {
         Some(GroupKernel {
             dot,
             width: 16,
-            shift: Some(shift),
+            shift,
         })
     }
 
