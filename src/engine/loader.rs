@@ -17,7 +17,10 @@
 //! takes the time the running models leave over instead of slowing their steps. The `load-N`
 //! threads themselves keep normal priority because they start the model's dispatcher thread,
 //! and a thread inherits its creator's priority: a dispatcher born at nice 19 would lose
-//! every contended core to the compute threads it feeds.
+//! every contended core to the compute threads it feeds. A helper at `SCHED_IDLE` must share
+//! no lock with threads of normal priority, or they wait whenever it is preempted holding it
+//! (priority inversion): the server gives every thread its own malloc arena for that reason
+//! (`give_threads_their_own_malloc_arenas` in `server`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;

@@ -164,6 +164,7 @@ impl Server {
     /// preload models (with one file: that model) in the background.
     pub fn start(opts: ServerOptions) -> std::io::Result<Server> {
         let cfg = &opts.config;
+        give_threads_their_own_malloc_arenas();
         raise_descriptor_limit(cfg.limits.max_connections);
         let http = Arc::new(HttpServer::bind(&cfg.listen, &cfg.limits)?);
         let single = opts.catalog.is_none();
@@ -324,6 +325,28 @@ impl Drop for Server {
         if !self.workers.is_empty() {
             self.stop();
         }
+    }
+}
+
+/// glibc malloc arenas the process may create (its default is 8 per core).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_ARENAS_MAX: libc::c_int = 1024;
+
+/// Lets (nearly) every thread allocate from a malloc arena of its own, so that no thread of
+/// normal priority shares an arena lock with a loader's helper thread at `SCHED_IDLE`
+/// (`engine::loader`). glibc's default, 8 arenas per core, makes the server's ~100 threads
+/// share 16 arenas; when the helper is preempted while it holds its arena's lock (it
+/// allocates and frees hundreds of thousands of objects per load and unload), the threads
+/// sharing that arena wait until the compute threads leave a core idle, i.e. until the end
+/// of the forward pass: a priority inversion that delayed token events by a whole pass
+/// while another model loaded (`tests/models_itl.rs`). Resident memory is unchanged (an
+/// arena costs address space, not pages, until it is used). glibc fixes its arena limit
+/// once the process has 9 arenas, so this must run before the server starts its threads.
+fn give_threads_their_own_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of the allocator; any value is valid.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS_MAX);
     }
 }
 
