@@ -8,6 +8,7 @@
 //! [`set_force_scalar`] selects the scalar kernels. Every kernel is a pure function of its
 //! (weight row, activation row), so results never depend on batch size or thread count.
 
+pub mod argmax;
 pub mod blocks;
 pub mod dequant;
 pub mod dot_avx2;

@@ -13,6 +13,7 @@
 //! Log-probabilities are those of the model's distribution after bias and penalties, before
 //! temperature and truncation (what OpenAI-style `logprobs` report).
 
+use crate::kernels::argmax::argmax;
 use std::cmp::Ordering;
 
 /// Most top log-probs a request may ask for per token.
@@ -187,20 +188,6 @@ pub struct Sampled<'a> {
 struct Candidate {
     id: u32,
     logit: f32,
-}
-
-/// Index and value of the largest entry; strict `>` keeps the lowest index on ties, and NaN
-/// never wins.
-fn argmax(l: &[f32]) -> (usize, f32) {
-    let mut best = 0usize;
-    let mut max = f32::NEG_INFINITY;
-    for (i, &x) in l.iter().enumerate() {
-        if x > max {
-            max = x;
-            best = i;
-        }
-    }
-    (best, max)
 }
 
 /// Descending by logit, ties by ascending id: a total, deterministic order.
