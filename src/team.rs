@@ -16,7 +16,8 @@
 //! that is odd while the loop is written); tasks are claimed in shrinking shares with a
 //! compare-and-swap on a word holding (generation, next task), so a follower that read a stale
 //! loop can never claim a task of the next one; the leader claims tasks too and returns once
-//! every task is done. Results never depend on which thread ran a task: every task writes its own outputs.
+//! every task is done. Results never depend on which thread ran a task: every task writes its
+//! own outputs.
 //! Outside a team (tests, tools that call the model directly) [`for_each`] is plain rayon,
 //! and `RYZANSTEIN_NO_TEAM=1` makes [`run`] plain rayon too, to compare.
 //!

@@ -4,7 +4,8 @@
 //! kernels) takes its rows against one group of 8 or 4 activation rows after another, the rows
 //! staying in cache after the first group. Each output element is computed by the
 //! same per-(row, activation) kernel whatever the batch size or chunking, so results are
-//! batch- and thread-count-invariant. No heap allocation.
+//! batch- and thread-count-invariant. The only heap memory is the group kernel's tables, a
+//! per-thread buffer reused from call to call (it allocates when a call needs more room).
 
 use super::group::{GroupKernel, TableBuf, GROUP_MAX};
 use super::types::GgmlType;
@@ -63,16 +64,15 @@ pub fn matmul(
         out.fill(0.0);
         return;
     }
-    run(
-        super::kernels_for_all(wty),
+    let ops = Operands {
         w,
         wrb,
         n_in,
         n_out,
         acts,
         arb,
-        out,
-    );
+    };
+    run(super::kernels_for_all(wty), ops, out);
 }
 
 /// Blocks per row up to which the scaled kernels run: their scale table lives on the stack
@@ -139,26 +139,11 @@ struct Operands<'a> {
 
 /// The parallel loop of [`matmul`] with its kernels chosen (and sizes checked) by the caller:
 /// lays out the activation rows for the group kernel first, if it takes any.
-#[allow(clippy::too_many_arguments)]
-fn run(
-    k: super::Kernels,
-    w: &[u8],
-    wrb: usize,
-    n_in: usize,
-    n_out: usize,
-    acts: &[u8],
-    arb: usize,
-    out: &mut [f32],
-) {
+fn run(k: super::Kernels, ops: Operands<'_>, out: &mut [f32]) {
+    let Operands {
+        acts, arb, n_in, ..
+    } = ops;
     let n_rows = acts.len() / arb;
-    let ops = Operands {
-        w,
-        wrb,
-        n_in,
-        n_out,
-        acts,
-        arb,
-    };
     let Some((g, n_grouped)) = k
         .group
         .map(|g| (g, grouped_rows(n_rows, g.width)))
@@ -453,7 +438,15 @@ mod tests {
                 scaled_shift: None,
                 group: None,
             };
-            super::run(k, &w, wrb, n_in, n_out, &acts, arb, &mut out);
+            let ops = super::Operands {
+                w: &w,
+                wrb,
+                n_in,
+                n_out,
+                acts: &acts,
+                arb,
+            };
+            super::run(k, ops, &mut out);
             for b in 0..n_rows {
                 for r in 0..n_out {
                     let want = dot(

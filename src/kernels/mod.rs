@@ -2,7 +2,8 @@
 //! products (a scalar reference and an AVX2+FMA twin picked at run time), batched matmul.
 //!
 //! Boundary: this module knows nothing of files, models or threads other than the rayon pool
-//! it is called inside; it never allocates in `vec_dot` or `matmul`.
+//! it is called inside; it never allocates in `vec_dot`, nor in `matmul` but for the group
+//! kernel's per-thread tables, which grow to the largest batch once.
 //!
 //! Dispatch: the CPU is probed once (AVX2 + FMA + F16C); `RYZANSTEIN_NO_SIMD=1` (read once) or
 //! [`set_force_scalar`] selects the scalar kernels. Every kernel is a pure function of its
