@@ -74,6 +74,10 @@ status=0
 # fault-injection: the hooks tests/faults.rs needs to make a handler, a dispatcher or a load
 # panic (src/faults.rs); release builds have none.
 cargo test --quiet --no-fail-fast --features fault-injection "$@" 2>&1 | tee "$log" || status=$?
+# Every criterion bench once, in test mode (about a minute): they still build and run.
+if [ "$#" -eq 0 ]; then
+  cargo test --quiet --benches 2>&1 | grep -v '^$' || status=$?
+fi
 # One closing line for the whole suite (cargo prints one per test binary, the last being the
 # doc tests, which may hold none).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
