@@ -15,6 +15,7 @@ fn policy(c: &mut Criterion) {
             .map(|i| SeqView {
                 pending: if i % 4 == 3 { 2000 } else { 1 },
                 decoding: i % 4 != 3,
+                overdue: i % 4 == 3,
             })
             .collect();
         let b = Budgets {
@@ -32,6 +33,7 @@ fn policy(c: &mut Criterion) {
         .map(|_| SeqView {
             pending: 1,
             decoding: true,
+            overdue: false,
         })
         .collect();
     let b = Budgets {

@@ -130,7 +130,8 @@ pub struct ServeSettings {
     /// A step with decode tokens may take this many times a decode-only step [default: 2.5].
     #[arg(long, env = "RYZANSTEIN_ITL_FACTOR")]
     pub itl_factor: Option<f64>,
-    /// Prompts this short go into one step whole, one per step, past the ITL cap [default: 64].
+    /// Prompts this short go into a step whole past the ITL cap: one new one per step, and every
+    /// one that has waited a step [default: 64].
     #[arg(long, env = "RYZANSTEIN_WHOLE_PROMPT_TOKENS")]
     pub whole_prompt_tokens: Option<usize>,
     /// Events buffered per sequence; a client this far behind is cancelled [default: 256].

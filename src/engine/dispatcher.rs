@@ -396,6 +396,8 @@ struct Seq {
     admitted_seq_no: u64,
     /// Sent `Admitted` already (a resumed sequence does not send it twice).
     announced: bool,
+    /// Was prefilling when an earlier step was planned: its prompt has waited (see the policy).
+    overdue: bool,
     /// This step's row of the logits, when it gets one (set and cleared by [`advance`]).
     sample_row: Option<usize>,
     /// This step's sampled token (or the sampler's error), between the parallel sampling
@@ -607,6 +609,7 @@ impl Dispatcher {
             n_generated: 0,
             admitted_seq_no: *no,
             announced: false,
+            overdue: false,
             sample_row: None,
             sampled: None,
             held: Vec::with_capacity(group.min(64)),
@@ -654,6 +657,7 @@ impl Dispatcher {
         self.views.extend(self.running.iter().map(|s| SeqView {
             pending: s.pending(),
             decoding: s.decoding(),
+            overdue: s.overdue,
         }));
         let budgets = Budgets {
             max_batch_tokens: self.opts.max_batch_tokens,
@@ -661,6 +665,9 @@ impl Dispatcher {
             whole_prompt_tokens: self.opts.whole_prompt_tokens,
         };
         policy::next_batch(&self.views, &budgets, &mut self.plan);
+        for s in &mut self.running {
+            s.overdue = !s.decoding();
+        }
         if !self.reserve_plan() {
             return; // preempted; plan again next step
         }

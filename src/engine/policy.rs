@@ -4,9 +4,11 @@
 //! benchmarked alone. Every running sequence with one token pending (a decode step) gets it;
 //! the remaining token budget goes to pending prompt tokens (prefill), oldest sequence first,
 //! in chunks. While anything is decoding, prefill is capped at `prefill_tokens_while_decoding`
-//! so a long prompt cannot stall the streams that are already running — except that one short
-//! prompt (at most `whole_prompt_tokens` left) per step is taken whole even past that cap, so
-//! new requests get their first token in one step instead of queueing behind the cap.
+//! so a long prompt cannot stall the streams that are already running — except for short
+//! prompts (at most `whole_prompt_tokens` left), which are taken whole even past that cap: one
+//! per step, plus every short prompt that has already waited a step. A burst of new requests
+//! thus gets its first tokens within two steps instead of queueing behind the cap one by one;
+//! the running streams pay for it with one longer step, once per burst.
 
 /// What the policy needs to know of one running sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +17,8 @@ pub struct SeqView {
     pub pending: usize,
     /// The sequence has produced tokens and is generating (not prefilling).
     pub decoding: bool,
+    /// The sequence was already prefilling when an earlier step was planned (it has waited).
+    pub overdue: bool,
 }
 
 /// Limits of one step.
@@ -24,8 +28,8 @@ pub struct Budgets {
     pub max_batch_tokens: usize,
     /// Most prompt tokens in a step that also carries decode tokens.
     pub prefill_tokens_while_decoding: usize,
-    /// A prompt with at most this many tokens left may be taken whole past the cap above
-    /// (one per step).
+    /// A prompt with at most this many tokens left may be taken whole past the cap above:
+    /// one per step, and every one that is overdue.
     pub whole_prompt_tokens: usize,
 }
 
@@ -62,18 +66,16 @@ pub fn next_batch(seqs: &[SeqView], b: &Budgets, out: &mut Vec<Slice>) -> usize 
         if s.decoding || s.pending == 0 {
             continue;
         }
-        let left = prefill_cap - prefill;
-        if !whole_taken
-            && s.pending > left
-            && s.pending <= b.whole_prompt_tokens.min(room - prefill)
-        {
-            // One short prompt goes in whole; the cap grows by what it took past it.
-            whole_taken = true;
+        let short = s.pending <= b.whole_prompt_tokens.min(room - prefill);
+        if short && s.pending > prefill_cap - prefill && (s.overdue || !whole_taken) {
+            // A short prompt goes in whole; the cap grows by what it took past it.
+            whole_taken |= !s.overdue;
             prefill_cap = prefill + s.pending;
         }
         let n = s.pending.min(prefill_cap - prefill);
         if n == 0 {
-            break;
+            // The cap is spent, but a short prompt further back may still go in whole.
+            continue;
         }
         out.push(Slice {
             seq: i,
@@ -108,6 +110,7 @@ mod tests {
         SeqView {
             pending: 1,
             decoding: true,
+            overdue: false,
         }
     }
 
@@ -115,6 +118,16 @@ mod tests {
         SeqView {
             pending: n,
             decoding: false,
+            overdue: false,
+        }
+    }
+
+    /// A prompt that has waited a step already.
+    const fn late(n: usize) -> SeqView {
+        SeqView {
+            pending: n,
+            decoding: false,
+            overdue: true,
         }
     }
 
@@ -170,6 +183,27 @@ mod tests {
     }
 
     #[test]
+    fn every_overdue_short_prompt_goes_in_whole() {
+        // A burst: one new prompt per step, but all that have waited a step go in together.
+        let seqs = [dec(), late(20), late(20), late(20), pre(20), pre(20)];
+        assert_eq!(
+            plan_whole(&seqs, 512, 4, 64),
+            [(0, 1), (1, 20), (2, 20), (3, 20), (4, 20)]
+        );
+        // A long prompt ahead keeps its capped chunk; overdue short ones still go in.
+        let seqs = [dec(), late(2000), late(20), late(30)];
+        assert_eq!(
+            plan_whole(&seqs, 512, 4, 64),
+            [(0, 1), (1, 4), (2, 20), (3, 30)]
+        );
+        // An overdue long prompt is not short: it stays capped.
+        assert_eq!(plan_whole(&[dec(), late(65)], 512, 4, 64), [(0, 1), (1, 4)]);
+        // Never past the token budget: what does not fit whole waits for the next step.
+        let seqs = [dec(), late(20), late(20), late(20)];
+        assert_eq!(plan_whole(&seqs, 50, 4, 64), [(0, 1), (1, 20), (2, 20)]);
+    }
+
+    #[test]
     fn decodes_beyond_the_token_budget_wait() {
         let seqs = [dec(), dec(), dec(), pre(4)];
         assert_eq!(plan(&seqs, 2, 8), [(0, 1), (1, 1)]);
@@ -181,6 +215,7 @@ mod tests {
             SeqView {
                 pending: 0,
                 decoding: true,
+                overdue: false,
             },
             pre(0),
         ];
