@@ -1,13 +1,12 @@
 //! Overload over loopback, on the default model and on the tiny Llama fixture. Closed-loop
-//! phases measure the
-//! sustainable rate (the peak); open-loop phases send Poisson arrivals at four times it. The
-//! two kinds alternate, several rounds each, so both see the same machine: these machines are
-//! shared, and their speed drifts by a fifth within seconds. Excess requests must get
-//! 503 + Retry-After fast, admitted ones must be correct, and goodput must hold. Prints what
-//! it measured.
+//! phases measure the sustainable rate (the peak); open-loop phases send Poisson arrivals at
+//! four times it. The two kinds alternate, several rounds each, so both see the same machine:
+//! these machines are shared, and their speed drifts by a fifth within seconds. Excess
+//! requests must get 503 + Retry-After fast, admitted ones must be correct, and goodput must
+//! hold. Prints what it measured.
 //!
 //! On the default model, with both cores computing, goodput holds 90% of the peak: its steps
-//! last tens of milliseconds and a request hundreds, so refusals are a small share of the
+//! last tens of milliseconds and a request seconds, so refusals are a small share of the
 //! work. The tiny model is the hard case, a request there costing little more than a refusal.
 //! Its goodput depends on whether the engine leaves a core to the HTTP edge. With one compute
 //! thread on the 2-core machine it stays at 100% of the peak. With both cores computing, each
