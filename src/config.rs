@@ -137,6 +137,10 @@ pub struct ServeSettings {
     /// Events buffered per sequence; a client this far behind is cancelled [default: 256].
     #[arg(long, env = "RYZANSTEIN_EVENT_BUFFER")]
     pub event_buffer: Option<usize>,
+    /// Keep the KV blocks of finished prompts and answers, and reuse them for later prompts
+    /// that start the same way (`false`: prefill every prompt whole) [default: true].
+    #[arg(long, env = "RYZANSTEIN_PREFIX_CACHE")]
+    pub prefix_cache: Option<bool>,
 
     /// A directory of GGUF models to serve (every *.gguf, plus models.toml if present);
     /// replaces --model.
@@ -290,6 +294,9 @@ pub struct EngineKnobs {
     /// up to 4096 tokens nobody reads. Lower than the engine's own 4096, which suits callers
     /// that read a stream only after it ends.
     pub event_buffer: usize,
+    /// The prefix cache: whole KV blocks of earlier sequences are reused by prompts that
+    /// start with the same tokens.
+    pub prefix_cache: bool,
 }
 
 impl Default for Limits {
@@ -329,6 +336,7 @@ impl Default for EngineKnobs {
             itl_factor: 2.5,
             whole_prompt_tokens: 64,
             event_buffer: 256,
+            prefix_cache: true,
         }
     }
 }
@@ -447,6 +455,7 @@ impl ServeSettings {
             itl_factor,
             whole_prompt_tokens,
             event_buffer,
+            prefix_cache,
             models_dir,
             models_manifest,
             loader_threads,
@@ -498,6 +507,7 @@ impl ServeConfig {
             itl_factor: s.itl_factor.unwrap_or(de.itl_factor),
             whole_prompt_tokens: s.whole_prompt_tokens.unwrap_or(de.whole_prompt_tokens),
             event_buffer: s.event_buffer.unwrap_or(de.event_buffer),
+            prefix_cache: s.prefix_cache.unwrap_or(de.prefix_cache),
         };
         let dm = ModelsKnobs::default();
         let when_full_fail = match s.models_when_full.as_deref() {
@@ -673,6 +683,7 @@ impl ServeConfig {
             itl_factor: Some(e.itl_factor),
             whole_prompt_tokens: Some(e.whole_prompt_tokens),
             event_buffer: Some(e.event_buffer),
+            prefix_cache: Some(e.prefix_cache),
             models_dir: m.dir.clone(),
             models_manifest: m.manifest.clone(),
             loader_threads: Some(m.loader_threads),

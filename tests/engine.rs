@@ -79,6 +79,7 @@ fn collect(stream: ryzanstein::engine::Stream) -> Output {
                 reason,
                 prompt_tokens,
                 completion_tokens,
+                ..
             } => fin = Some((reason, prompt_tokens, completion_tokens)),
             Event::Failed(m) => panic!("request failed: {m}"),
             Event::Admitted { .. } | Event::Prefill { .. } => {}

@@ -13,6 +13,9 @@ pub enum Endpoint {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: usize,
+    /// Of `prompt_tokens`, those read from the prefix cache (OpenAI's
+    /// `prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
 }
 
@@ -22,6 +25,7 @@ impl Usage {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         })
     }
 }
@@ -254,6 +258,7 @@ mod tests {
             }],
             Usage {
                 prompt_tokens: 3,
+                cached_tokens: 0,
                 completion_tokens: 2,
             },
         );
@@ -262,6 +267,10 @@ mod tests {
         assert_eq!(l["top_logprobs"][0]["ab"], json!(-0.5));
         assert!(l["token_logprobs"][1].as_f64().expect("finite") < -1e30);
         assert_eq!(v["usage"]["total_tokens"], json!(5));
+        assert_eq!(
+            v["usage"]["prompt_tokens_details"]["cached_tokens"],
+            json!(0)
+        );
         assert_eq!(v["object"], json!("text_completion"));
     }
 

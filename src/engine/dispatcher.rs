@@ -7,8 +7,16 @@
 //! runs out), run the forward pass inside the rayon pool, sample each sequence that got logits
 //! and send its events. A preempted sequence keeps its tokens and sampler and is recomputed
 //! later: its output is the same as if it had never been preempted.
+//!
+//! The prefix cache (`EngineOptions::prefix_cache`): after each step every whole block a
+//! sequence has written is named in the KV cache by its chained key (`kv_cache::block_key`),
+//! so it outlives the sequence. A sequence entering (new or resumed) attaches the longest
+//! cached chain of its tokens and computes only the rest; at each step a prefilling sequence
+//! at a block boundary attaches whatever blocks have been cached since. A prompt block that
+//! another running sequence is about to compute (`Dispatcher::inflight`) is waited for, not
+//! computed twice: two requests with the same new document cost one prefill.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,7 +30,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 
 use crate::metrics::{Histogram, LATENCY_BOUNDS_S, SIZE_BOUNDS};
 use crate::model::generate::FinishReason;
-use crate::model::kv_cache::BLOCK_POSITIONS;
+use crate::model::kv_cache::{block_key, chain_root, BlockKey, BLOCK_POSITIONS};
 use crate::model::sampler::Sampler;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{BatchToken, Model, ModelError, ModelOptions, State};
@@ -54,6 +62,12 @@ pub struct EngineOptions {
     pub whole_prompt_tokens: usize,
     /// Events buffered per request; a client that falls this far behind is cancelled.
     pub event_buffer: usize,
+    /// Keep the KV blocks of finished sequences and reuse them for prompts that start with
+    /// the same tokens.
+    pub prefix_cache: bool,
+    /// With the prefix cache: a prompt whose next block another running sequence is about to
+    /// compute waits for it instead of computing it too.
+    pub prefix_wait: bool,
 }
 
 impl Default for EngineOptions {
@@ -68,6 +82,8 @@ impl Default for EngineOptions {
             itl_factor: 2.5,
             whole_prompt_tokens: 64,
             event_buffer: 4096,
+            prefix_cache: true,
+            prefix_wait: true,
         }
     }
 }
@@ -106,6 +122,16 @@ pub struct EngineStats {
     pub step_seconds: Histogram,
     /// Seconds from submit to admission.
     pub queue_seconds: Histogram,
+    /// Prompt tokens of ended requests whose keys and values came from the prefix cache.
+    pub prefix_hit_tokens: AtomicU64,
+    /// Prompt tokens of ended requests that were computed (not found in the cache).
+    pub prefix_miss_tokens: AtomicU64,
+    /// Blocks the prefix cache names (full-attention pool), and the bytes of K/V they hold
+    /// in every layer.
+    pub prefix_cached_blocks: AtomicUsize,
+    pub prefix_cached_bytes: AtomicUsize,
+    /// Cached blocks evicted for new contents.
+    pub prefix_evictions: AtomicU64,
 }
 
 impl EngineStats {
@@ -125,6 +151,11 @@ impl EngineStats {
             batch_seqs: Histogram::new(SIZE_BOUNDS),
             step_seconds: Histogram::new(LATENCY_BOUNDS_S),
             queue_seconds: Histogram::new(LATENCY_BOUNDS_S),
+            prefix_hit_tokens: AtomicU64::new(0),
+            prefix_miss_tokens: AtomicU64::new(0),
+            prefix_cached_blocks: AtomicUsize::new(0),
+            prefix_cached_bytes: AtomicUsize::new(0),
+            prefix_evictions: AtomicU64::new(0),
         }
     }
 }
@@ -167,6 +198,7 @@ impl ModelHandle {
             )));
         }
         let mut state = model.new_state();
+        state.kv.set_prefix_cache(opts.prefix_cache);
         if opts.kv_pool_bytes > 0 {
             let per_pos = state.kv.bytes_per_position().max(1);
             state.kv = state.kv.with_pool_positions(opts.kv_pool_bytes / per_pos);
@@ -201,6 +233,8 @@ impl ModelHandle {
             views: Vec::new(),
             batch: Vec::with_capacity(opts.max_batch_tokens),
             costs: StepCosts::default(),
+            root: chain_root(id.as_bytes()),
+            inflight: HashMap::new(),
         };
         let (failed, stop) = (failure.clone(), draining.clone());
         let thread = std::thread::Builder::new()
@@ -407,11 +441,47 @@ struct Seq {
     /// within half the event buffer).
     held: Vec<TokenEvent>,
     group: usize,
+    /// Keys of the whole blocks of `tokens` so far (prefix cache on; extended lazily).
+    keys: Vec<BlockKey>,
+    /// Blocks `0..n_named` are held and named in the cache (attached, or written and
+    /// registered); `n_cached / BLOCK_POSITIONS` once a step's blocks are registered.
+    n_named: usize,
+    /// Prompt tokens attached from the prefix cache (reported as `cached_tokens`).
+    cached_tokens: usize,
+    /// Was preempted once: later hits are its own blocks, not the prompt's.
+    resumed: bool,
+    /// Sits out this step: its next prompt block is being computed by another sequence.
+    waiting: bool,
+}
+
+/// Whole blocks of the prefix cache a sequence can attach.
+#[derive(Clone, Copy, Debug, Default)]
+struct Hit {
+    blocks: usize,
+    /// Of those, the ones no sequence uses (attaching takes them out of the reclaimable set).
+    idle: usize,
 }
 
 impl Seq {
     fn pending(&self) -> usize {
         self.tokens.len() - self.n_cached
+    }
+
+    /// Computes the keys of every whole block of `tokens` not keyed yet.
+    fn extend_keys(&mut self, root: BlockKey) {
+        let n = self.tokens.len() / BLOCK_POSITIONS;
+        while self.keys.len() < n {
+            let i = self.keys.len();
+            let parent = if i == 0 { root } else { self.keys[i - 1] };
+            let block = &self.tokens[i * BLOCK_POSITIONS..][..BLOCK_POSITIONS];
+            self.keys.push(block_key(parent, block));
+        }
+    }
+
+    /// Blocks a hit may cover: those before the block of the last token, which must be
+    /// computed for its logits (and a block another sequence shares is never written).
+    fn attachable_blocks(&self) -> usize {
+        (self.tokens.len() - 1) / BLOCK_POSITIONS
     }
 
     fn decoding(&self) -> bool {
@@ -451,6 +521,11 @@ struct Dispatcher {
     views: Vec<SeqView>,
     batch: Vec<BatchToken>,
     costs: StepCosts,
+    /// The key the model's block chains start from.
+    root: BlockKey,
+    /// Prompt blocks a running sequence will compute and name, by key: the sequence's
+    /// admission number. Another prompt needing one of them waits for it.
+    inflight: HashMap<BlockKey, u64>,
 }
 
 /// The slot of a sequence that holds none (preempted).
@@ -533,11 +608,13 @@ impl Dispatcher {
                 self.finish(s, None);
                 continue;
             }
-            if !self.fits(s.tokens.len()) {
+            let hit = self.hit(&s.keys, s.attachable_blocks());
+            if !self.fits(s.tokens.len(), hit) {
                 return;
             }
             let mut s = self.preempted.pop_front().expect("front exists");
             s.slot = self.free_slots.pop().expect("fits checked a slot");
+            self.enter(&mut s, hit);
             self.running.push(s);
         }
         loop {
@@ -558,7 +635,9 @@ impl Dispatcher {
                 self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            if !self.fits(q.req.prompt.len() + 1) {
+            let keys = self.prompt_keys(&q.req.prompt);
+            let hit = self.hit(&keys, (q.req.prompt.len() - 1) / BLOCK_POSITIONS);
+            if !self.fits(q.req.prompt.len() + 1, hit) {
                 if self.running.is_empty() && !self.free_slots.is_empty() {
                     // Nothing will free blocks: this prompt can never fit.
                     let _ = q.tx.try_send(Event::Failed(
@@ -569,20 +648,77 @@ impl Dispatcher {
                 self.held.push_front(q);
                 return;
             }
-            self.admit_new(q, no);
+            self.admit_new(q, keys, hit, no);
         }
     }
 
-    /// A free slot and enough free KV blocks for `n_tokens` plus one block of headroom per
-    /// running sequence (so admission does not immediately force a preemption).
-    fn fits(&self, n_tokens: usize) -> bool {
+    /// A free slot and enough free KV blocks for `n_tokens` (less the cached blocks of
+    /// `hit`) plus one block of headroom per running sequence (so admission does not
+    /// immediately force a preemption).
+    fn fits(&self, n_tokens: usize, hit: Hit) -> bool {
         let kv = &self.state.kv;
         let headroom = self.running.len();
-        !self.free_slots.is_empty()
-            && n_tokens.div_ceil(BLOCK_POSITIONS) + headroom <= kv.free_blocks()
+        let needed = n_tokens.div_ceil(BLOCK_POSITIONS) - hit.blocks + hit.idle;
+        !self.free_slots.is_empty() && needed + headroom <= kv.free_blocks()
     }
 
-    fn admit_new(&mut self, q: Queued, no: &mut u64) {
+    /// The keys of a prompt's whole blocks (none with the prefix cache off).
+    fn prompt_keys(&self, prompt: &[u32]) -> Vec<BlockKey> {
+        if !self.opts.prefix_cache {
+            return Vec::new();
+        }
+        let mut keys = Vec::with_capacity(prompt.len() / BLOCK_POSITIONS);
+        for (i, block) in prompt.chunks_exact(BLOCK_POSITIONS).enumerate() {
+            let parent = if i == 0 { self.root } else { keys[i - 1] };
+            keys.push(block_key(parent, block));
+        }
+        keys
+    }
+
+    /// The cached blocks a sequence entering with `keys` can attach (at most `cap`).
+    fn hit(&self, keys: &[BlockKey], cap: usize) -> Hit {
+        let keys = &keys[..cap.min(keys.len())];
+        // From block 0 the slot's own table is not read: any slot will do.
+        let blocks = self.state.kv.cached_prefix(0, keys, 0);
+        Hit {
+            blocks,
+            idle: self.state.kv.idle_among(keys, 0, blocks),
+        }
+    }
+
+    /// A sequence given a slot: attaches its cache hit and claims the prompt blocks it will
+    /// compute (so that others with the same prompt wait for them).
+    fn enter(&mut self, s: &mut Seq, hit: Hit) {
+        if !self.opts.prefix_cache {
+            return;
+        }
+        s.extend_keys(self.root);
+        self.state.kv.attach(s.slot, &s.keys, 0, hit.blocks);
+        s.n_cached = hit.blocks * BLOCK_POSITIONS;
+        s.n_named = hit.blocks;
+        if !s.resumed {
+            s.cached_tokens = s.n_cached;
+        }
+        let prompt_blocks = s.n_prompt / BLOCK_POSITIONS;
+        for &key in s.keys.iter().take(prompt_blocks).skip(hit.blocks) {
+            self.inflight.entry(key).or_insert(s.admitted_seq_no);
+        }
+    }
+
+    /// Drops the claims of a sequence that leaves the running set (finished, cancelled,
+    /// preempted) on blocks it has not computed: whoever waits for them computes them.
+    fn unclaim(&mut self, s: &Seq) {
+        if self.inflight.is_empty() {
+            return;
+        }
+        for key in s.keys.iter().skip(s.n_named) {
+            if self.inflight.get(key) == Some(&s.admitted_seq_no) {
+                self.inflight.remove(key);
+            }
+        }
+    }
+
+    fn admit_new(&mut self, q: Queued, keys: Vec<BlockKey>, hit: Hit, no: &mut u64) {
         let sampler = match Sampler::new(q.req.sampling.clone(), self.model.config().n_vocab) {
             Ok(s) => s,
             Err(e) => {
@@ -599,7 +735,7 @@ impl Dispatcher {
         let mut tokens = Vec::with_capacity(cap);
         tokens.extend_from_slice(&q.req.prompt);
         *no += 1;
-        self.running.push(Seq {
+        let mut s = Seq {
             slot,
             n_prompt: tokens.len(),
             tokens,
@@ -614,7 +750,14 @@ impl Dispatcher {
             sampled: None,
             held: Vec::with_capacity(group.min(64)),
             group,
-        });
+            keys,
+            n_named: 0,
+            cached_tokens: 0,
+            resumed: false,
+            waiting: false,
+        };
+        self.enter(&mut s, hit);
+        self.running.push(s);
     }
 
     fn drop_cancelled(&mut self) {
@@ -632,16 +775,23 @@ impl Dispatcher {
     /// Frees a sequence's slot and KV blocks; sends its held tokens and `Finished` if a reason
     /// is given.
     fn finish(&mut self, mut s: Seq, reason: Option<FinishReason>) {
+        self.unclaim(&s);
         if s.slot != NO_SLOT {
             self.state.kv.release(s.slot);
             self.free_slots.push(s.slot);
         }
+        let st = &self.stats;
+        st.prefix_hit_tokens
+            .fetch_add(s.cached_tokens as u64, Ordering::Relaxed);
+        st.prefix_miss_tokens
+            .fetch_add((s.n_prompt - s.cached_tokens) as u64, Ordering::Relaxed);
         match reason {
             Some(reason) => {
                 send_held(&mut s);
                 let _ = s.q.tx.try_send(Event::Finished {
                     reason,
                     prompt_tokens: s.n_prompt,
+                    cached_tokens: s.cached_tokens,
                     completion_tokens: s.n_generated,
                 });
             }
@@ -653,18 +803,12 @@ impl Dispatcher {
 
     fn step(&mut self) {
         self.announce();
-        self.views.clear();
-        self.views.extend(self.running.iter().map(|s| SeqView {
-            pending: s.pending(),
-            decoding: s.decoding(),
-            overdue: s.overdue,
-        }));
-        let budgets = Budgets {
-            max_batch_tokens: self.opts.max_batch_tokens,
-            prefill_tokens_while_decoding: self.costs.prefill_cap(self.opts.itl_factor),
-            whole_prompt_tokens: self.opts.whole_prompt_tokens,
-        };
-        policy::next_batch(&self.views, &budgets, &mut self.plan);
+        self.follow_prefixes();
+        if self.plan_step() == 0 {
+            // Everyone with work left waits on someone: nobody would compute anything.
+            self.running.iter_mut().for_each(|s| s.waiting = false);
+            self.plan_step();
+        }
         for s in &mut self.running {
             s.overdue = !s.decoding();
         }
@@ -698,6 +842,7 @@ impl Dispatcher {
             &mut self.done,
         );
         self.record_step(secs);
+        self.name_blocks();
         let mut done = std::mem::take(&mut self.done);
         for &i in done.iter().rev() {
             let s = self.running.remove(i);
@@ -706,6 +851,84 @@ impl Dispatcher {
         }
         done.clear();
         self.done = done;
+    }
+
+    /// Plans the step into `plan` (sequences that wait take no tokens); returns its tokens.
+    fn plan_step(&mut self) -> usize {
+        self.views.clear();
+        self.views.extend(self.running.iter().map(|s| SeqView {
+            pending: if s.waiting { 0 } else { s.pending() },
+            decoding: s.decoding(),
+            overdue: s.overdue,
+        }));
+        let budgets = Budgets {
+            max_batch_tokens: self.opts.max_batch_tokens,
+            prefill_tokens_while_decoding: self.costs.prefill_cap(self.opts.itl_factor),
+            whole_prompt_tokens: self.opts.whole_prompt_tokens,
+        };
+        policy::next_batch(&self.views, &budgets, &mut self.plan)
+    }
+
+    /// For each prefilling sequence at a block boundary: attaches the blocks of its prompt
+    /// that have been cached since it last looked, then waits if its next block is one that
+    /// an earlier running sequence is computing.
+    fn follow_prefixes(&mut self) {
+        if !self.opts.prefix_cache {
+            return;
+        }
+        let Dispatcher {
+            running,
+            state,
+            inflight,
+            opts,
+            ..
+        } = self;
+        for i in 0..running.len() {
+            let s = &mut running[i];
+            s.waiting = false;
+            let (j, cap) = (s.n_named, s.attachable_blocks());
+            if s.decoding() || s.n_cached != j * BLOCK_POSITIONS || j >= cap {
+                continue;
+            }
+            let k = state.kv.cached_prefix(s.slot, &s.keys[..cap], j);
+            if k > j {
+                state.kv.attach(s.slot, &s.keys, j, k);
+                s.n_cached = k * BLOCK_POSITIONS;
+                s.n_named = k;
+                if !s.resumed {
+                    s.cached_tokens = s.n_cached.min(s.n_prompt);
+                }
+            }
+            let Some(&owner) = s.keys.get(k).and_then(|key| inflight.get(key)) else {
+                continue;
+            };
+            if k < cap && opts.prefix_wait && owner != s.admitted_seq_no {
+                let owner_runs = running[..i]
+                    .iter()
+                    .any(|r| r.admitted_seq_no == owner && !r.waiting);
+                running[i].waiting = owner_runs;
+            }
+        }
+    }
+
+    /// Names the blocks the step filled (every planned sequence's whole, written blocks), so
+    /// they outlive their sequences and others can attach them.
+    fn name_blocks(&mut self) {
+        if !self.opts.prefix_cache {
+            return;
+        }
+        for sl in &self.plan {
+            let s = &mut self.running[sl.seq];
+            s.extend_keys(self.root);
+            while (s.n_named + 1) * BLOCK_POSITIONS <= s.n_cached {
+                let key = s.keys[s.n_named];
+                self.state.kv.register(s.slot, s.n_named, key);
+                if self.inflight.get(&key) == Some(&s.admitted_seq_no) {
+                    self.inflight.remove(&key);
+                }
+                s.n_named += 1;
+            }
+        }
     }
 
     /// Sends `Admitted` to sequences entering their first step.
@@ -738,10 +961,13 @@ impl Dispatcher {
             return;
         };
         let mut s = self.running.remove(i);
+        self.unclaim(&s);
         self.state.kv.release(s.slot);
         self.free_slots.push(s.slot);
         s.slot = NO_SLOT;
         s.n_cached = 0;
+        s.n_named = 0;
+        s.resumed = true;
         self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
         if self.running.is_empty() {
             // Alone and still too big for the pool: it can never run.
@@ -803,6 +1029,7 @@ impl Dispatcher {
     fn fail_all(&mut self, msg: &str) {
         for s in std::mem::take(&mut self.running) {
             let _ = s.q.tx.try_send(Event::Failed(msg.to_string()));
+            self.unclaim(&s);
             self.state.kv.release(s.slot);
             self.free_slots.push(s.slot);
         }
@@ -810,9 +1037,17 @@ impl Dispatcher {
 
     fn publish(&self) {
         let st = &self.stats;
+        let kv = &self.state.kv;
         st.running.store(self.running.len(), Ordering::Relaxed);
-        st.kv_bytes_used
-            .store(self.state.kv.bytes_used(), Ordering::Relaxed);
+        st.kv_bytes_used.store(kv.bytes_used(), Ordering::Relaxed);
+        let p = kv.prefix_stats();
+        st.prefix_cached_blocks
+            .store(p.cached_blocks, Ordering::Relaxed);
+        st.prefix_cached_bytes
+            .store(p.cached_bytes, Ordering::Relaxed);
+        st.prefix_evictions.store(p.evictions, Ordering::Relaxed);
+        // The pools' bookkeeping, every step of every debug build (the tests).
+        debug_assert_eq!(kv.audit(), Ok(()));
     }
 }
 

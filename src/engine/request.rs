@@ -56,6 +56,8 @@ pub enum Event {
     Finished {
         reason: FinishReason,
         prompt_tokens: usize,
+        /// Of the prompt tokens, those whose keys and values came from the prefix cache.
+        cached_tokens: usize,
         completion_tokens: usize,
     },
     /// The model failed on this sequence; nothing more follows.

@@ -11,9 +11,28 @@
 //! positions ([`KvCache::reserve`]) before a step and releases a finished sequence's blocks
 //! ([`KvCache::release`]); the forward pass reserves whatever a batch still lacks.
 //!
+//! With the prefix cache on ([`KvCache::set_prefix_cache`]), a whole block can be named by a
+//! [`BlockKey`]: a hash chained over the model, the previous block's key and the block's token
+//! ids. Named blocks outlive their sequence: blocks are reference-counted (a block table entry
+//! is one reference), a named block no slot uses is *idle* and sits in an LRU, and a block is
+//! evicted from it (its name forgotten) only when a reservation finds no free block. A new
+//! sequence attaches the longest named chain of its prompt ([`KvCache::cached_prefix`],
+//! [`KvCache::attach`]) instead of computing it. Attached blocks are only read: a sequence
+//! writes positions past its attached prefix, which lie in blocks of its own. The cache lives
+//! in the pool's blocks: an idle block is a free block that still remembers its contents.
+//! A sliding group names its blocks with the same keys (a position's K/V depend on every
+//! earlier token, in every layer), and a hit needs the blocks of the window before the hit
+//! point in every sliding group too, so it restores exactly what prefilling would have left.
+//!
 //! Keys and values are stored as f16, as llama.cpp stores them; attention follows llama.cpp's
 //! CPU flash attention (f16 query, f16 running sum of values, online softmax in f32) so greedy
 //! tokens match its tokens.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
 
 use crate::kernels::f16;
 
@@ -25,6 +44,42 @@ pub const BLOCK_POSITIONS: usize = 16;
 
 /// Marks a block-table entry with no block.
 const NO_BLOCK: u32 = u32::MAX;
+
+/// The name of a whole block of positions: see [`block_key`].
+pub type BlockKey = u128;
+
+/// 128 bits of SipHash-1-3 (two fixed-key passes): in-process names, never stored.
+fn hash128(parts: &[&[u8]]) -> BlockKey {
+    let half = |salt: u8| {
+        #[allow(deprecated)] // SipHasher13's successor in std is DefaultHasher: same function.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write_u8(salt);
+        for p in parts {
+            h.write_usize(p.len());
+            h.write(p);
+        }
+        h.finish()
+    };
+    (u128::from(half(0x5a)) << 64) | u128::from(half(0xa5))
+}
+
+/// The key a model's chains start from: `identity` names the model (its file and whatever
+/// else changes its keys and values).
+pub fn chain_root(identity: &[u8]) -> BlockKey {
+    hash128(&[b"ryzanstein-kv-chain", identity])
+}
+
+/// The key of a block holding `tokens` ([`BLOCK_POSITIONS`] of them) after the block named
+/// `parent` (or after [`chain_root`] for a sequence's first block). Equal keys mean equal
+/// token prefixes, so equal keys and values.
+pub fn block_key(parent: BlockKey, tokens: &[u32]) -> BlockKey {
+    debug_assert_eq!(tokens.len(), BLOCK_POSITIONS);
+    let mut bytes = [0u8; 4 * BLOCK_POSITIONS];
+    for (b, t) in bytes.chunks_exact_mut(4).zip(tokens) {
+        b.copy_from_slice(&t.to_le_bytes());
+    }
+    hash128(&[&parent.to_le_bytes(), &bytes[..4 * tokens.len()]])
+}
 
 /// One token of a batch: which sequence slot it belongs to and its position there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,12 +95,23 @@ pub struct BatchToken {
 struct Group {
     window: Option<usize>,
     n_blocks: usize,
-    /// Free block ids; taken from the end.
+    /// Blocks no slot uses and no key names; taken from the end.
     free: Vec<u32>,
     /// `[n_seq][ceil(n_ctx / BLOCK_POSITIONS)]` block ids or `NO_BLOCK`.
     tables: Vec<Vec<u32>>,
     /// Blocks each slot holds.
     held: Vec<usize>,
+    /// Block-table entries that point at each block.
+    refs: Vec<u32>,
+    /// Each block's key, while the prefix cache names it.
+    key_of: Vec<Option<BlockKey>>,
+    /// Named blocks, in use or idle.
+    by_key: HashMap<BlockKey, u32>,
+    /// Named blocks no slot uses, least recently used first: taken (and forgotten) only when
+    /// `free` is empty.
+    idle: LruCache<u32, ()>,
+    /// Named blocks taken from `idle` for other contents.
+    evictions: u64,
 }
 
 impl Group {
@@ -56,7 +122,61 @@ impl Group {
             free: (0..n_blocks as u32).rev().collect(),
             tables: vec![vec![NO_BLOCK; n_ctx.div_ceil(BLOCK_POSITIONS)]; n_seq],
             held: vec![0; n_seq],
+            refs: vec![0; n_blocks],
+            key_of: vec![None; n_blocks],
+            by_key: HashMap::new(),
+            idle: LruCache::new(NonZeroUsize::new(n_blocks.max(1)).expect("at least 1")),
+            evictions: 0,
         }
+    }
+
+    /// Blocks a reservation may take: free ones, then idle named ones.
+    fn available(&self) -> usize {
+        self.free.len() + self.idle.len()
+    }
+
+    /// A block for new contents: a free one, else the least recently used idle one (evicted).
+    fn take(&mut self) -> Option<u32> {
+        let b = match self.free.pop() {
+            Some(b) => b,
+            None => {
+                let (b, ()) = self.idle.pop_lru()?;
+                let key = self.key_of[b as usize]
+                    .take()
+                    .expect("idle blocks are named");
+                self.by_key.remove(&key);
+                self.evictions += 1;
+                b
+            }
+        };
+        debug_assert_eq!(self.refs[b as usize], 0);
+        self.refs[b as usize] = 1;
+        Some(b)
+    }
+
+    /// Drops one reference to `b`; unused, it goes idle if named, else back to `free`.
+    fn unref(&mut self, b: u32) {
+        let r = &mut self.refs[b as usize];
+        debug_assert!(*r > 0, "block {b} has no reference to drop");
+        *r -= 1;
+        if *r == 0 {
+            if self.key_of[b as usize].is_some() {
+                self.idle.put(b, ());
+            } else {
+                self.free.push(b);
+            }
+        }
+    }
+
+    /// Points entry `i` of `seq`'s table at the named block `b`.
+    fn attach(&mut self, seq: usize, i: usize, b: u32) {
+        debug_assert_eq!(self.tables[seq][i], NO_BLOCK);
+        if self.refs[b as usize] == 0 {
+            self.idle.pop(&b);
+        }
+        self.refs[b as usize] += 1;
+        self.tables[seq][i] = b;
+        self.held[seq] += 1;
     }
 
     /// First block a batch whose oldest token is at `first_pos` still reads.
@@ -80,11 +200,11 @@ impl Group {
     /// Drops the blocks of a sliding group that no query at or after `first_pos` can see.
     fn drop_out_of_window(&mut self, seq: usize, first_pos: usize) {
         let until = self.first_needed_block(first_pos);
-        for b in &mut self.tables[seq][..until] {
-            if *b != NO_BLOCK {
-                self.free.push(*b);
+        for i in 0..until.min(self.tables[seq].len()) {
+            let b = std::mem::replace(&mut self.tables[seq][i], NO_BLOCK);
+            if b != NO_BLOCK {
+                self.unref(b);
                 self.held[seq] -= 1;
-                *b = NO_BLOCK;
             }
         }
     }
@@ -93,28 +213,119 @@ impl Group {
         if self.window.is_some() {
             self.drop_out_of_window(seq, first_pos);
         }
-        if self.blocks_missing(seq, first_pos, end) > self.free.len() {
+        if self.blocks_missing(seq, first_pos, end) > self.available() {
             return false;
         }
         let from = self.first_needed_block(first_pos);
         let n = end.div_ceil(BLOCK_POSITIONS);
-        for b in &mut self.tables[seq][from.min(n)..n] {
-            if *b == NO_BLOCK {
-                *b = self.free.pop().expect("counted above");
+        for i in from.min(n)..n {
+            if self.tables[seq][i] == NO_BLOCK {
+                self.tables[seq][i] = self.take().expect("counted above");
                 self.held[seq] += 1;
             }
         }
         true
     }
 
+    /// Frees every block of `seq`, the last first: named ones go idle with the chain's head
+    /// most recently used, so an eviction takes a chain's tail before its head.
     fn release(&mut self, seq: usize) {
-        for b in &mut self.tables[seq] {
-            if *b != NO_BLOCK {
-                self.free.push(*b);
-                *b = NO_BLOCK;
+        for i in (0..self.tables[seq].len()).rev() {
+            let b = std::mem::replace(&mut self.tables[seq][i], NO_BLOCK);
+            if b != NO_BLOCK {
+                self.unref(b);
             }
         }
         self.held[seq] = 0;
+    }
+
+    /// Names block `i` of `seq` (whole and written) `key`, unless it is named already or
+    /// another block holds that key (the same prefix computed twice: this copy stays
+    /// unnamed and is freed with its sequence).
+    fn register(&mut self, seq: usize, i: usize, key: BlockKey) -> bool {
+        let b = self.tables[seq][i];
+        if b == NO_BLOCK || self.key_of[b as usize].is_some() || self.by_key.contains_key(&key) {
+            return false;
+        }
+        self.key_of[b as usize] = Some(key);
+        self.by_key.insert(key, b);
+        true
+    }
+
+    /// Whether `seq` could attach `keys[from..k]` here (it holds its blocks before `from`):
+    /// a full group needs all of them, a sliding group the ones a query at `k` blocks sees.
+    fn can_attach(&self, seq: usize, keys: &[BlockKey], from: usize, k: usize) -> bool {
+        let lo = self.first_needed_block(k * BLOCK_POSITIONS);
+        (lo..k).all(|i| {
+            if i < from {
+                self.tables[seq][i] != NO_BLOCK
+            } else {
+                self.by_key.contains_key(&keys[i])
+            }
+        })
+    }
+
+    /// Attaches `keys[from..k]` (checked by [`Group::can_attach`]) to `seq`; a sliding group
+    /// drops what a query at `k` blocks no longer sees.
+    fn attach_range(&mut self, seq: usize, keys: &[BlockKey], from: usize, k: usize) {
+        let first_pos = k * BLOCK_POSITIONS;
+        if self.window.is_some() {
+            self.drop_out_of_window(seq, first_pos);
+        }
+        for (i, key) in keys.iter().enumerate().take(k).skip(from) {
+            if i < self.first_needed_block(first_pos) {
+                continue;
+            }
+            let b = self.by_key[key];
+            self.attach(seq, i, b);
+        }
+    }
+
+    /// Checks that every block is in exactly one of: used (its reference count equals the
+    /// table entries pointing at it), idle (named, unused) or free (unnamed, unused).
+    fn audit(&self) -> Result<(), String> {
+        let mut refs = vec![0u32; self.n_blocks];
+        for (seq, t) in self.tables.iter().enumerate() {
+            let held = t.iter().filter(|&&b| b != NO_BLOCK).count();
+            if held != self.held[seq] {
+                return Err(format!(
+                    "slot {seq} holds {held} blocks, counted {}",
+                    self.held[seq]
+                ));
+            }
+            for &b in t.iter().filter(|&&b| b != NO_BLOCK) {
+                refs[b as usize] += 1;
+            }
+        }
+        if refs != self.refs {
+            return Err("reference counts differ from the block tables".into());
+        }
+        let mut in_free = vec![false; self.n_blocks];
+        for &b in &self.free {
+            if in_free[b as usize] || refs[b as usize] != 0 || self.key_of[b as usize].is_some() {
+                return Err(format!("free block {b} is used, named or listed twice"));
+            }
+            in_free[b as usize] = true;
+        }
+        for (&b, ()) in self.idle.iter() {
+            if refs[b as usize] != 0 || self.key_of[b as usize].is_none() || in_free[b as usize] {
+                return Err(format!("idle block {b} is used, unnamed or free"));
+            }
+        }
+        for (b, key) in self.key_of.iter().enumerate() {
+            if let Some(k) = key {
+                if self.by_key.get(k) != Some(&(b as u32)) {
+                    return Err(format!("block {b}'s key is not indexed to it"));
+                }
+            }
+        }
+        let used = refs.iter().filter(|&&r| r > 0).count();
+        if used + self.free.len() + self.idle.len() != self.n_blocks
+            || self.by_key.len() != self.key_of.iter().flatten().count()
+        {
+            return Err("blocks are lost or counted twice".into());
+        }
+        Ok(())
     }
 
     /// Index of the row holding `pos` of `seq` in the group's layer arrays.
@@ -274,6 +485,21 @@ pub struct KvCache {
     windows: Vec<Option<usize>>,
     n_seq: usize,
     n_ctx: usize,
+    /// Whether [`KvCache::register`] names blocks (off: nothing is ever cached).
+    prefix_cache: bool,
+}
+
+/// What the prefix cache holds, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixCacheStats {
+    /// Named blocks of the full-attention pool (in use or idle).
+    pub cached_blocks: usize,
+    /// Bytes of K/V that named blocks hold, every layer of every group.
+    pub cached_bytes: usize,
+    /// Named blocks no sequence uses (reclaimable at once), full-attention pool.
+    pub idle_blocks: usize,
+    /// Named blocks evicted for other contents, every group.
+    pub evictions: u64,
 }
 
 /// What a cache must hold, decided at load.
@@ -346,12 +572,25 @@ impl KvCache {
             windows: windows.to_vec(),
             n_seq: shape.n_seq,
             n_ctx: shape.n_ctx,
+            prefix_cache: false,
         }
+    }
+
+    /// Turns the prefix cache on or off (off by default: blocks are never named). Turning it
+    /// off forgets nothing already named; use it on an empty cache.
+    pub fn set_prefix_cache(&mut self, on: bool) {
+        self.prefix_cache = on;
+    }
+
+    pub fn prefix_cache(&self) -> bool {
+        self.prefix_cache
     }
 
     /// An empty cache of the same shape whose full-attention pool holds `pool_positions`.
     pub fn with_pool_positions(&self, pool_positions: usize) -> KvCache {
-        Self::with_pool(self.shape, &self.windows, pool_positions)
+        let mut kv = Self::with_pool(self.shape, &self.windows, pool_positions);
+        kv.prefix_cache = self.prefix_cache;
+        kv
     }
 
     pub fn n_seq(&self) -> usize {
@@ -369,17 +608,17 @@ impl KvCache {
         if let Some(g) = self
             .groups
             .iter()
-            .find(|g| g.window.is_none() && g.blocks_missing(seq, first_pos, end) > g.free.len())
+            .find(|g| g.window.is_none() && g.blocks_missing(seq, first_pos, end) > g.available())
         {
             return Err(KvFull {
                 needed: g.blocks_missing(seq, first_pos, end),
-                free: g.free.len(),
+                free: g.available(),
             });
         }
         for g in &mut self.groups {
             if !g.reserve(seq, first_pos, end) {
                 // Sized never to run out (see the module comment).
-                let (needed, free) = (g.blocks_missing(seq, first_pos, end), g.free.len());
+                let (needed, free) = (g.blocks_missing(seq, first_pos, end), g.available());
                 return Err(KvFull { needed, free });
             }
         }
@@ -419,10 +658,88 @@ impl KvCache {
             .unwrap_or(0)
     }
 
-    /// Free blocks of the full-attention pool (a model with only sliding layers: of its
-    /// sliding pool).
+    /// Blocks of the full-attention pool a reservation may take (a model with only sliding
+    /// layers: of its sliding pool): free ones and idle cached ones.
     pub fn free_blocks(&self) -> usize {
-        self.limiting_group().free.len()
+        self.limiting_group().available()
+    }
+
+    /// How many blocks of `keys` (block `i` of a sequence is `keys[i]`) `seq`, which holds its
+    /// blocks before `from`, can attach: `k >= from` such that blocks `from..k` are cached in
+    /// every full-attention group and the blocks a query at `k` blocks sees in every sliding
+    /// group. `from` when the cache is off or holds nothing more.
+    pub fn cached_prefix(&self, seq: usize, keys: &[BlockKey], from: usize) -> usize {
+        if !self.prefix_cache || from >= keys.len() {
+            return from;
+        }
+        let full = self.groups.iter().filter(|g| g.window.is_none());
+        let mut k = from;
+        while k < keys.len() && full.clone().all(|g| g.by_key.contains_key(&keys[k])) {
+            k += 1;
+        }
+        let sliding = || self.groups.iter().filter(|g| g.window.is_some());
+        while k > from && !sliding().all(|g| g.can_attach(seq, keys, from, k)) {
+            k -= 1;
+        }
+        k
+    }
+
+    /// Full-attention blocks that attaching `keys[from..k]` takes out of the idle set (so a
+    /// reservation can no longer take them).
+    pub fn idle_among(&self, keys: &[BlockKey], from: usize, k: usize) -> usize {
+        let g = self.limiting_group();
+        keys[from..k]
+            .iter()
+            .filter(|key| g.by_key.get(key).is_some_and(|&b| g.refs[b as usize] == 0))
+            .count()
+    }
+
+    /// Points blocks `from..k` of `seq` at the cached blocks named `keys[from..k]`, as
+    /// [`KvCache::cached_prefix`] allowed: `seq` then holds positions `..k * BLOCK_POSITIONS`
+    /// as if it had computed them.
+    pub fn attach(&mut self, seq: usize, keys: &[BlockKey], from: usize, k: usize) {
+        debug_assert!(self.cached_prefix(seq, keys, from) >= k);
+        for g in &mut self.groups {
+            g.attach_range(seq, keys, from, k);
+        }
+    }
+
+    /// Names block `i` of `seq` `key` in every group that holds it: the block must be whole
+    /// and written. Returns whether the full-attention pool cached it (false: the cache is
+    /// off, or another block holds that key already).
+    pub fn register(&mut self, seq: usize, i: usize, key: BlockKey) -> bool {
+        if !self.prefix_cache {
+            return false;
+        }
+        let mut cached = false;
+        for g in &mut self.groups {
+            let now = g.register(seq, i, key);
+            cached |= now && g.window.is_none();
+        }
+        cached
+    }
+
+    /// What the prefix cache holds.
+    pub fn prefix_stats(&self) -> PrefixCacheStats {
+        let g = self.limiting_group();
+        PrefixCacheStats {
+            cached_blocks: g.by_key.len(),
+            cached_bytes: self
+                .layers
+                .iter()
+                .map(|l| {
+                    self.groups[l.group].by_key.len() * BLOCK_POSITIONS * l.bytes_per_position()
+                })
+                .sum(),
+            idle_blocks: g.idle.len(),
+            evictions: self.groups.iter().map(|g| g.evictions).sum(),
+        }
+    }
+
+    /// Checks the pools' bookkeeping (every block used, idle or free, exactly once; reference
+    /// counts equal to the tables): for tests and debug builds.
+    pub fn audit(&self) -> Result<(), String> {
+        self.groups.iter().try_for_each(Group::audit)
     }
 
     /// Blocks of the full-attention pool.
@@ -438,13 +755,13 @@ impl KvCache {
             .expect("a model has layers")
     }
 
-    /// Bytes of keys and values that held blocks occupy.
+    /// Bytes of keys and values that blocks in use occupy (idle cached blocks not counted).
     pub fn bytes_used(&self) -> usize {
         self.layers
             .iter()
             .map(|l| {
                 let g = &self.groups[l.group];
-                (g.n_blocks - g.free.len()) * BLOCK_POSITIONS * l.bytes_per_position()
+                (g.n_blocks - g.available()) * BLOCK_POSITIONS * l.bytes_per_position()
             })
             .sum()
     }
@@ -473,10 +790,17 @@ impl KvCache {
         out: &mut [f32],
     ) {
         let cache = &mut self.layers[il];
-        let tables = &self.groups[cache.group].tables;
+        let group = &self.groups[cache.group];
+        let tables = &group.tables;
         let (kw, vw) = (cache.k_width, cache.v_width);
         for (t, tok) in batch.iter().enumerate() {
             let row = Group::row(&tables[tok.seq], tok.pos);
+            let b = row / BLOCK_POSITIONS;
+            // A shared or named block is never written: it holds someone's whole prefix.
+            debug_assert!(
+                group.refs[b] == 1 && group.key_of[b].is_none(),
+                "write to block {b}"
+            );
             cache.write(row, &k[t * kw..][..kw], &v[t * vw..][..vw]);
         }
         attention(cache, tables, shape, batch, q, out);

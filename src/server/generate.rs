@@ -97,6 +97,8 @@ struct ChoiceRun {
     logprobs: Vec<LogprobEntry>,
     finish: Option<&'static str>,
     prompt_tokens: usize,
+    /// Prompt tokens the prefix cache supplied.
+    cached_tokens: usize,
     completion_tokens: usize,
     last_token_at: Option<Instant>,
 }
@@ -169,9 +171,11 @@ impl ChoiceRun {
             Some(Event::Finished {
                 reason,
                 prompt_tokens,
+                cached_tokens,
                 completion_tokens,
             }) => {
                 self.prompt_tokens = prompt_tokens;
+                self.cached_tokens = cached_tokens;
                 self.completion_tokens = completion_tokens;
                 self.finish_text(&mut up);
                 if self.finish.is_none() {
@@ -315,6 +319,7 @@ fn submit_all(st: &State, m: &Loaded, plan: &Plan) -> Result<Vec<ChoiceRun>, Api
                 logprobs: Vec::new(),
                 finish: None,
                 prompt_tokens: prompt.len(),
+                cached_tokens: 0,
                 completion_tokens: 0,
                 last_token_at: None,
             });
@@ -346,6 +351,7 @@ fn next_event(runs: &[ChoiceRun], timeout: Duration) -> Option<(usize, Option<Ev
 fn usage(plan: &Plan, runs: &[ChoiceRun]) -> Usage {
     Usage {
         prompt_tokens: plan.prompts.iter().map(Vec::len).sum(),
+        cached_tokens: runs.iter().map(|r| r.cached_tokens).sum(),
         completion_tokens: runs.iter().map(|r| r.completion_tokens).sum(),
     }
 }

@@ -305,7 +305,7 @@ fn render_models(out: &mut String, reg: &Registry) {
 /// Per-model engine figures, each metric's lines grouped under one header.
 fn render_engines(out: &mut String, engines: &[(&str, &EngineStats)]) {
     type Scalar = fn(&EngineStats) -> u64;
-    let scalars: [(&str, &str, &str, Scalar); 9] = [
+    let scalars: [(&str, &str, &str, Scalar); 14] = [
         (
             "ryzanstein_sequences_running",
             "gauge",
@@ -359,6 +359,36 @@ fn render_engines(out: &mut String, engines: &[(&str, &EngineStats)]) {
             "counter",
             "Prompt tokens run through the model (recomputation included).",
             |s| s.prompt_tokens.load(Ordering::Relaxed),
+        ),
+        (
+            "ryzanstein_prefix_cache_hit_tokens_total",
+            "counter",
+            "Prompt tokens of ended requests read from the prefix cache.",
+            |s| s.prefix_hit_tokens.load(Ordering::Relaxed),
+        ),
+        (
+            "ryzanstein_prefix_cache_miss_tokens_total",
+            "counter",
+            "Prompt tokens of ended requests not found in the prefix cache (computed).",
+            |s| s.prefix_miss_tokens.load(Ordering::Relaxed),
+        ),
+        (
+            "ryzanstein_prefix_cache_blocks",
+            "gauge",
+            "KV blocks (16 positions) the prefix cache holds, in use or idle.",
+            |s| s.prefix_cached_blocks.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ryzanstein_prefix_cache_bytes",
+            "gauge",
+            "Bytes of keys and values held by the prefix cache's blocks (every layer).",
+            |s| s.prefix_cached_bytes.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ryzanstein_prefix_cache_evictions_total",
+            "counter",
+            "Cached KV blocks evicted to make room for new ones.",
+            |s| s.prefix_evictions.load(Ordering::Relaxed),
         ),
     ];
     if engines.is_empty() {

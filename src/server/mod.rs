@@ -129,6 +129,10 @@ pub fn engine_options(cfg: &ServeConfig) -> EngineOptions {
         itl_factor: e.itl_factor,
         whole_prompt_tokens: e.whole_prompt_tokens,
         event_buffer: e.event_buffer,
+        prefix_cache: e.prefix_cache,
+        // Hidden switch for the A/B of docs/BENCHMARKS.md: `RYZANSTEIN_PREFIX_WAIT=0` lets
+        // requests with the same new prefix compute it side by side instead of one waiting.
+        prefix_wait: std::env::var("RYZANSTEIN_PREFIX_WAIT").map_or(true, |v| v != "0"),
     }
 }
 
