@@ -892,4 +892,220 @@ mod tests {
         b.reserve(0, 0, 24).unwrap(); // seq 1 of `b` gets other blocks than seq 0 of `a`
         assert_eq!(run(&mut a, 0), run(&mut b, 1));
     }
+
+    /// Keys of `n` whole blocks of `tokens`.
+    fn keys_of(tokens: &[u32]) -> Vec<BlockKey> {
+        let mut keys: Vec<BlockKey> = Vec::new();
+        for (i, b) in tokens.chunks_exact(BLOCK_POSITIONS).enumerate() {
+            let parent = if i == 0 {
+                chain_root(b"test")
+            } else {
+                keys[i - 1]
+            };
+            keys.push(block_key(parent, b));
+        }
+        keys
+    }
+
+    fn cache_on(kv: KvCache) -> KvCache {
+        let mut kv = kv;
+        kv.set_prefix_cache(true);
+        kv
+    }
+
+    /// Reserves and names `n_blocks` whole blocks for `seq`, as the engine does after a step.
+    fn fill(kv: &mut KvCache, seq: usize, keys: &[BlockKey], from: usize, n_blocks: usize) {
+        for (i, &key) in keys.iter().enumerate().take(n_blocks).skip(from) {
+            kv.reserve(seq, i * BLOCK_POSITIONS, (i + 1) * BLOCK_POSITIONS)
+                .unwrap();
+            kv.register(seq, i, key);
+        }
+        kv.audit().unwrap();
+    }
+
+    #[test]
+    fn block_keys_chain_the_whole_prefix() {
+        let a: Vec<u32> = (0..48).collect();
+        let mut b = a.clone();
+        b[3] = 99; // differs in block 0 only
+        let (ka, kb) = (keys_of(&a), keys_of(&b));
+        assert_eq!(ka.len(), 3);
+        assert!(
+            ka.iter().zip(&kb).all(|(x, y)| x != y),
+            "a change names every later block anew"
+        );
+        assert_eq!(keys_of(&a[..32]), ka[..2], "same prefix, same keys");
+        assert_ne!(chain_root(b"model a"), chain_root(b"model b"));
+    }
+
+    #[test]
+    fn named_blocks_outlive_their_sequence_and_are_shared() {
+        let mut kv = cache_on(KvCache::with_pool(
+            shape(3, 256),
+            &[None],
+            8 * BLOCK_POSITIONS,
+        ));
+        let keys = keys_of(&(0..64).collect::<Vec<u32>>());
+        fill(&mut kv, 0, &keys, 0, 4);
+        assert_eq!(kv.prefix_stats().cached_blocks, 4);
+        kv.release(0);
+        kv.audit().unwrap();
+        assert_eq!(kv.free_blocks(), 8, "idle cached blocks can still be taken");
+        assert_eq!(kv.bytes_used(), 0, "idle blocks are not in use");
+        assert_eq!(kv.prefix_stats().idle_blocks, 4);
+        // Two slots attach the same three blocks: shared, not copied.
+        assert_eq!(kv.cached_prefix(1, &keys[..3], 0), 3);
+        assert_eq!(kv.idle_among(&keys, 0, 3), 3);
+        kv.attach(1, &keys, 0, 3);
+        kv.attach(2, &keys, 0, 3);
+        kv.audit().unwrap();
+        assert_eq!(kv.idle_among(&keys, 0, 3), 0);
+        assert_eq!(kv.prefix_stats().idle_blocks, 1);
+        assert_eq!(kv.free_blocks(), 5);
+        // Each writes its own next block.
+        kv.reserve(1, 48, 49).unwrap();
+        kv.reserve(2, 48, 49).unwrap();
+        kv.audit().unwrap();
+        assert_eq!(kv.free_blocks(), 3, "block 3's idle copy was free to take");
+        // A pool that must evict takes idle blocks only, never one in use.
+        kv.reserve(0, 0, 3 * BLOCK_POSITIONS).unwrap();
+        kv.audit().unwrap();
+        assert_eq!(kv.free_blocks(), 0);
+        assert!(
+            kv.reserve(0, 48, 64).is_err(),
+            "blocks in use are never evicted"
+        );
+        assert_eq!(
+            kv.cached_prefix(0, &keys[..3], 0),
+            3,
+            "the shared chain is intact"
+        );
+        kv.audit().unwrap();
+    }
+
+    #[test]
+    fn eviction_takes_a_chains_tail_before_its_head() {
+        let mut kv = cache_on(KvCache::with_pool(
+            shape(2, 256),
+            &[None],
+            4 * BLOCK_POSITIONS,
+        ));
+        let keys = keys_of(&(0..64).collect::<Vec<u32>>());
+        fill(&mut kv, 0, &keys, 0, 4);
+        kv.release(0);
+        // Another sequence needs two blocks: the chain keeps its first two.
+        kv.reserve(1, 0, 32).unwrap();
+        kv.audit().unwrap();
+        assert_eq!(kv.prefix_stats().evictions, 2);
+        assert_eq!(kv.cached_prefix(0, &keys, 0), 2);
+    }
+
+    #[test]
+    fn duplicate_blocks_stay_unnamed_and_are_freed() {
+        let mut kv = cache_on(KvCache::with_pool(
+            shape(2, 256),
+            &[None],
+            8 * BLOCK_POSITIONS,
+        ));
+        let keys = keys_of(&(0..32).collect::<Vec<u32>>());
+        fill(&mut kv, 0, &keys, 0, 2);
+        fill(&mut kv, 1, &keys, 0, 2); // the same prompt computed side by side
+        assert_eq!(kv.prefix_stats().cached_blocks, 2);
+        kv.release(1);
+        kv.release(0);
+        kv.audit().unwrap();
+        assert_eq!(kv.prefix_stats().idle_blocks, 2);
+        assert_eq!(kv.free_blocks(), 8);
+    }
+
+    #[test]
+    fn a_cache_that_is_off_names_nothing() {
+        let mut kv = KvCache::with_pool(shape(2, 256), &[None], 8 * BLOCK_POSITIONS);
+        let keys = keys_of(&(0..32).collect::<Vec<u32>>());
+        fill(&mut kv, 0, &keys, 0, 2);
+        kv.release(0);
+        assert_eq!(kv.prefix_stats(), PrefixCacheStats::default());
+        assert_eq!(kv.cached_prefix(1, &keys, 0), 0);
+    }
+
+    #[test]
+    fn a_sliding_hit_needs_the_window_before_it() {
+        // Window 32 (two blocks); a sequence of 10 blocks keeps only its last window, but the
+        // blocks it dropped stay idle and named.
+        let windows = [Some(32), None];
+        let mut kv = cache_on(KvCache::with_pool(shape(2, 1024), &windows, 1024));
+        let keys = keys_of(&(0..160).collect::<Vec<u32>>());
+        fill(&mut kv, 0, &keys, 0, 10);
+        assert!(
+            kv.groups[0].held[0] <= 3,
+            "the sliding group dropped old blocks"
+        );
+        kv.release(0);
+        assert_eq!(kv.cached_prefix(1, &keys, 0), 10);
+        // Forget the sliding copy of block 8: a hit at 10 or 9 blocks (queries at 160 or 144
+        // see positions 129.. or 113..) needs it, a hit at 8 blocks (128 sees 97.., blocks 6
+        // and 7) does not: the hit shrinks to 8.
+        let b8 = kv.groups[0].by_key[&keys[8]];
+        kv.groups[0].idle.pop(&b8);
+        kv.groups[0].by_key.remove(&keys[8]);
+        kv.groups[0].key_of[b8 as usize] = None;
+        kv.groups[0].free.push(b8);
+        kv.audit().unwrap();
+        assert_eq!(kv.cached_prefix(1, &keys, 0), 8);
+        kv.attach(1, &keys, 0, 8);
+        kv.audit().unwrap();
+        // Full group: all 8 blocks; sliding group: only what position 128 sees (blocks 6, 7).
+        assert_eq!(kv.groups[1].held[1], 8);
+        assert_eq!(kv.groups[0].held[1], 2);
+        kv.reserve(1, 128, 144).unwrap();
+        kv.audit().unwrap();
+    }
+
+    #[test]
+    fn attached_blocks_give_the_attention_of_computed_ones() {
+        // Seq 0 computes 48 positions; seq 1 attaches its first two blocks and computes the
+        // third; seq 2 computes all 48 alone. Seq 1's and seq 2's outputs are identical.
+        let sh = shape(3, 128);
+        let attn = AttnShape {
+            n_head: 1,
+            n_head_kv: 1,
+            head_dim: 4,
+            head_dim_v: 4,
+            kq_scale: 0.5,
+        };
+        let x: Vec<f32> = (0..48 * 4)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0)
+            .collect();
+        let run = |kv: &mut KvCache, seq: usize, from: usize| {
+            let batch: Vec<BatchToken> = (from..48)
+                .map(|pos| BatchToken {
+                    token: 0,
+                    pos,
+                    seq,
+                    logits: true,
+                })
+                .collect();
+            kv.reserve_batch(&batch).unwrap();
+            let xs = &x[from * 4..];
+            let mut out = vec![0.0; (48 - from) * 4];
+            for il in 0..2 {
+                kv.write_and_attend(il, attn, &batch, xs, xs, xs, &mut out);
+            }
+            out
+        };
+        let windows = [Some(24), None];
+        let mut kv = cache_on(KvCache::new(sh, &windows));
+        let keys = keys_of(&[7u32; 48]);
+        run(&mut kv, 0, 0);
+        for (i, &key) in keys.iter().enumerate() {
+            kv.register(0, i, key);
+        }
+        kv.release(0);
+        assert_eq!(kv.cached_prefix(1, &keys[..2], 0), 2);
+        kv.attach(1, &keys, 0, 2);
+        let hit = run(&mut kv, 1, 32);
+        let alone = run(&mut kv, 2, 0);
+        assert_eq!(hit, alone[32 * 4..]);
+        kv.audit().unwrap();
+    }
 }
