@@ -890,7 +890,9 @@ impl Dispatcher {
             if s.decoding() || s.n_cached != j * BLOCK_POSITIONS || j >= cap {
                 continue;
             }
-            let k = state.kv.cached_prefix(s.slot, &s.keys[..cap], j);
+            let k = state
+                .kv
+                .cached_prefix(s.slot, &s.keys[..cap.min(s.keys.len())], j);
             if k > j {
                 state.kv.attach(s.slot, &s.keys, j, k);
                 s.n_cached = k * BLOCK_POSITIONS;
