@@ -6,6 +6,10 @@
 //!   passes the requests that got no answer to the other replica).
 //! - A replica still loading its model answers 503 and nginx keeps the traffic on the ready
 //!   one; once that replica has loaded, it gets traffic again.
+//! - Sticky sessions (for the replicas' prefix cache): every request with the same
+//!   `X-Session-Id` lands on the same replica, different ids spread over both, and requests
+//!   without the header go round-robin. SIGKILL of a session's replica moves the session to
+//!   the other one without failing a request.
 //!
 //! Skipped (with a message) only when nginx is not installed; `scripts/test.sh` installs it.
 
@@ -30,6 +34,8 @@ const CONF_REPLICA_B: &str = "server 127.0.0.1:8082 ";
 const CONF_LISTEN: &str = "listen 127.0.0.1:8080;";
 /// `fail_timeout` in deploy/nginx.conf: how long a replica that failed is left out.
 const FAIL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The request header deploy/nginx.conf hashes on to keep a conversation on one replica.
+const SESSION_HEADER: &str = "X-Session-Id";
 
 fn tiny_model() -> PathBuf {
     common::fixtures_dir().join("tiny-llama.gguf")
@@ -217,10 +223,23 @@ impl Client {
     }
 
     fn post(&mut self, path: &str, body: &Value) -> Result<(u16, Vec<u8>), String> {
+        self.post_in(None, path, body)
+    }
+
+    /// A POST that carries `X-Session-Id: session` when `session` is given.
+    fn post_in(
+        &mut self,
+        session: Option<&str>,
+        path: &str,
+        body: &Value,
+    ) -> Result<(u16, Vec<u8>), String> {
         let body = body.to_string();
+        let session = session
+            .map(|id| format!("{SESSION_HEADER}: {id}\r\n"))
+            .unwrap_or_default();
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n",
+             {session}Content-Length: {}\r\n\r\n",
             body.len()
         );
         let r = self.exchange(head.as_bytes(), body.as_bytes());
@@ -352,12 +371,14 @@ impl Amount {
     }
 }
 
-/// `threads` clients send `amount` requests each through `proxy`; every text must equal
-/// `expected`. Returns the failures (a description each). `done` counts finished requests.
+/// `threads` clients send `amount` requests each through `proxy`, all in `session` if one is
+/// given; every text must equal `expected`. Returns the failures (a description each). `done`
+/// counts finished requests.
 fn load(
     proxy: SocketAddr,
     threads: usize,
     amount: Amount,
+    session: Option<&str>,
     expected: &str,
     done: &Arc<AtomicUsize>,
 ) -> Vec<std::thread::JoinHandle<Vec<String>>> {
@@ -365,13 +386,15 @@ fn load(
     (0..threads)
         .map(|_| {
             let (done, expected) = (done.clone(), expected.to_string());
+            let session = session.map(str::to_string);
             std::thread::spawn(move || {
                 let mut c = Client::new(proxy);
                 let mut failures = Vec::new();
                 let mut sent = 0;
                 while amount.more(sent, t0) {
                     sent += 1;
-                    match completion_text(c.post("/v1/completions", &completion_body(false))) {
+                    let body = completion_body(false);
+                    match completion_text(c.post_in(session.as_deref(), "/v1/completions", &body)) {
                         Ok(t) if t == expected => {}
                         Ok(t) => failures.push(format!("wrong text {t:?}")),
                         Err(e) => failures.push(e),
@@ -442,6 +465,7 @@ fn sigkill_of_a_replica_under_load_loses_no_request() {
         proxy.addr(),
         THREADS,
         Amount::count(PER_THREAD),
+        None,
         &expected,
         &done,
     );
@@ -558,7 +582,7 @@ fn a_replica_still_loading_gets_no_traffic_until_it_is_ready() {
         requests: PER_THREAD,
         time_min: FAIL_TIMEOUT * 3,
     };
-    let failures = join_all(load(proxy.addr(), THREADS, amount, &expected, &done));
+    let failures = join_all(load(proxy.addr(), THREADS, amount, None, &expected, &done));
     let (b_ok, b_turned_away) = served(&b);
     eprintln!(
         "B loading: {} requests through nginx, {} failed; B answered {b_turned_away} with 503 \
@@ -591,7 +615,7 @@ fn a_replica_still_loading_gets_no_traffic_until_it_is_ready() {
     b.wait_ready();
     std::thread::sleep(FAIL_TIMEOUT + Duration::from_millis(500));
     let amount = Amount::count(PER_THREAD);
-    let failures = join_all(load(proxy.addr(), THREADS, amount, &expected, &done));
+    let failures = join_all(load(proxy.addr(), THREADS, amount, None, &expected, &done));
     let (b_ok, _) = served(&b);
     eprintln!("B ready: B served {b_ok} of {}", THREADS * PER_THREAD);
     assert!(failures.is_empty(), "{failures:?}\n{}", proxy.error_log());
@@ -622,4 +646,249 @@ fn the_proxy_answers_its_own_errors_as_json() {
     let r = get(proxy.addr(), "/v1/models");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["data"][0]["id"], "tiny-llama");
+}
+
+/// Which replica served each request, for requests sent one at a time: the completions each
+/// replica logged (`served`), waited on until the one new line shows up (a replica may log a
+/// request just after its answer has left).
+struct Tally<'a> {
+    replicas: [&'a Spawned; 2],
+    seen: [usize; 2],
+}
+
+impl<'a> Tally<'a> {
+    /// Starts from what the replicas have logged once `total` completions are in.
+    fn new(replicas: [&'a Spawned; 2], total: usize) -> Tally<'a> {
+        let mut t = Tally {
+            replicas,
+            seen: [0, 0],
+        };
+        t.seen = t.settle(total);
+        t
+    }
+
+    fn counts(&self) -> [usize; 2] {
+        self.replicas.map(|r| served(r).0)
+    }
+
+    /// The counts once they add up to `total` (panics after 10 s).
+    fn settle(&self, total: usize) -> [usize; 2] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = self.counts();
+            if c[0] + c[1] >= total {
+                assert_eq!(c[0] + c[1], total, "completions logged by the replicas");
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replicas logged {c:?} completions, not {total}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The replica (0 or 1) that served the one request answered since the last call.
+    fn next(&mut self) -> usize {
+        let c = self.settle(self.seen[0] + self.seen[1] + 1);
+        let i = usize::from(c[1] > self.seen[1]);
+        self.seen = c;
+        i
+    }
+}
+
+/// `replica`'s completions once it has logged at least `n` (panics after 10 s).
+fn wait_served(replica: &Spawned, n: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, _) = served(replica);
+        if ok >= n {
+            return ok;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica logged {ok} completions, not {n}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// One completion through the proxy, in `session` if given; panics unless it is a 200 with
+/// `expected`.
+fn turn(c: &mut Client, session: Option<&str>, expected: &str) {
+    let text = completion_text(c.post_in(session, "/v1/completions", &completion_body(false)));
+    assert_eq!(text.as_deref(), Ok(expected), "session {session:?}");
+}
+
+/// The prefix cache pays only if a conversation's turns reach the same replica: nginx hashes
+/// `X-Session-Id` (consistently) to pick it. Requests without the header are not all sent to
+/// one replica (nginx falls back to round-robin on an empty hash key), and stickiness holds
+/// with both kinds interleaved.
+#[test]
+fn a_session_sticks_to_one_replica_and_requests_without_one_go_round_robin() {
+    const SESSIONS_MIN: usize = 8;
+    const SESSIONS_MAX: usize = 64;
+    const TURNS: usize = 4;
+    let bin = nginx_or_skip!();
+    let a = tiny_replica();
+    let b = tiny_replica();
+    let expected = direct_text(&a);
+    let proxy = Nginx::start(&bin, a.addr, b.addr);
+    let mut tally = Tally::new([&a, &b], 1);
+    let mut c = Client::new(proxy.addr());
+
+    // First turns: sessions until both replicas have some (at least SESSIONS_MIN). Where a
+    // session lands depends on the replicas' addresses (the hash ring is built from them),
+    // which are the test's ephemeral ports.
+    let mut home: Vec<(String, usize)> = Vec::new();
+    while home.len() < SESSIONS_MIN
+        || (home.len() < SESSIONS_MAX
+            && !(home.iter().any(|h| h.1 == 0) && home.iter().any(|h| h.1 == 1)))
+    {
+        let id = format!("conv-{}", home.len());
+        turn(&mut c, Some(&id), &expected);
+        home.push((id, tally.next()));
+    }
+
+    // Later turns, each followed by a request without the header: every turn of a session
+    // lands where its first did.
+    let mut plain = [0usize; 2];
+    let mut plain_order = String::new();
+    let mut moved = Vec::new();
+    for t in 1..TURNS {
+        for (id, replica) in &home {
+            turn(&mut c, Some(id), &expected);
+            let got = tally.next();
+            if got != *replica {
+                moved.push(format!(
+                    "{id} turn {t}: replica {got}, first turn on {replica}"
+                ));
+            }
+            turn(&mut c, None, &expected);
+            let got = tally.next();
+            plain[got] += 1;
+            plain_order.push(if got == 0 { 'A' } else { 'B' });
+        }
+    }
+    let per_replica = [0, 1].map(|i| home.iter().filter(|h| h.1 == i).count());
+    eprintln!(
+        "{} sessions × {TURNS} turns: {} on A, {} on B, none moved: {}; {} requests without \
+         {SESSION_HEADER}: A {}, B {} ({plain_order})",
+        home.len(),
+        per_replica[0],
+        per_replica[1],
+        moved.is_empty(),
+        plain[0] + plain[1],
+        plain[0],
+        plain[1],
+    );
+    assert!(moved.is_empty(), "sessions moved: {moved:?}");
+    assert!(
+        per_replica[0] > 0 && per_replica[1] > 0,
+        "sessions spread over both replicas: {home:?}"
+    );
+    let total = plain[0] + plain[1];
+    assert!(
+        plain[0] >= total / 4 && plain[1] >= total / 4,
+        "requests without {SESSION_HEADER} spread over both replicas: {plain:?} ({plain_order})"
+    );
+}
+
+/// SIGKILL of the replica a session sticks to, with that session's requests in flight: none
+/// fails (nginx passes those that got no answer to the next replica on the hash ring), the
+/// other replica serves the session from then on, and still does once nginx tries the dead
+/// replica again after fail_timeout.
+#[test]
+fn a_session_moves_to_the_other_replica_when_its_replica_dies() {
+    const THREADS: usize = 2;
+    const PER_THREAD: usize = 40;
+    const SESSION: &str = "conv-failover";
+    let bin = nginx_or_skip!();
+    let mut replicas = [tiny_replica(), tiny_replica()];
+    let expected = direct_text(&replicas[0]);
+    let proxy = Nginx::start(&bin, replicas[0].addr, replicas[1].addr);
+
+    // Where the session lives.
+    let mut c = Client::new(proxy.addr());
+    let (home, before) = {
+        let mut tally = Tally::new([&replicas[0], &replicas[1]], 1);
+        let homes: Vec<usize> = (0..3)
+            .map(|_| {
+                turn(&mut c, Some(SESSION), &expected);
+                tally.next()
+            })
+            .collect();
+        assert!(homes.iter().all(|h| *h == homes[0]), "sticky: {homes:?}");
+        (homes[0], tally.seen)
+    };
+    let other = 1 - home;
+
+    // The session under load from two clients; its replica is killed with requests in flight.
+    let done = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let clients = load(
+        proxy.addr(),
+        THREADS,
+        Amount::count(PER_THREAD),
+        Some(SESSION),
+        &expected,
+        &done,
+    );
+    let home_addr = replicas[home].addr;
+    while (done.load(Ordering::Relaxed) < THREADS * PER_THREAD / 4 || in_flight(home_addr) < 1.0)
+        && t0.elapsed() < Duration::from_secs(120)
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let other_at_kill = served(&replicas[other]).0;
+    replicas[home]
+        .child
+        .kill()
+        .expect("SIGKILL the session's replica");
+    let _ = replicas[home].child.wait();
+    let at_kill = done.load(Ordering::Relaxed);
+    let failures = join_all(clients);
+    // Every request answered after the kill was served by the other replica (less one per
+    // client: a request answered by the session's replica just before the kill may be
+    // counted as done just after it).
+    let other_after = wait_served(
+        &replicas[other],
+        other_at_kill + (THREADS * PER_THREAD - at_kill).saturating_sub(THREADS),
+    );
+    let nginx_log = proxy.error_log();
+    let cut = nginx_log.matches("prematurely closed").count()
+        + nginx_log.matches("reset by peer").count();
+    eprintln!(
+        "session {SESSION} on replica {home}: killed after {at_kill} of {} requests; the other \
+         replica served {} of them after the kill ({cut} cut in flight and passed on); \
+         failures: {}",
+        THREADS * PER_THREAD,
+        other_after - other_at_kill,
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}\nnginx error log:\n{nginx_log}",
+        failures.len(),
+        THREADS * PER_THREAD,
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(
+        other_at_kill, before[other],
+        "before the kill the session's requests all went to its replica"
+    );
+    assert!(at_kill < THREADS * PER_THREAD, "killed mid-run");
+    assert!(cut > 0, "a request in flight was passed on:\n{nginx_log}");
+
+    // Once fail_timeout has passed nginx tries the session's dead replica again, is refused,
+    // and passes the request on to the other: still no failure.
+    std::thread::sleep(FAIL_TIMEOUT + Duration::from_millis(500));
+    let mut c = Client::new(proxy.addr());
+    let mut other_count = served(&replicas[other]).0;
+    for _ in 0..3 {
+        turn(&mut c, Some(SESSION), &expected);
+        other_count = wait_served(&replicas[other], other_count + 1);
+    }
+    let refused = proxy.error_log().matches("Connection refused").count();
+    assert!(refused > 0, "nginx tried the dead replica again");
 }
