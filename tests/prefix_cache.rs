@@ -360,7 +360,10 @@ fn eviction_preemption_and_cancellation_under_32_streams_never_corrupt_a_block()
         "the pool was small enough to evict"
     );
     assert!(m("ryzanstein_prefix_cache_hit_tokens_total") > 0.0);
-    assert!(m("ryzanstein_preemptions_total") > 0.0, "the pool was small enough to preempt");
+    assert!(
+        m("ryzanstein_preemptions_total") > 0.0,
+        "the pool was small enough to preempt"
+    );
     assert!(
         eventually(WAIT, || {
             let page = get(on.local_addr(), "/metrics").text();
