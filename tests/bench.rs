@@ -8,7 +8,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ryzanstein::bench::{parse_prompts, run_level, Arrivals, Slo, Workload};
+use ryzanstein::bench::conversation::{document, DOCUMENT_SEED, DOCUMENT_WORDS_DEFAULT};
+use ryzanstein::bench::{parse_prompts, run_level, Arrivals, Slo, Workload, WorkloadKind};
 use ryzanstein::client::{Client, ClientConfig};
 use ryzanstein::server::Server;
 use serde_json::Value;
@@ -30,6 +31,8 @@ fn workload(stream: bool) -> Workload {
         timeout: Duration::from_secs(120),
         seed: 11,
         prompts: None,
+        kind: WorkloadKind::Random,
+        first_index: 0,
     }
 }
 
@@ -192,4 +195,152 @@ fn cli_with_a_prompt_file_writes_json_and_charts() {
         assert!(s.contains("concurrent clients"), "{f}: axis label");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The documented default: the shared document is 1,000–1,100 tokens on Gemma 3's tokenizer.
+#[test]
+fn the_default_document_is_about_a_thousand_tokens() {
+    let client = Client::new(ClientConfig::new(&format!("http://{}", server()))).unwrap();
+    let n = client
+        .tokenize(&document(DOCUMENT_WORDS_DEFAULT, DOCUMENT_SEED))
+        .unwrap()
+        .len();
+    assert!((1000..=1100).contains(&n), "{n} tokens");
+}
+
+/// Runs `ryzanstein bench` with `args` against the test server; returns stdout and the report.
+fn bench_cli(name: &str, args: &[&str]) -> (String, Value) {
+    let addr = server();
+    let dir = std::env::temp_dir().join(format!("ryzanstein-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ryzanstein"))
+        .args(["bench", "--url", &format!("http://{addr}")])
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (stdout, report)
+}
+
+/// Every request carries the whole (short) document and a question of its own.
+#[test]
+fn cli_shared_prefix_counts_add_up() {
+    let (_, report) = bench_cli(
+        "shared-prefix",
+        &[
+            "--workload",
+            "shared-prefix",
+            "--prefix-words",
+            "60",
+            "--concurrency",
+            "2",
+            "--requests",
+            "4",
+            "--max-tokens",
+            "2",
+            "--warmup",
+            "1",
+        ],
+    );
+    assert_eq!(report["workload"]["kind"], "shared-prefix");
+    assert_eq!(report["workload"]["prefix_words"], 60);
+    let l = &report["levels"][0][0];
+    assert_eq!(
+        (&l["completed"], &l["errors"]),
+        (&4.into(), &serde_json::json!({}))
+    );
+    assert_eq!(l["completion_tokens"], 4 * 2);
+    let client = Client::new(ClientConfig::new(&format!("http://{}", server()))).unwrap();
+    let doc_tokens = client.tokenize(&document(60, DOCUMENT_SEED)).unwrap().len() as u64;
+    let per_request = l["prompt_tokens"].as_u64().unwrap() / 4;
+    assert!(
+        per_request > doc_tokens + 8,
+        "{per_request} vs {doc_tokens}"
+    );
+    assert!(l["cached_prompt_tokens"].is_u64() && l["cached_prompt_share"].is_f64());
+    assert_eq!(l["turns"], serde_json::json!([]));
+}
+
+/// Two conversations of three turns, against the server twice over (`--compare` with the
+/// same URL): each turn's prompt holds the previous ones, and the per-turn report is there.
+#[test]
+fn cli_multi_turn_reports_every_turn() {
+    let url = format!("http://{}", server());
+    let (stdout, report) = bench_cli(
+        "multi-turn",
+        &[
+            "--compare",
+            &url,
+            "--workload",
+            "multi-turn",
+            "--turns",
+            "3",
+            "--prefix-words",
+            "40",
+            "--concurrency",
+            "2",
+            "--max-tokens",
+            "3",
+            "--warmup",
+            "0",
+        ],
+    );
+    assert_eq!(report["workload"]["turns"], 3);
+    assert!(
+        stdout.contains("TTFT p50 by turn") && stdout.contains("turn-3"),
+        "{stdout}"
+    );
+    for server in report["levels"].as_array().unwrap() {
+        let l = &server[0];
+        assert_eq!(l["completed"], 2 * 3, "one conversation per client: {l}");
+        assert_eq!(l["errors"], serde_json::json!({}));
+        assert_eq!(l["completion_tokens"], 2 * 3 * 3);
+        let turns = l["turns"].as_array().unwrap();
+        assert_eq!(turns.len(), 3);
+        let prompt: Vec<u64> = turns
+            .iter()
+            .map(|t| t["prompt_tokens"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            prompt.iter().sum::<u64>(),
+            l["prompt_tokens"].as_u64().unwrap()
+        );
+        // Each turn resends the last question and the 3-token answer, plus a new question.
+        assert!(prompt.windows(2).all(|w| w[1] > w[0] + 2 * 3), "{prompt:?}");
+        for (i, t) in turns.iter().enumerate() {
+            assert_eq!((&t["turn"], &t["completed"]), (&(i + 1).into(), &2.into()));
+            assert!(t["ttft_ms"]["p50"].as_f64().unwrap() > 0.0);
+        }
+    }
+}
+
+/// A conversation whose turn fails sends no more turns; they count as `abandoned`.
+#[test]
+fn a_failed_turn_abandons_the_rest_of_its_conversation() {
+    let mut w = workload(true);
+    w.model = Some("no-such-model".into());
+    w.kind = WorkloadKind::MultiTurn {
+        document: document(20, 1).into(),
+        turns: 3,
+    };
+    let r = run_level(
+        &format!("http://{}", server()),
+        &w,
+        Arrivals::Closed { clients: 2 },
+        2,
+        &Slo::default(),
+        &|_| {},
+    )
+    .expect("level");
+    assert_eq!(r.completed, 0);
+    assert_eq!(r.errors.get("http_404"), Some(&2));
+    assert_eq!(r.errors.get("abandoned"), Some(&(2 * 2)));
+    assert_eq!(r.turns.len(), 3);
 }

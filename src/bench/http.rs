@@ -77,11 +77,17 @@ impl Conn {
         Ok(self.stream.as_mut().expect("set above"))
     }
 
-    /// Sends a POST with a JSON body and reads the response head. A connection the server
-    /// closed while idle is retried once on a fresh one.
-    pub fn post(&mut self, path: &str, body: &[u8]) -> io::Result<Head> {
+    /// Sends a POST with a JSON body (and an `X-Session-Id` header when `session_id` is
+    /// given) and reads the response head. A connection the server closed while idle is
+    /// retried once on a fresh one.
+    pub fn post(&mut self, path: &str, body: &[u8], session_id: Option<&str>) -> io::Result<Head> {
+        assert!(
+            session_id.is_none_or(|id| id.bytes().all(|b| b.is_ascii_graphic())),
+            "session ids are made here, of visible ASCII"
+        );
+        let session = session_id.map_or(String::new(), |id| format!("X-Session-Id: {id}\r\n"));
         let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAccept: text/event-stream, application/json\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAccept: text/event-stream, application/json\r\n{session}\r\n",
             self.target.host_header,
             body.len()
         );
@@ -254,6 +260,46 @@ mod tests {
         })
         .unwrap());
         assert_eq!(got, [b"hello".to_vec(), b"!".to_vec()]);
+    }
+
+    #[test]
+    fn a_session_id_goes_out_as_a_header() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut heads = Vec::new();
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s);
+            for _ in 0..2 {
+                let mut head = String::new();
+                let mut line = String::new();
+                while read_line(&mut r, &mut line).is_ok() && line != "\r\n" {
+                    head.push_str(&line);
+                }
+                let mut body = [0u8; 2];
+                r.read_exact(&mut body).unwrap();
+                r.get_mut()
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .unwrap();
+                heads.push(head);
+            }
+            heads
+        });
+        let target = Target::parse(&format!("http://{addr}")).unwrap();
+        let mut conn = Conn::new(target, Duration::from_secs(10));
+        for id in [Some("bench-1-7"), None] {
+            let head = conn.post("/v1/chat/completions", b"{}", id).unwrap();
+            assert_eq!(head.status, 200);
+            conn.read_body(&head).unwrap();
+        }
+        let heads = server.join().unwrap();
+        assert!(
+            heads[0].contains("\r\nX-Session-Id: bench-1-7\r\n"),
+            "{}",
+            heads[0]
+        );
+        assert!(!heads[1].contains("X-Session-Id"), "{}", heads[1]);
+        assert_eq!(conn.opened, 1, "one keep-alive connection");
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! The load generator behind `ryzanstein bench`: drives any OpenAI-compatible server with
 //! completions requests, closed-loop (N clients, each sending its next request when the last
 //! one ends) or open-loop (Poisson arrivals at a rate), and reports vLLM `bench serve` metrics:
-//! TTFT (time to the first streamed chunk), ITL (gaps between chunks), TPOT
+//! TTFT (time to the first streamed chunk with text), ITL (gaps between chunks), TPOT
 //! ((e2e − TTFT)/(completion tokens − 1)), E2EL, request and output-token throughput. Token
-//! counts come from the server's `usage`. Prompts are random token ids of a fixed length, or
-//! come from a JSONL file ([`parse_prompts`]); [`chart`] draws the SVG charts.
+//! counts come from the server's `usage` (cached prompt tokens from its
+//! `prompt_tokens_details`, where it gives them). [`WorkloadKind`] says what the requests
+//! are: random token ids of a fixed length or a JSONL prompt file ([`parse_prompts`]), one
+//! shared document with a question of each request's own, or multi-turn conversations over
+//! that document (texts in [`conversation`]); [`chart`] draws the SVG charts.
 
 pub mod chart;
+pub mod conversation;
 pub mod http;
 
 use std::collections::BTreeMap;
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use conversation::{question, Conversation};
 use http::{Conn, Target};
 
 /// What every request of a run looks like.
@@ -35,8 +40,48 @@ pub struct Workload {
     pub timeout: Duration,
     pub seed: u64,
     /// Prompts from a file, used in turn (request i sends prompt i mod len); when set, they
-    /// replace the random token-id prompts.
+    /// replace the random token-id prompts (of [`WorkloadKind::Random`]).
     pub prompts: Option<Arc<Vec<PromptSpec>>>,
+    pub kind: WorkloadKind,
+    /// Index of a level's first question (first conversation in multi-turn): the caller
+    /// advances it from level to level so that no two levels ask the same question, which a
+    /// server's prompt cache would otherwise answer whole.
+    pub first_index: usize,
+}
+
+/// What the requests of a run are.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WorkloadKind {
+    /// Random token ids (`prompt_tokens` from `token_range`) to `/v1/completions`, or the
+    /// prompt file's prompts.
+    Random,
+    /// Chat requests whose system message is one `document` shared by all, followed by a
+    /// question of the request's own ([`question`]).
+    SharedPrefix { document: Arc<str> },
+    /// Conversations of `turns` chat requests: the first sends the document as the system
+    /// message and a question, each next one the whole history (with the server's answers,
+    /// collected from the responses) and a new question. The unit of a level is then a
+    /// conversation; every request carries `X-Session-Id` naming its conversation.
+    MultiTurn { document: Arc<str>, turns: usize },
+}
+
+impl WorkloadKind {
+    /// Requests one unit of a level sends: `turns` for multi-turn, else 1.
+    pub fn requests_per_unit(&self) -> usize {
+        match self {
+            WorkloadKind::MultiTurn { turns, .. } => *turns,
+            _ => 1,
+        }
+    }
+
+    /// The name `ryzanstein bench --workload` takes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkloadKind::Random => "random",
+            WorkloadKind::SharedPrefix { .. } => "shared-prefix",
+            WorkloadKind::MultiTurn { .. } => "multi-turn",
+        }
+    }
 }
 
 /// One prompt of a prompt file.
@@ -123,7 +168,14 @@ struct Sample {
     e2e_s: f64,
     itl_s: Vec<f64>,
     prompt_tokens: u64,
+    /// `usage.prompt_tokens_details.cached_tokens`; 0 when the server does not say.
+    cached_prompt_tokens: u64,
     completion_tokens: u64,
+    /// The generated text (streamed deltas concatenated), which a conversation's next turn
+    /// sends back; taken out before the sample is stored.
+    answer: String,
+    /// Index of the request in its conversation (multi-turn), from 0.
+    turn: Option<usize>,
 }
 
 /// p50/p90/p99/max and mean of one metric, in milliseconds.
@@ -168,6 +220,10 @@ pub struct LevelReport {
     pub request_throughput: f64,
     pub output_throughput: f64,
     pub prompt_tokens: u64,
+    /// Prompt tokens the server says it took from its cache (`prompt_tokens_details`).
+    pub cached_prompt_tokens: u64,
+    /// `cached_prompt_tokens / prompt_tokens` (0 when no prompt tokens).
+    pub cached_prompt_share: f64,
     pub completion_tokens: u64,
     pub ttft_ms: Dist,
     pub tpot_ms: Dist,
@@ -177,6 +233,19 @@ pub struct LevelReport {
     pub connections_opened: u64,
     /// Requests that met every SLO, per second (when SLOs are given).
     pub goodput: Option<f64>,
+    /// Multi-turn: the figures of each turn index (turn 1 first); empty otherwise.
+    pub turns: Vec<TurnReport>,
+}
+
+/// The requests of one turn index across a level's conversations.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TurnReport {
+    /// Counted from 1.
+    pub turn: usize,
+    pub completed: usize,
+    pub prompt_tokens: u64,
+    pub cached_prompt_tokens: u64,
+    pub ttft_ms: Dist,
 }
 
 /// Service-level objectives for goodput, in milliseconds.
@@ -205,12 +274,16 @@ fn tpot_s(s: &Sample) -> Option<f64> {
     (s.completion_tokens > 1).then(|| (s.e2e_s - s.ttft_s) / (s.completion_tokens - 1) as f64)
 }
 
-/// Runs `n_requests` requests against `url` with the given arrivals.
+/// Most samples a level reserves room for up front (more grow the vector as they come).
+const SAMPLES_RESERVED_MAX: usize = 1 << 16;
+
+/// Runs one level against `url`: `n` requests, or `n` conversations in a multi-turn workload
+/// (`n × turns` requests). `on_done` is told how many requests have ended so far.
 pub fn run_level(
     url: &str,
     w: &Workload,
     arrivals: Arrivals,
-    n_requests: usize,
+    n: usize,
     slo: &Slo,
     on_done: &(dyn Fn(usize) + Sync),
 ) -> std::io::Result<LevelReport> {
@@ -219,21 +292,29 @@ pub fn run_level(
         Arrivals::Closed { clients } => (clients.max(1), None),
         Arrivals::Open { rate, clients } => (clients.max(1), Some(rate)),
     };
-    let schedule = arrival_offsets(rate, n_requests, w.seed);
+    let schedule = arrival_offsets(rate, n, w.seed);
     let next = AtomicUsize::new(0);
-    let samples = Mutex::new(Vec::with_capacity(n_requests));
+    let samples = Mutex::new(Vec::with_capacity(
+        n.saturating_mul(w.kind.requests_per_unit())
+            .min(SAMPLES_RESERVED_MAX),
+    ));
     let opened = Mutex::new(0u64);
     let t0 = Instant::now();
     std::thread::scope(|sc| {
-        for c in 0..clients.min(n_requests) {
+        for c in 0..clients.min(n) {
             let (target, next, samples, opened, schedule) =
                 (target.clone(), &next, &samples, &opened, &schedule);
             sc.spawn(move || {
                 let mut conn = Conn::new(target, w.timeout);
                 let mut rng = w.seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut record = |s: Sample| {
+                    let mut all = samples.lock().unwrap_or_else(|e| e.into_inner());
+                    all.push(s);
+                    on_done(all.len());
+                };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n_requests {
+                    if i >= n {
                         break;
                     }
                     if let Some(at) = schedule.get(i) {
@@ -242,10 +323,18 @@ pub fn run_level(
                             std::thread::sleep(wait);
                         }
                     }
-                    let s = one_request(&mut conn, w, &mut rng, i);
-                    let mut all = samples.lock().unwrap_or_else(|e| e.into_inner());
-                    all.push(s);
-                    on_done(all.len());
+                    match &w.kind {
+                        WorkloadKind::MultiTurn { document, turns } => {
+                            let k = w.first_index + i;
+                            run_conversation(&mut conn, w, document, *turns, k, &mut record);
+                        }
+                        _ => {
+                            let (path, body) = request_body(w, &mut rng, i);
+                            let mut s = one_request(&mut conn, w, path, &body, None);
+                            s.answer = String::new();
+                            record(s);
+                        }
+                    }
                 }
                 *opened.lock().unwrap_or_else(|e| e.into_inner()) += conn.opened;
             });
@@ -255,6 +344,44 @@ pub fn run_level(
     let samples = samples.into_inner().unwrap_or_else(|e| e.into_inner());
     let opened = opened.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(summarize(samples, clients, rate, duration_s, opened, slo))
+}
+
+/// Conversation `k`: `turns` requests in a row on one connection, each sending the history so
+/// far plus question `k × turns + turn`. A failed turn ends the conversation; the turns it
+/// did not send are recorded as `abandoned` errors, so a level's counts still add up.
+fn run_conversation(
+    conn: &mut Conn,
+    w: &Workload,
+    document: &str,
+    turns: usize,
+    k: usize,
+    record: &mut impl FnMut(Sample),
+) {
+    let session = format!("bench-{:x}-{k}", w.seed);
+    let mut c = Conversation::new(document);
+    for turn in 0..turns {
+        c.ask(question(k * turns + turn));
+        let body = finish_body(
+            w,
+            json!({ "messages": c.messages(), "max_tokens": w.max_tokens }),
+        );
+        let mut s = one_request(conn, w, "/v1/chat/completions", &body, Some(&session));
+        s.turn = Some(turn);
+        let answer = std::mem::take(&mut s.answer);
+        let failed = s.error.is_some();
+        record(s);
+        if failed {
+            for rest in turn + 1..turns {
+                record(Sample {
+                    error: Some("abandoned".into()),
+                    turn: Some(rest),
+                    ..Sample::default()
+                });
+            }
+            return;
+        }
+        c.answer(answer);
+    }
 }
 
 /// Poisson arrival times (exponential gaps) for an open loop; empty for a closed loop.
@@ -282,23 +409,33 @@ fn next_u64(s: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The path and JSON body of request `i`.
+/// The path and JSON body of request `i` of a random or shared-prefix workload.
 fn request_body(w: &Workload, rng: &mut u64, i: usize) -> (&'static str, Vec<u8>) {
     let spec = w
         .prompts
         .as_ref()
         .filter(|p| !p.is_empty())
         .map(|p| &p[i % p.len()]);
-    let (path, mut body) = match spec {
-        Some(s) if s.chat => (
+    let (path, body) = match (&w.kind, spec) {
+        (WorkloadKind::SharedPrefix { document }, _) => (
+            "/v1/chat/completions",
+            json!({
+                "messages": [
+                    { "role": "system", "content": &**document },
+                    { "role": "user", "content": question(w.first_index + i) },
+                ],
+                "max_tokens": w.max_tokens,
+            }),
+        ),
+        (_, Some(s)) if s.chat => (
             "/v1/chat/completions",
             json!({ "messages": s.input, "max_tokens": s.max_tokens.unwrap_or(w.max_tokens) }),
         ),
-        Some(s) => (
+        (_, Some(s)) => (
             "/v1/completions",
             json!({ "prompt": s.input, "max_tokens": s.max_tokens.unwrap_or(w.max_tokens) }),
         ),
-        None => {
+        (_, None) => {
             let (lo, hi) = w.token_range;
             let span = u64::from(hi.saturating_sub(lo).max(1));
             let prompt: Vec<u32> = (0..w.prompt_tokens)
@@ -310,6 +447,12 @@ fn request_body(w: &Workload, rng: &mut u64, i: usize) -> (&'static str, Vec<u8>
             )
         }
     };
+    (path, finish_body(w, body))
+}
+
+/// Adds the fields every request carries (greedy, streaming, `ignore_eos`, model) to a body
+/// holding the prompt and `max_tokens`, and serializes it.
+fn finish_body(w: &Workload, mut body: Value) -> Vec<u8> {
     body["temperature"] = json!(0.0);
     body["stream"] = json!(w.stream);
     if w.stream {
@@ -321,17 +464,19 @@ fn request_body(w: &Workload, rng: &mut u64, i: usize) -> (&'static str, Vec<u8>
     if let Some(m) = &w.model {
         body["model"] = json!(m);
     }
-    (
-        path,
-        serde_json::to_vec(&body).expect("a JSON value serializes"),
-    )
+    serde_json::to_vec(&body).expect("a JSON value serializes")
 }
 
-fn one_request(conn: &mut Conn, w: &Workload, rng: &mut u64, i: usize) -> Sample {
-    let (path, body) = request_body(w, rng, i);
+fn one_request(
+    conn: &mut Conn,
+    w: &Workload,
+    path: &str,
+    body: &[u8],
+    session_id: Option<&str>,
+) -> Sample {
     let t0 = Instant::now();
     let mut s = Sample::default();
-    let head = match conn.post(path, &body) {
+    let head = match conn.post(path, body, session_id) {
         Ok(h) => h,
         Err(e) => {
             s.error = Some(io_kind(&e));
@@ -376,12 +521,20 @@ fn read_whole(
     s.e2e_s = t0.elapsed().as_secs_f64();
     s.ttft_s = s.e2e_s;
     let v: Value = serde_json::from_slice(&body).map_err(|_| "bad_json".to_string())?;
+    let choice = &v["choices"][0];
+    let text = choice["message"]["content"]
+        .as_str()
+        .or(choice["text"].as_str());
+    s.answer.push_str(text.unwrap_or(""));
     take_usage(&v, s)
 }
 
 fn take_usage(v: &Value, s: &mut Sample) -> Result<(), String> {
     let u = v.get("usage").filter(|u| !u.is_null()).ok_or("no_usage")?;
     s.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0);
+    s.cached_prompt_tokens = u["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or(0);
     s.completion_tokens = u["completion_tokens"].as_u64().ok_or("no_usage")?;
     Ok(())
 }
@@ -459,14 +612,21 @@ fn handle_event(event: &[u8], s: &mut Sample) -> Result<EventKind, String> {
         if v.get("error").is_some() {
             return Err("stream_error".into());
         }
-        // vLLM's definition: every chunk that carries a choice is a token event (its text may
-        // be empty, e.g. a special token), the usage-only chunk is not.
-        let has_text = v["choices"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|c| c["text"].is_string() || c["delta"]["content"].is_string())
-        });
-        if has_text {
-            kind = EventKind::Text;
+        // vLLM's definition: every completions chunk that carries a choice is a token event
+        // (its text may be empty, e.g. a special token), the usage-only chunk is not. A chat
+        // chunk counts when its delta has content: the role-only first delta is sent before
+        // the prompt is even read (ours: `"content": ""` at once; llama-server's: `null`), and
+        // counting it would make TTFT the time to the response head.
+        for c in v["choices"].as_array().into_iter().flatten() {
+            let text = match c["delta"]["content"].as_str() {
+                Some(t) if !t.is_empty() => Some(t),
+                Some(_) => None,
+                None => c["text"].as_str(),
+            };
+            if let Some(t) = text {
+                kind = EventKind::Text;
+                s.answer.push_str(t);
+            }
         }
         let _ = take_usage(&v, s);
     }
@@ -488,6 +648,7 @@ fn summarize(
     let ok: Vec<&Sample> = samples.iter().filter(|s| s.error.is_none()).collect();
     let completion_tokens: u64 = ok.iter().map(|s| s.completion_tokens).sum();
     let prompt_tokens: u64 = ok.iter().map(|s| s.prompt_tokens).sum();
+    let cached_prompt_tokens: u64 = ok.iter().map(|s| s.cached_prompt_tokens).sum();
     let per_s = |n: f64| {
         if duration_s > 0.0 {
             n / duration_s
@@ -504,6 +665,12 @@ fn summarize(
         request_throughput: per_s(ok.len() as f64),
         output_throughput: per_s(completion_tokens as f64),
         prompt_tokens,
+        cached_prompt_tokens,
+        cached_prompt_share: if prompt_tokens > 0 {
+            cached_prompt_tokens as f64 / prompt_tokens as f64
+        } else {
+            0.0
+        },
         completion_tokens,
         ttft_ms: Dist::of_seconds(ok.iter().map(|s| s.ttft_s).collect()),
         tpot_ms: Dist::of_seconds(ok.iter().filter_map(|s| tpot_s(s)).collect()),
@@ -513,7 +680,29 @@ fn summarize(
         goodput: slo
             .is_set()
             .then(|| per_s(samples.iter().filter(|s| slo.met(s)).count() as f64)),
+        turns: turn_reports(&samples, &ok),
     }
+}
+
+/// One report per turn index seen in `samples` (none when no sample has a turn).
+fn turn_reports(samples: &[Sample], ok: &[&Sample]) -> Vec<TurnReport> {
+    let n_turns = samples
+        .iter()
+        .filter_map(|s| s.turn)
+        .max()
+        .map_or(0, |t| t + 1);
+    (0..n_turns)
+        .map(|t| {
+            let of_turn: Vec<&Sample> = ok.iter().copied().filter(|s| s.turn == Some(t)).collect();
+            TurnReport {
+                turn: t + 1,
+                completed: of_turn.len(),
+                prompt_tokens: of_turn.iter().map(|s| s.prompt_tokens).sum(),
+                cached_prompt_tokens: of_turn.iter().map(|s| s.cached_prompt_tokens).sum(),
+                ttft_ms: Dist::of_seconds(of_turn.iter().map(|s| s.ttft_s).collect()),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -566,6 +755,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             seed: 1,
             prompts: Some(Arc::new(p)),
+            kind: WorkloadKind::Random,
+            first_index: 0,
         };
         let mut rng = 1;
         let (path, body) = request_body(&w, &mut rng, 4);
@@ -589,6 +780,111 @@ mod tests {
             assert!(parse_prompts(bad).is_err(), "{bad}");
         }
         assert!(parse_prompts("\"a\"\n[").unwrap_err().starts_with("line 2"));
+    }
+
+    #[test]
+    fn shared_prefix_requests_share_the_document_and_not_the_question() {
+        let document: Arc<str> = conversation::document(40, 3).into();
+        let w = Workload {
+            model: Some("m".into()),
+            prompt_tokens: 4,
+            max_tokens: 8,
+            stream: true,
+            token_range: (10, 20),
+            ignore_eos: false,
+            timeout: Duration::from_secs(1),
+            seed: 1,
+            prompts: None,
+            kind: WorkloadKind::SharedPrefix {
+                document: document.clone(),
+            },
+            first_index: 100,
+        };
+        let mut rng = 1;
+        let bodies: Vec<Value> = (0..3)
+            .map(|i| {
+                let (path, body) = request_body(&w, &mut rng, i);
+                assert_eq!(path, "/v1/chat/completions");
+                serde_json::from_slice(&body).unwrap()
+            })
+            .collect();
+        for (i, b) in bodies.iter().enumerate() {
+            let m = &b["messages"];
+            assert_eq!(m[0], json!({ "role": "system", "content": &*document }));
+            assert_eq!(
+                m[1]["content"],
+                json!(question(100 + i)),
+                "first_index offsets"
+            );
+            assert_eq!((&b["max_tokens"], &b["model"]), (&json!(8), &json!("m")));
+            assert_eq!(b["stream_options"], json!({ "include_usage": true }));
+            assert!(b.get("ignore_eos").is_none());
+        }
+        assert_ne!(bodies[0]["messages"][1], bodies[1]["messages"][1]);
+    }
+
+    #[test]
+    fn streamed_text_is_collected_and_cached_tokens_read() {
+        let mut s = Sample::default();
+        for event in [
+            &b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n"[..],
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n",
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":50,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":40}}}\n\n",
+        ] {
+            handle_event(event, &mut s).unwrap();
+        }
+        assert_eq!(s.answer, "Hello");
+        assert_eq!((s.prompt_tokens, s.cached_prompt_tokens), (50, 40));
+        // A role-only first delta (ours: empty content, llama-server's: null) is no token.
+        for role_only in [
+            &b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":null}}]}\n\n"[..],
+            b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+        ] {
+            let kind = handle_event(role_only, &mut Sample::default());
+            assert!(matches!(kind, Ok(EventKind::Other)));
+        }
+        // A completions chunk with empty text still is (a special token, say).
+        let kind = handle_event(
+            b"data: {\"choices\":[{\"text\":\"\"}]}\n\n",
+            &mut Sample::default(),
+        );
+        assert!(matches!(kind, Ok(EventKind::Text)));
+    }
+
+    #[test]
+    fn turns_are_reported_by_index_and_abandoned_ones_counted() {
+        let sample = |turn, ttft_s, error: Option<&str>| Sample {
+            turn: Some(turn),
+            ttft_s,
+            prompt_tokens: 10 * (turn as u64 + 1),
+            cached_prompt_tokens: 5 * turn as u64,
+            completion_tokens: 1,
+            error: error.map(String::from),
+            ..Sample::default()
+        };
+        let samples = vec![
+            sample(0, 0.1, None),
+            sample(1, 0.2, None),
+            sample(2, 0.3, None),
+            sample(0, 0.1, None),
+            sample(1, 0.4, Some("http_500")),
+            sample(2, 0.0, Some("abandoned")),
+        ];
+        let r = summarize(samples, 2, None, 1.0, 2, &Slo::default());
+        assert_eq!(r.completed, 4);
+        assert_eq!((r.errors["http_500"], r.errors["abandoned"]), (1, 1));
+        assert_eq!(r.turns.len(), 3);
+        assert_eq!(
+            r.turns.iter().map(|t| t.completed).collect::<Vec<_>>(),
+            [2, 1, 1]
+        );
+        assert_eq!((r.turns[2].turn, r.turns[2].ttft_ms.p50), (3, 300.0));
+        assert_eq!((r.prompt_tokens, r.cached_prompt_tokens), (70, 15));
+        assert!((r.cached_prompt_share - 15.0 / 70.0).abs() < 1e-12);
+        let plain = summarize(vec![Sample::default()], 1, None, 1.0, 1, &Slo::default());
+        assert!(plain.turns.is_empty());
+        assert_eq!(plain.cached_prompt_share, 0.0);
     }
 
     #[test]

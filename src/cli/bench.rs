@@ -1,19 +1,42 @@
 //! `ryzanstein bench`: load-test any OpenAI-compatible server (see `ryzanstein::bench`).
 //! With `--compare URL_B` it alternates the two servers level by level and prints A÷B ratios.
 //! A progress bar runs on stderr while a level runs (hidden when stderr is not a terminal);
-//! `--json` writes the whole report and `--svg DIR` draws the charts.
+//! `--json` writes the whole report and `--svg DIR` draws the charts. `--workload` picks the
+//! requests: random token ids (or `--prompts`), a shared document with a question each
+//! (`shared-prefix`), or conversations resending their history (`multi-turn`, which adds TTFT
+//! by turn to the table and the report).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use ryzanstein::bench::{chart, parse_prompts, run_level, Arrivals, LevelReport, Slo, Workload};
+use ryzanstein::bench::conversation::{
+    document, DOCUMENT_SEED, DOCUMENT_WORDS_DEFAULT, DOCUMENT_WORDS_MAX,
+};
+use ryzanstein::bench::{
+    chart, parse_prompts, run_level, Arrivals, LevelReport, Slo, Workload, WorkloadKind,
+};
 
 /// Largest prompt file read.
 const PROMPT_FILE_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Most turns a conversation may have: beyond this it is a typo.
+const TURNS_MAX: usize = 1_000;
+
+/// `--workload`.
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum WorkloadArg {
+    /// Random token-id prompts (`--prompt-tokens`, `--token-range`), or `--prompts`.
+    Random,
+    /// One shared document as the system message of every chat request, then a question of
+    /// the request's own.
+    SharedPrefix,
+    /// Conversations of `--turns` chat requests over the document, each resending the
+    /// history with the server's answers; `--requests` counts conversations.
+    MultiTurn,
+}
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -23,6 +46,16 @@ pub struct BenchArgs {
     /// A second server to run side by side (levels alternate between the two).
     #[arg(long)]
     compare: Option<String>,
+    /// What the requests are: random (the default), shared-prefix or multi-turn.
+    #[arg(long, value_enum, default_value_t = WorkloadArg::Random)]
+    workload: WorkloadArg,
+    /// Words of the shared document (shared-prefix, multi-turn); the default is about 1,050
+    /// tokens on Gemma 3's tokenizer.
+    #[arg(long, default_value_t = DOCUMENT_WORDS_DEFAULT)]
+    prefix_words: usize,
+    /// Turns per conversation (multi-turn).
+    #[arg(long, default_value_t = 8)]
+    turns: usize,
     /// Closed-loop levels: numbers of concurrent clients.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     concurrency: Vec<usize>,
@@ -32,7 +65,8 @@ pub struct BenchArgs {
     /// Most requests in flight in an open-loop level.
     #[arg(long, default_value_t = 256)]
     max_in_flight: usize,
-    /// Requests per level (default: 4 per client, at least 8).
+    /// Requests per level (default: 4 per client, at least 8); conversations in multi-turn
+    /// (default: one per client).
     #[arg(long)]
     requests: Option<usize>,
     /// Prompt length in tokens (random ids from --token-range).
@@ -79,7 +113,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let w = workload(&a)?;
+    let mut w = workload(&a)?;
     let slo = Slo {
         ttft_ms: a.slo_ttft_ms,
         tpot_ms: a.slo_tpot_ms,
@@ -89,40 +123,52 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let servers: Vec<&str> = std::iter::once(a.url.as_str())
         .chain(a.compare.as_deref())
         .collect();
+    let per_unit = w.kind.requests_per_unit();
+    // Warm-up: the first questions (a whole conversation in multi-turn); the levels go on
+    // from there, each with questions of its own, the same on both servers.
+    let warmup = a.warmup.div_ceil(per_unit);
     for url in &servers {
-        if a.warmup > 0 {
+        if warmup > 0 {
             run_level(
                 url,
                 &w,
                 Arrivals::Closed { clients: 1 },
-                a.warmup,
+                warmup,
                 &slo,
                 &|_| {},
             )
             .with_context(|| format!("warm-up against {url}"))?;
         }
     }
+    w.first_index += warmup;
     let mut rows: Vec<Vec<LevelReport>> = vec![Vec::new(); servers.len()];
     print_header();
     for &(arr, n) in &levels {
         for (si, url) in servers.iter().enumerate() {
-            let bar = progress_bar(n, si, arr);
+            let bar = progress_bar(n * per_unit, si, arr);
             let r = run_level(url, &w, arr, n, &slo, &|done| bar.set_position(done as u64))
                 .with_context(|| format!("level {arr:?} against {url}"))?;
             bar.finish_and_clear();
             print_row(si, &r);
             rows[si].push(r);
         }
-        if servers.len() == 2 {
-            print_ratio(&rows[0][rows[0].len() - 1], &rows[1][rows[1].len() - 1]);
+        let last: Vec<&LevelReport> = rows.iter().filter_map(|r| r.last()).collect();
+        if let [a, b] = last[..] {
+            print_ratio(a, b);
         }
+        print_turns(&last);
+        w.first_index += n;
     }
     if let Some(path) = &a.json {
         let report = serde_json::json!({
             "servers": servers,
             "workload": {
+                "kind": w.kind.name(),
                 "prompts_file": a.prompts.as_ref().map(|p| p.display().to_string()),
-                "prompt_tokens": w.prompt_tokens,
+                "prompt_tokens": (w.kind == WorkloadKind::Random && a.prompts.is_none())
+                    .then_some(w.prompt_tokens),
+                "prefix_words": (w.kind != WorkloadKind::Random).then_some(a.prefix_words),
+                "turns": matches!(w.kind, WorkloadKind::MultiTurn { .. }).then_some(a.turns),
                 "max_tokens": w.max_tokens,
                 "stream": w.stream,
                 "ignore_eos": w.ignore_eos,
@@ -190,6 +236,25 @@ fn workload(a: &BenchArgs) -> Result<Workload> {
     if !(a.timeout_s > 0.0 && a.timeout_s.is_finite()) {
         bail!("--timeout-s must be a positive number");
     }
+    if a.workload != WorkloadArg::Random && a.prompts.is_some() {
+        bail!("--prompts goes with --workload random only");
+    }
+    if !(1..=DOCUMENT_WORDS_MAX).contains(&a.prefix_words) {
+        bail!("--prefix-words must be 1 to {DOCUMENT_WORDS_MAX}");
+    }
+    if !(1..=TURNS_MAX).contains(&a.turns) {
+        bail!("--turns must be 1 to {TURNS_MAX}");
+    }
+    let kind = match a.workload {
+        WorkloadArg::Random => WorkloadKind::Random,
+        WorkloadArg::SharedPrefix => WorkloadKind::SharedPrefix {
+            document: document(a.prefix_words, DOCUMENT_SEED).into(),
+        },
+        WorkloadArg::MultiTurn => WorkloadKind::MultiTurn {
+            document: document(a.prefix_words, DOCUMENT_SEED).into(),
+            turns: a.turns,
+        },
+    };
     Ok(Workload {
         model: a.model.clone(),
         prompt_tokens: a.prompt_tokens,
@@ -203,6 +268,8 @@ fn workload(a: &BenchArgs) -> Result<Workload> {
             Some(p) => Some(Arc::new(load_prompts(p)?)),
             None => None,
         },
+        kind,
+        first_index: 0,
     })
 }
 
@@ -210,7 +277,10 @@ fn workload(a: &BenchArgs) -> Result<Workload> {
 const LEVEL_MAX: usize = 100_000;
 
 fn levels(a: &BenchArgs) -> Result<Vec<(Arrivals, usize)>> {
-    let n_for = |clients: usize| a.requests.unwrap_or((4 * clients).max(8));
+    let n_for = |clients: usize| match a.workload {
+        WorkloadArg::MultiTurn => a.requests.unwrap_or(clients),
+        _ => a.requests.unwrap_or((4 * clients).max(8)),
+    };
     let out: Vec<(Arrivals, usize)> = if a.rate.is_empty() {
         a.concurrency
             .iter()
@@ -238,8 +308,13 @@ fn levels(a: &BenchArgs) -> Result<Vec<(Arrivals, usize)>> {
                 rate > 0.0 && rate.is_finite() && (1..=LEVEL_MAX).contains(&clients)
             }
         };
-        if !ok || !(1..=LEVEL_MAX).contains(n) {
-            bail!("level {arr:?} with {n} requests is out of range");
+        let requests = n.saturating_mul(if a.workload == WorkloadArg::MultiTurn {
+            a.turns
+        } else {
+            1
+        });
+        if !ok || !(1..=LEVEL_MAX).contains(&requests) {
+            bail!("level {arr:?} with {requests} requests is out of range");
         }
     }
     Ok(out)
@@ -247,7 +322,7 @@ fn levels(a: &BenchArgs) -> Result<Vec<(Arrivals, usize)>> {
 
 fn print_header() {
     println!(
-        "{:>6} {:>7} {:>6} {:>5} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>5}",
+        "{:>6} {:>7} {:>6} {:>5} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>5} {:>6}",
         "server",
         "clients",
         "rate",
@@ -261,14 +336,15 @@ fn print_header() {
         "tpot p50",
         "e2e p99",
         "conns",
-        "err"
+        "err",
+        "cached"
     );
 }
 
 fn print_row(server: usize, r: &LevelReport) {
     let rate = r.rate.map_or("-".to_string(), |x| format!("{x:.1}"));
     println!(
-        "{:>6} {:>7} {:>6} {:>5} {:>8.2} {:>8.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>5}",
+        "{:>6} {:>7} {:>6} {:>5} {:>8.2} {:>8.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>5} {:>6}",
         ["A", "B"][server.min(1)],
         r.clients,
         rate,
@@ -283,12 +359,20 @@ fn print_row(server: usize, r: &LevelReport) {
         r.e2el_ms.p99,
         r.connections_opened,
         r.errors.values().sum::<usize>(),
+        format!("{:.0}%", r.cached_prompt_share * 100.0),
     );
+}
+
+fn div(x: f64, y: f64) -> f64 {
+    if y > 0.0 {
+        x / y
+    } else {
+        f64::NAN
+    }
 }
 
 /// A/B for throughputs (higher is better for A) and B/A... printed plainly as A÷B.
 fn print_ratio(a: &LevelReport, b: &LevelReport) {
-    let div = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
     println!(
         "{:>6} {:>7} {:>6} {:>5} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
         "A÷B",
@@ -304,4 +388,31 @@ fn print_ratio(a: &LevelReport, b: &LevelReport) {
         div(a.tpot_ms.p50, b.tpot_ms.p50),
         div(a.e2el_ms.p99, b.e2el_ms.p99),
     );
+}
+
+/// Multi-turn: TTFT p50 of each turn index for the level just run, a line per server (and
+/// A÷B); the last column is the turn-N TTFT. Nothing for other workloads.
+fn print_turns(last: &[&LevelReport]) {
+    let Some(first) = last.first().filter(|r| !r.turns.is_empty()) else {
+        return;
+    };
+    let mut head = format!("{:>21}", "TTFT p50 by turn, ms:");
+    for t in &first.turns {
+        head.push_str(&format!(" {:>8}", format!("turn-{}", t.turn)));
+    }
+    println!("{head}");
+    for (si, r) in last.iter().enumerate() {
+        let mut line = format!("{:>21}", ["A", "B"][si.min(1)]);
+        for t in &r.turns {
+            line.push_str(&format!(" {:>8.1}", t.ttft_ms.p50));
+        }
+        println!("{line}");
+    }
+    if let [a, b] = last {
+        let mut line = format!("{:>21}", "A÷B");
+        for (ta, tb) in a.turns.iter().zip(&b.turns) {
+            line.push_str(&format!(" {:>8.2}", div(ta.ttft_ms.p50, tb.ttft_ms.p50)));
+        }
+        println!("{line}");
+    }
 }
