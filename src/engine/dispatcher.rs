@@ -14,7 +14,9 @@
 //! cached chain of its tokens and computes only the rest; at each step a prefilling sequence
 //! at a block boundary attaches whatever blocks have been cached since. A prompt block that
 //! another running sequence is about to compute (`Dispatcher::inflight`) is waited for, not
-//! computed twice: two requests with the same new document cost one prefill.
+//! computed twice: two requests with the same new document cost one prefill. A sequence's
+//! last, partial block is kept too when it ends (`Dispatcher::tails`): a prompt that goes on
+//! from it (a chat's next turn resends the last answer) copies the positions it shares.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -30,7 +32,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 
 use crate::metrics::{Histogram, LATENCY_BOUNDS_S, SIZE_BOUNDS};
 use crate::model::generate::FinishReason;
-use crate::model::kv_cache::{block_key, chain_root, BlockKey, BLOCK_POSITIONS};
+use crate::model::kv_cache::{block_key, chain_root, tail_key, BlockKey, BLOCK_POSITIONS};
 use crate::model::sampler::Sampler;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{BatchToken, Model, ModelError, ModelOptions, State};
@@ -235,6 +237,7 @@ impl ModelHandle {
             costs: StepCosts::default(),
             root: chain_root(id.as_bytes()),
             inflight: HashMap::new(),
+            tails: HashMap::new(),
         };
         let (failed, stop) = (failure.clone(), draining.clone());
         let thread = std::thread::Builder::new()
@@ -526,7 +529,13 @@ struct Dispatcher {
     /// Prompt blocks a running sequence will compute and name, by key: the sequence's
     /// admission number. Another prompt needing one of them waits for it.
     inflight: HashMap<BlockKey, u64>,
+    /// Partial last blocks of ended sequences, by the key of the block before them: each
+    /// one's [`tail_key`] and tokens (entries whose block was evicted are pruned lazily).
+    tails: HashMap<BlockKey, Vec<(BlockKey, Vec<u32>)>>,
 }
+
+/// Partial blocks kept per parent block (the newest).
+const TAILS_PER_PARENT: usize = 8;
 
 /// The slot of a sequence that holds none (preempted).
 const NO_SLOT: usize = usize::MAX;
@@ -696,6 +705,9 @@ impl Dispatcher {
         self.state.kv.attach(s.slot, &s.keys, 0, hit.blocks);
         s.n_cached = hit.blocks * BLOCK_POSITIONS;
         s.n_named = hit.blocks;
+        if hit.blocks < s.attachable_blocks() {
+            s.n_cached += self.copy_tail(s, hit.blocks);
+        }
         if !s.resumed {
             s.cached_tokens = s.n_cached;
         }
@@ -703,6 +715,58 @@ impl Dispatcher {
         for &key in s.keys.iter().take(prompt_blocks).skip(hit.blocks) {
             self.inflight.entry(key).or_insert(s.admitted_seq_no);
         }
+    }
+
+    /// Copies into block `i` of `s` (which holds blocks `..i`) the longest run of its next
+    /// tokens that a kept partial block after block `i - 1` begins with, short of its last
+    /// token; returns the positions copied.
+    fn copy_tail(&mut self, s: &Seq, i: usize) -> usize {
+        let parent = if i == 0 { self.root } else { s.keys[i - 1] };
+        let Some(list) = self.tails.get(&parent) else {
+            return 0;
+        };
+        let next = &s.tokens[i * BLOCK_POSITIONS..s.tokens.len() - 1];
+        let common = |t: &[u32]| t.iter().zip(next).take_while(|(a, b)| a == b).count();
+        let Some((key, n)) = list
+            .iter()
+            .map(|(key, t)| (*key, common(t)))
+            .filter(|&(_, n)| n > 0)
+            .max_by_key(|&(_, n)| n)
+        else {
+            return 0;
+        };
+        if self.state.kv.copy_partial(s.slot, i, key, n) {
+            n
+        } else {
+            0
+        }
+    }
+
+    /// Keeps the last, partial block of an ending sequence named by its [`tail_key`].
+    fn keep_tail(&mut self, s: &Seq) {
+        let (i, n) = (s.n_cached / BLOCK_POSITIONS, s.n_cached % BLOCK_POSITIONS);
+        if !self.opts.prefix_cache || s.slot == NO_SLOT || n == 0 || s.n_named != i {
+            return;
+        }
+        let parent = if i == 0 { self.root } else { s.keys[i - 1] };
+        let tokens = &s.tokens[i * BLOCK_POSITIONS..][..n];
+        let key = tail_key(parent, tokens);
+        if !self.state.kv.register(s.slot, i, key) {
+            return;
+        }
+        if self.tails.len() > self.state.kv.total_blocks() {
+            let kv = &self.state.kv;
+            self.tails.retain(|_, list| {
+                list.retain(|(k, _)| kv.is_cached(k));
+                !list.is_empty()
+            });
+        }
+        let list = self.tails.entry(parent).or_default();
+        list.retain(|(k, _)| self.state.kv.is_cached(k));
+        if list.len() == TAILS_PER_PARENT {
+            list.remove(0);
+        }
+        list.push((key, tokens.to_vec()));
     }
 
     /// Drops the claims of a sequence that leaves the running set (finished, cancelled,
@@ -776,6 +840,7 @@ impl Dispatcher {
     /// is given.
     fn finish(&mut self, mut s: Seq, reason: Option<FinishReason>) {
         self.unclaim(&s);
+        self.keep_tail(&s);
         if s.slot != NO_SLOT {
             self.state.kv.release(s.slot);
             self.free_slots.push(s.slot);

@@ -81,6 +81,16 @@ pub fn block_key(parent: BlockKey, tokens: &[u32]) -> BlockKey {
     hash128(&[&parent.to_le_bytes(), &bytes[..4 * tokens.len()]])
 }
 
+/// The name of a sequence's last, partial block holding `tokens` (fewer than
+/// [`BLOCK_POSITIONS`]) after the block named `parent`: kept when its sequence ends, so that a
+/// prompt continuing those tokens (a chat's next turn) can copy them ([`KvCache::copy_partial`]).
+/// A name space of its own: never equal to a [`block_key`].
+pub fn tail_key(parent: BlockKey, tokens: &[u32]) -> BlockKey {
+    debug_assert!(tokens.len() < BLOCK_POSITIONS);
+    let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+    hash128(&[b"tail", &parent.to_le_bytes(), &bytes])
+}
+
 /// One token of a batch: which sequence slot it belongs to and its position there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchToken {
@@ -279,6 +289,23 @@ impl Group {
             let b = self.by_key[key];
             self.attach(seq, i, b);
         }
+    }
+
+    /// Gives `seq` a new block at entry `i` for a copy of the named block `src` (whose id it
+    /// returns with the new one's), or `None` (nothing changed) without room. `src` is kept out
+    /// of reach of the eviction while the new block is taken, and ends most recently used.
+    fn take_for_copy(&mut self, seq: usize, i: usize, src: u32) -> Option<(u32, u32)> {
+        debug_assert_eq!(self.tables[seq][i], NO_BLOCK);
+        if self.refs[src as usize] == 0 {
+            self.idle.pop(&src);
+        }
+        self.refs[src as usize] += 1;
+        let dst = self.take();
+        self.unref(src);
+        let dst = dst?;
+        self.tables[seq][i] = dst;
+        self.held[seq] += 1;
+        Some((src, dst))
     }
 
     /// Checks that every block is in exactly one of: used (its reference count equals the
@@ -719,6 +746,42 @@ impl KvCache {
         cached
     }
 
+    /// Whether a block named `key` is cached (in every group).
+    pub fn is_cached(&self, key: &BlockKey) -> bool {
+        self.groups.iter().all(|g| g.by_key.contains_key(key))
+    }
+
+    /// Gives `seq` (which holds blocks `..i`, as a hit leaves them) a block of its own at `i`
+    /// holding a copy of positions `0..n` of the cached block named `src` (a [`tail_key`]), in
+    /// every group: `seq` then holds positions `..i * BLOCK_POSITIONS + n` as if it had
+    /// computed them. False, and nothing changed, if a group lacks `src` or has no room.
+    pub fn copy_partial(&mut self, seq: usize, i: usize, src: BlockKey, n: usize) -> bool {
+        let ok = self.prefix_cache
+            && n < BLOCK_POSITIONS
+            && self.groups.iter().all(|g| {
+                g.by_key.contains_key(&src)
+                    && g.tables[seq][i] == NO_BLOCK
+                    && g.available() > usize::from(g.refs[g.by_key[&src] as usize] == 0)
+            });
+        if !ok {
+            return false;
+        }
+        for gi in 0..self.groups.len() {
+            let g = &mut self.groups[gi];
+            let src_b = g.by_key[&src];
+            let (src_b, dst) = g.take_for_copy(seq, i, src_b).expect("room checked above");
+            for l in self.layers.iter_mut().filter(|l| l.group == gi) {
+                let (from, to) = (
+                    src_b as usize * BLOCK_POSITIONS,
+                    dst as usize * BLOCK_POSITIONS,
+                );
+                l.k.copy_within(from * l.k_width..(from + n) * l.k_width, to * l.k_width);
+                l.v.copy_within(from * l.v_width..(from + n) * l.v_width, to * l.v_width);
+            }
+        }
+        true
+    }
+
     /// What the prefix cache holds.
     pub fn prefix_stats(&self) -> PrefixCacheStats {
         let g = self.limiting_group();
@@ -1106,6 +1169,62 @@ mod tests {
         let hit = run(&mut kv, 1, 32);
         let alone = run(&mut kv, 2, 0);
         assert_eq!(hit, alone[32 * 4..]);
+        kv.audit().unwrap();
+    }
+
+    #[test]
+    fn a_partial_block_is_copied_not_shared() {
+        // Seq 0 computes 40 positions and keeps its partial block (8 of 16) under a tail key;
+        // seq 1 attaches the two whole blocks, copies 5 positions of the partial one into a
+        // block of its own and computes the rest: the same attention as seq 2 computing alone.
+        let attn = AttnShape {
+            n_head: 1,
+            n_head_kv: 1,
+            head_dim: 4,
+            head_dim_v: 4,
+            kq_scale: 0.5,
+        };
+        let x: Vec<f32> = (0..48 * 4)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let run = |kv: &mut KvCache, seq: usize, from: usize, to: usize| {
+            let batch: Vec<BatchToken> = (from..to)
+                .map(|pos| BatchToken {
+                    token: 0,
+                    pos,
+                    seq,
+                    logits: true,
+                })
+                .collect();
+            kv.reserve_batch(&batch).unwrap();
+            let xs = &x[from * 4..to * 4];
+            let mut out = vec![0.0; (to - from) * 4];
+            for il in 0..2 {
+                kv.write_and_attend(il, attn, &batch, xs, xs, xs, &mut out);
+            }
+            out
+        };
+        let mut kv = cache_on(KvCache::new(shape(3, 128), &[Some(24), None]));
+        let keys = keys_of(&[3u32; 32]);
+        run(&mut kv, 0, 0, 40);
+        for (i, &key) in keys.iter().enumerate() {
+            kv.register(0, i, key);
+        }
+        let tail = tail_key(keys[1], &[3; 8]);
+        assert!(kv.register(0, 2, tail));
+        kv.release(0);
+        kv.audit().unwrap();
+        kv.attach(1, &keys, 0, 2);
+        assert!(
+            !kv.copy_partial(1, 2, tail_key(keys[1], &[4; 8]), 5),
+            "unknown tail"
+        );
+        assert!(kv.copy_partial(1, 2, tail, 5));
+        kv.audit().unwrap();
+        assert!(kv.is_cached(&tail), "the source stays cached, unshared");
+        let hit = run(&mut kv, 1, 37, 48);
+        let alone = run(&mut kv, 2, 0, 48);
+        assert_eq!(hit, alone[37 * 4..]);
         kv.audit().unwrap();
     }
 }
