@@ -1124,11 +1124,9 @@ mod tests {
         kv.audit().unwrap();
     }
 
-    #[test]
-    fn attached_blocks_give_the_attention_of_computed_ones() {
-        // Seq 0 computes 48 positions; seq 1 attaches its first two blocks and computes the
-        // third; seq 2 computes all 48 alone. Seq 1's and seq 2's outputs are identical.
-        let sh = shape(3, 128);
+    /// Writes positions `from..to` of `seq` (inputs `x[pos * 4..]`, one 4-wide head) through
+    /// two layers and returns the attention outputs: what a forward pass does to the cache.
+    fn attend(kv: &mut KvCache, x: &[f32], seq: usize, from: usize, to: usize) -> Vec<f32> {
         let attn = AttnShape {
             n_head: 1,
             n_head_kv: 1,
@@ -1136,38 +1134,45 @@ mod tests {
             head_dim_v: 4,
             kq_scale: 0.5,
         };
-        let x: Vec<f32> = (0..48 * 4)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0)
+        let batch: Vec<BatchToken> = (from..to)
+            .map(|pos| BatchToken {
+                token: 0,
+                pos,
+                seq,
+                logits: true,
+            })
             .collect();
-        let run = |kv: &mut KvCache, seq: usize, from: usize| {
-            let batch: Vec<BatchToken> = (from..48)
-                .map(|pos| BatchToken {
-                    token: 0,
-                    pos,
-                    seq,
-                    logits: true,
-                })
-                .collect();
-            kv.reserve_batch(&batch).unwrap();
-            let xs = &x[from * 4..];
-            let mut out = vec![0.0; (48 - from) * 4];
-            for il in 0..2 {
-                kv.write_and_attend(il, attn, &batch, xs, xs, xs, &mut out);
-            }
-            out
-        };
-        let windows = [Some(24), None];
-        let mut kv = cache_on(KvCache::new(sh, &windows));
+        kv.reserve_batch(&batch).unwrap();
+        let xs = &x[from * 4..to * 4];
+        let mut out = vec![0.0; (to - from) * 4];
+        for il in 0..2 {
+            kv.write_and_attend(il, attn, &batch, xs, xs, xs, &mut out);
+        }
+        out
+    }
+
+    fn inputs(n_pos: usize) -> Vec<f32> {
+        (0..n_pos * 4)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0)
+            .collect()
+    }
+
+    #[test]
+    fn attached_blocks_give_the_attention_of_computed_ones() {
+        // Seq 0 computes 48 positions; seq 1 attaches its first two blocks and computes the
+        // third; seq 2 computes all 48 alone. Seq 1's and seq 2's outputs are identical.
+        let x = inputs(48);
+        let mut kv = cache_on(KvCache::new(shape(3, 128), &[Some(24), None]));
         let keys = keys_of(&[7u32; 48]);
-        run(&mut kv, 0, 0);
+        attend(&mut kv, &x, 0, 0, 48);
         for (i, &key) in keys.iter().enumerate() {
             kv.register(0, i, key);
         }
         kv.release(0);
         assert_eq!(kv.cached_prefix(1, &keys[..2], 0), 2);
         kv.attach(1, &keys, 0, 2);
-        let hit = run(&mut kv, 1, 32);
-        let alone = run(&mut kv, 2, 0);
+        let hit = attend(&mut kv, &x, 1, 32, 48);
+        let alone = attend(&mut kv, &x, 2, 0, 48);
         assert_eq!(hit, alone[32 * 4..]);
         kv.audit().unwrap();
     }
@@ -1177,36 +1182,10 @@ mod tests {
         // Seq 0 computes 40 positions and keeps its partial block (8 of 16) under a tail key;
         // seq 1 attaches the two whole blocks, copies 5 positions of the partial one into a
         // block of its own and computes the rest: the same attention as seq 2 computing alone.
-        let attn = AttnShape {
-            n_head: 1,
-            n_head_kv: 1,
-            head_dim: 4,
-            head_dim_v: 4,
-            kq_scale: 0.5,
-        };
-        let x: Vec<f32> = (0..48 * 4)
-            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
-            .collect();
-        let run = |kv: &mut KvCache, seq: usize, from: usize, to: usize| {
-            let batch: Vec<BatchToken> = (from..to)
-                .map(|pos| BatchToken {
-                    token: 0,
-                    pos,
-                    seq,
-                    logits: true,
-                })
-                .collect();
-            kv.reserve_batch(&batch).unwrap();
-            let xs = &x[from * 4..to * 4];
-            let mut out = vec![0.0; (to - from) * 4];
-            for il in 0..2 {
-                kv.write_and_attend(il, attn, &batch, xs, xs, xs, &mut out);
-            }
-            out
-        };
+        let x = inputs(48);
         let mut kv = cache_on(KvCache::new(shape(3, 128), &[Some(24), None]));
         let keys = keys_of(&[3u32; 32]);
-        run(&mut kv, 0, 0, 40);
+        attend(&mut kv, &x, 0, 0, 40);
         for (i, &key) in keys.iter().enumerate() {
             kv.register(0, i, key);
         }
@@ -1222,8 +1201,8 @@ mod tests {
         assert!(kv.copy_partial(1, 2, tail, 5));
         kv.audit().unwrap();
         assert!(kv.is_cached(&tail), "the source stays cached, unshared");
-        let hit = run(&mut kv, 1, 37, 48);
-        let alone = run(&mut kv, 2, 0, 48);
+        let hit = attend(&mut kv, &x, 1, 37, 48);
+        let alone = attend(&mut kv, &x, 2, 0, 48);
         assert_eq!(hit, alone[37 * 4..]);
         kv.audit().unwrap();
     }
