@@ -1157,17 +1157,24 @@ mod tests {
             .collect()
     }
 
+    /// A cache (sliding window 24 and full attention, 3 slots) in which seq 0 has computed
+    /// positions `..n_pos` and named its whole blocks `keys`.
+    fn computed_by_seq_0(x: &[f32], keys: &[BlockKey], n_pos: usize) -> KvCache {
+        let mut kv = cache_on(KvCache::new(shape(3, 128), &[Some(24), None]));
+        attend(&mut kv, x, 0, 0, n_pos);
+        for (i, &key) in keys.iter().enumerate() {
+            kv.register(0, i, key);
+        }
+        kv
+    }
+
     #[test]
     fn attached_blocks_give_the_attention_of_computed_ones() {
         // Seq 0 computes 48 positions; seq 1 attaches its first two blocks and computes the
         // third; seq 2 computes all 48 alone. Seq 1's and seq 2's outputs are identical.
         let x = inputs(48);
-        let mut kv = cache_on(KvCache::new(shape(3, 128), &[Some(24), None]));
         let keys = keys_of(&[7u32; 48]);
-        attend(&mut kv, &x, 0, 0, 48);
-        for (i, &key) in keys.iter().enumerate() {
-            kv.register(0, i, key);
-        }
+        let mut kv = computed_by_seq_0(&x, &keys, 48);
         kv.release(0);
         assert_eq!(kv.cached_prefix(1, &keys[..2], 0), 2);
         kv.attach(1, &keys, 0, 2);
@@ -1183,12 +1190,8 @@ mod tests {
         // seq 1 attaches the two whole blocks, copies 5 positions of the partial one into a
         // block of its own and computes the rest: the same attention as seq 2 computing alone.
         let x = inputs(48);
-        let mut kv = cache_on(KvCache::new(shape(3, 128), &[Some(24), None]));
         let keys = keys_of(&[3u32; 32]);
-        attend(&mut kv, &x, 0, 0, 40);
-        for (i, &key) in keys.iter().enumerate() {
-            kv.register(0, i, key);
-        }
+        let mut kv = computed_by_seq_0(&x, &keys, 40);
         let tail = tail_key(keys[1], &[3; 8]);
         assert!(kv.register(0, 2, tail));
         kv.release(0);
