@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use ryzanstein::bench::conversation::{document, DOCUMENT_SEED, DOCUMENT_WORDS_DEFAULT};
-use ryzanstein::bench::{parse_prompts, run_level, Arrivals, Slo, Workload, WorkloadKind};
+use ryzanstein::bench::{
+    parse_prompts, run_level, run_level_timed, Arrivals, On503, Slo, Workload, WorkloadKind,
+};
 use ryzanstein::client::{Client, ClientConfig};
 use ryzanstein::server::Server;
 use serde_json::Value;
@@ -33,6 +35,7 @@ fn workload(stream: bool) -> Workload {
         prompts: None,
         kind: WorkloadKind::Random,
         first_index: 0,
+        on_503: On503::Fail,
     }
 }
 
@@ -210,7 +213,11 @@ fn the_default_document_is_about_a_thousand_tokens() {
 
 /// Runs `ryzanstein bench` with `args` against the test server; returns stdout and the report.
 fn bench_cli(name: &str, args: &[&str]) -> (String, Value) {
-    let addr = server();
+    bench_cli_at(server(), name, args)
+}
+
+/// Runs `ryzanstein bench` with `args` against the server at `addr`.
+fn bench_cli_at(addr: std::net::SocketAddr, name: &str, args: &[&str]) -> (String, Value) {
     let dir = std::env::temp_dir().join(format!("ryzanstein-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("report.json");
@@ -343,4 +350,161 @@ fn a_failed_turn_abandons_the_rest_of_its_conversation() {
     assert_eq!(r.errors.get("http_404"), Some(&2));
     assert_eq!(r.errors.get("abandoned"), Some(&(2 * 2)));
     assert_eq!(r.turns.len(), 3);
+}
+
+/// A timed level against the real server: clients send until the deadline, and the report
+/// carries the overload fields (no 503 at two clients).
+#[test]
+fn timed_level_against_the_server() {
+    let r = run_level_timed(
+        &format!("http://{}", server()),
+        &Workload {
+            on_503: On503::Honor,
+            ..workload(true)
+        },
+        2,
+        Duration::from_millis(500),
+        &Slo::default(),
+        &|_| {},
+    )
+    .expect("level");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.completed >= 2 && r.started == r.completed, "{r:?}");
+    assert_eq!(r.completion_tokens, 3 * r.completed as u64);
+    assert_eq!((r.refusals_503, r.refusals_per_s), (0, 0.0));
+    assert_eq!(r.answered_2xx_per_s, r.request_throughput);
+    assert!(r.duration_s >= 0.5);
+    assert!(r.first_send_to_answer_ms.p50 >= r.e2el_ms.p50 * 0.99);
+}
+
+/// A server on 127.0.0.1 that answers every request to any path at once (a thread per
+/// connection, keep-alive): a 503 with `Retry-After: 0` for every third request, else a
+/// non-streamed completion of one token. For the bench's own machinery at a thousand
+/// connections, which the model server would take minutes to answer.
+fn fake_server() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(4096).unwrap();
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { continue };
+            let count = count.clone();
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let body = br#"{"choices":[{"text":"x"}],"usage":{"prompt_tokens":2,"completion_tokens":1}}"#;
+                    let ok = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                        body.len(),
+                        String::from_utf8_lossy(body)
+                    );
+                    let refused = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n";
+                    let mut r = BufReader::new(s);
+                    let mut line = String::new();
+                    loop {
+                        let mut len = 0;
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            let l = line.to_ascii_lowercase();
+                            if let Some(v) = l.strip_prefix("content-length:") {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut req = vec![0; len];
+                        if r.read_exact(&mut req).is_err() {
+                            return;
+                        }
+                        let out = if count.fetch_add(1, Ordering::Relaxed) % 3 == 2 {
+                            refused.as_bytes()
+                        } else {
+                            ok.as_bytes()
+                        };
+                        if r.get_mut().write_all(out).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .unwrap();
+        }
+    });
+    addr
+}
+
+/// `--connections 1000 --duration-s 1 --on-503 honor`: a thousand keep-alive clients, each
+/// resending what is refused; the table adds 503s and answered requests per second.
+#[test]
+fn cli_a_thousand_connections_honoring_503() {
+    let (stdout, report) = bench_cli_at(
+        fake_server(),
+        "connections",
+        &[
+            "--connections",
+            "1000",
+            "--duration-s",
+            "1",
+            "--on-503",
+            "honor",
+            "--no-stream",
+            "--warmup",
+            "0",
+        ],
+    );
+    assert_eq!(report["workload"]["on_503"], "honor");
+    assert_eq!(report["workload"]["level_duration_s"], 1.0);
+    let l = &report["levels"][0][0];
+    assert_eq!(l["clients"], 1000);
+    assert_eq!(l["connections_opened"], 1000, "one keep-alive each: {l}");
+    let completed = l["completed"].as_u64().unwrap();
+    let refusals = l["refusals_503"].as_u64().unwrap();
+    // Only a request still refused at the deadline is not resent, and ends as http_503.
+    let abandoned = l["errors"]["http_503"].as_u64().unwrap_or(0);
+    assert_eq!(
+        l["errors"].as_object().unwrap().len(),
+        usize::from(abandoned > 0),
+        "{l}"
+    );
+    assert!(completed >= 1000, "{l}");
+    assert_eq!(l["started"], completed + abandoned, "{l}");
+    // Every third send is refused: sends = completed + refusals, a third of them refused.
+    assert!((2 * refusals).abs_diff(completed) <= 2, "{l}");
+    assert_eq!(l["completion_tokens"], completed);
+    let per_s = |k: &str| l[k].as_f64().unwrap();
+    assert!(per_s("duration_s") >= 1.0);
+    assert!((per_s("refusals_per_s") - refusals as f64 / per_s("duration_s")).abs() < 1e-6);
+    assert_eq!(per_s("answered_2xx_per_s"), per_s("request_throughput"));
+    assert!(l["first_send_to_answer_ms"]["p99"].is_f64());
+    let header = stdout.lines().next().unwrap_or("");
+    assert!(
+        header.contains("503/s") && header.contains("ans/s"),
+        "{stdout}"
+    );
+}
+
+/// Flags that do not go together are refused before any request.
+#[test]
+fn cli_refuses_duration_with_a_request_count_or_a_rate() {
+    for extra in [["--requests", "4"], ["--rate", "5"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ryzanstein"))
+            .args(["bench", "--url", "http://127.0.0.1:1", "--duration-s", "1"])
+            .args(extra)
+            .output()
+            .expect("run bench");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--duration-s"), "{stderr}");
+    }
 }

@@ -53,6 +53,8 @@ pub struct Head {
     pub chunked: bool,
     pub content_length: Option<usize>,
     pub close: bool,
+    /// `Retry-After` in whole seconds (its HTTP-date form, or anything else, reads as None).
+    pub retry_after_s: Option<u64>,
 }
 
 impl Conn {
@@ -190,6 +192,7 @@ fn read_head(r: &mut impl BufRead) -> io::Result<Head> {
         chunked: false,
         content_length: None,
         close: version == "HTTP/1.0",
+        retry_after_s: None,
     };
     loop {
         read_line(r, &mut line)?;
@@ -205,6 +208,7 @@ fn read_head(r: &mut impl BufRead) -> io::Result<Head> {
             "transfer-encoding" => head.chunked = v.contains("chunked"),
             "content-length" => head.content_length = v.parse().ok(),
             "connection" => head.close = v.contains("close"),
+            "retry-after" => head.retry_after_s = v.parse().ok(),
             _ => {}
         }
     }
@@ -300,6 +304,27 @@ mod tests {
         );
         assert!(!heads[1].contains("X-Session-Id"), "{}", heads[1]);
         assert_eq!(conn.opened, 1, "one keep-alive connection");
+    }
+
+    #[test]
+    fn retry_after_is_read_in_whole_seconds() {
+        let head = |h: &str| {
+            let raw = format!("HTTP/1.1 503 Service Unavailable\r\n{h}Content-Length: 0\r\n\r\n");
+            read_head(&mut BufReader::new(raw.as_bytes())).unwrap()
+        };
+        let h = head("Retry-After: 7\r\n");
+        assert_eq!((h.status, h.retry_after_s), (503, Some(7)));
+        assert_eq!(head("retry-after:0\r\n").retry_after_s, Some(0));
+        assert_eq!(head("RETRY-AFTER:  12 \r\n").retry_after_s, Some(12));
+        for not_seconds in [
+            "",
+            "Retry-After: Wed, 21 Oct 2015 07:28:00 GMT\r\n",
+            "Retry-After: 1.5\r\n",
+            "Retry-After: -1\r\n",
+            "Retry-After:\r\n",
+        ] {
+            assert_eq!(head(not_seconds).retry_after_s, None, "{not_seconds:?}");
+        }
     }
 
     #[test]

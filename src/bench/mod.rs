@@ -8,14 +8,19 @@
 //! are: random token ids of a fixed length or a JSONL prompt file ([`parse_prompts`]), one
 //! shared document with a question of each request's own, or multi-turn conversations over
 //! that document (texts in [`conversation`]); [`chart`] draws the SVG charts.
+//!
+//! For admission and overload tests a closed-loop level can run for a fixed time
+//! ([`run_level_timed`]) over thousands of keep-alive connections (one client thread each, on
+//! a small stack), and [`On503`] says what a client does when the server refuses it with 503:
+//! record an error, resend at once, or resend after the response's `Retry-After`.
 
 pub mod chart;
 pub mod conversation;
 pub mod http;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -47,7 +52,36 @@ pub struct Workload {
     /// advances it from level to level so that no two levels ask the same question, which a
     /// server's prompt cache would otherwise answer whole.
     pub first_index: usize,
+    /// What a client does when a request is refused with 503.
+    pub on_503: On503,
 }
+
+/// What a client does with a 503 answer (`ryzanstein bench --on-503`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum On503 {
+    /// Record the request as error `http_503` and go on to the next one.
+    #[default]
+    Fail,
+    /// Resend the same request at once, on the same connection (a new one if the server
+    /// closed it).
+    Immediate,
+    /// Sleep the response's `Retry-After` seconds (1 when it gives none), then resend.
+    Honor,
+}
+
+impl On503 {
+    /// The name `ryzanstein bench --on-503` takes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            On503::Fail => "fail",
+            On503::Immediate => "immediate",
+            On503::Honor => "honor",
+        }
+    }
+}
+
+/// The wait before resending after a 503 that gives no `Retry-After` (under [`On503::Honor`]).
+pub const RETRY_AFTER_DEFAULT: Duration = Duration::from_secs(1);
 
 /// What the requests of a run are.
 #[derive(Clone, Debug, PartialEq)]
@@ -176,6 +210,12 @@ struct Sample {
     answer: String,
     /// Index of the request in its conversation (multi-turn), from 0.
     turn: Option<usize>,
+    /// 503s this request received (each one followed by a resend, except a last one that
+    /// ended it as `http_503`).
+    refusals: u64,
+    /// From the first send of the request to the end of its answer; `e2e_s` and `ttft_s` are
+    /// measured from the send that was answered.
+    first_send_to_answer_s: f64,
 }
 
 /// p50/p90/p99/max and mean of one metric, in milliseconds.
@@ -214,10 +254,19 @@ pub struct LevelReport {
     pub clients: usize,
     /// Requests per second offered (open loop), or null.
     pub rate: Option<f64>,
+    /// Wall time of the level, from its start until its last request ended; every per-second
+    /// figure is over it.
     pub duration_s: f64,
+    /// Units the level started: requests, or conversations in a multi-turn workload.
+    pub started: usize,
     pub completed: usize,
     pub errors: BTreeMap<String, usize>,
     pub request_throughput: f64,
+    /// 503 answers received, resent requests' refusals included.
+    pub refusals_503: u64,
+    pub refusals_per_s: f64,
+    /// Requests answered 2xx (and read whole) per second: the same as `request_throughput`.
+    pub answered_2xx_per_s: f64,
     pub output_throughput: f64,
     pub prompt_tokens: u64,
     /// Prompt tokens the server says it took from its cache (`prompt_tokens_details`).
@@ -229,6 +278,9 @@ pub struct LevelReport {
     pub tpot_ms: Dist,
     pub itl_ms: Dist,
     pub e2el_ms: Dist,
+    /// Answered requests, from their first send (before any 503) to the end of the answer;
+    /// `ttft_ms` and `e2el_ms` are from the send that was answered.
+    pub first_send_to_answer_ms: Dist,
     /// TCP connections the clients opened (keep-alive reuse shows as fewer than requests).
     pub connections_opened: u64,
     /// Requests that met every SLO, per second (when SLOs are given).
@@ -277,6 +329,14 @@ fn tpot_s(s: &Sample) -> Option<f64> {
 /// Most samples a level reserves room for up front (more grow the vector as they come).
 const SAMPLES_RESERVED_MAX: usize = 1 << 16;
 
+/// Stack of a client thread: small, so that thousands of clients fit (a client holds its
+/// buffers on the heap).
+pub const CLIENT_STACK_BYTES: usize = 256 * 1024;
+
+/// Descriptors kept free beyond one per client (the process's own files, a second server's
+/// connection while the first one closes).
+pub const SPARE_DESCRIPTORS: u64 = 64;
+
 /// Runs one level against `url`: `n` requests, or `n` conversations in a multi-turn workload
 /// (`n × turns` requests). `on_done` is told how many requests have ended so far.
 pub fn run_level(
@@ -287,63 +347,194 @@ pub fn run_level(
     slo: &Slo,
     on_done: &(dyn Fn(usize) + Sync),
 ) -> std::io::Result<LevelReport> {
+    run(url, w, arrivals, n, None, slo, on_done)
+}
+
+/// Runs one closed-loop level of `clients` for `duration`: each client sends its next request
+/// (conversation, in multi-turn) until the deadline; what started before it ends as usual
+/// (bounded by the workload's timeout; a conversation under way sends its remaining turns),
+/// but a request still refused with 503 at the deadline is not resent and ends as `http_503`.
+pub fn run_level_timed(
+    url: &str,
+    w: &Workload,
+    clients: usize,
+    duration: Duration,
+    slo: &Slo,
+    on_done: &(dyn Fn(usize) + Sync),
+) -> std::io::Result<LevelReport> {
+    run(
+        url,
+        w,
+        Arrivals::Closed { clients },
+        usize::MAX,
+        Some(duration),
+        slo,
+        on_done,
+    )
+}
+
+fn run(
+    url: &str,
+    w: &Workload,
+    arrivals: Arrivals,
+    n: usize,
+    duration: Option<Duration>,
+    slo: &Slo,
+    on_done: &(dyn Fn(usize) + Sync),
+) -> std::io::Result<LevelReport> {
     let target = Target::parse(url)?;
     let (clients, rate) = match arrivals {
         Arrivals::Closed { clients } => (clients.max(1), None),
         Arrivals::Open { rate, clients } => (clients.max(1), Some(rate)),
     };
+    let threads = clients.min(n);
+    raise_descriptor_limit(threads as u64 + SPARE_DESCRIPTORS);
     let schedule = arrival_offsets(rate, n, w.seed);
     let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
     let samples = Mutex::new(Vec::with_capacity(
         n.saturating_mul(w.kind.requests_per_unit())
             .min(SAMPLES_RESERVED_MAX),
     ));
     let opened = Mutex::new(0u64);
-    let t0 = Instant::now();
-    std::thread::scope(|sc| {
-        for c in 0..clients.min(n) {
-            let (target, next, samples, opened, schedule) =
-                (target.clone(), &next, &samples, &opened, &schedule);
-            sc.spawn(move || {
-                let mut conn = Conn::new(target, w.timeout);
-                let mut rng = w.seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let mut record = |s: Sample| {
-                    let mut all = samples.lock().unwrap_or_else(|e| e.into_inner());
-                    all.push(s);
-                    on_done(all.len());
-                };
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        break;
-                    }
-                    if let Some(at) = schedule.get(i) {
-                        let due = t0 + *at;
-                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(wait);
+    // The level starts when every client thread is up (starting a thousand threads takes a
+    // while): the clients wait at this gate for the start time.
+    let gate = (Mutex::new(None::<Instant>), Condvar::new());
+    let open_gate = || {
+        let t0 = Instant::now();
+        *gate.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(t0);
+        gate.1.notify_all();
+        t0
+    };
+    let t0 = std::thread::scope(|sc| {
+        for c in 0..threads {
+            let (target, next, stop, samples, opened, schedule, gate) = (
+                target.clone(),
+                &next,
+                &stop,
+                &samples,
+                &opened,
+                &schedule,
+                &gate,
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("bench-client-{c}"))
+                .stack_size(CLIENT_STACK_BYTES)
+                .spawn_scoped(sc, move || {
+                    let t0 = {
+                        let mut start = gate.0.lock().unwrap_or_else(|e| e.into_inner());
+                        loop {
+                            if let Some(t0) = *start {
+                                break t0;
+                            }
+                            start = gate.1.wait(start).unwrap_or_else(|e| e.into_inner());
+                        }
+                    };
+                    let deadline = duration.map(|d| t0 + d);
+                    let mut conn = Conn::new(target, w.timeout);
+                    let mut rng = w.seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let mut record = |s: Sample| {
+                        let mut all = samples.lock().unwrap_or_else(|e| e.into_inner());
+                        all.push(s);
+                        on_done(all.len());
+                    };
+                    loop {
+                        if stop.load(Ordering::Relaxed)
+                            || deadline.is_some_and(|d| Instant::now() >= d)
+                        {
+                            break;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        if let Some(at) = schedule.get(i) {
+                            let due = t0 + *at;
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                        match &w.kind {
+                            WorkloadKind::MultiTurn { document, turns } => {
+                                let k = w.first_index + i;
+                                run_conversation(
+                                    &mut conn,
+                                    w,
+                                    document,
+                                    *turns,
+                                    k,
+                                    deadline,
+                                    &mut record,
+                                );
+                            }
+                            _ => {
+                                let (path, body) = request_body(w, &mut rng, i);
+                                let mut s =
+                                    send_until_answered(&mut conn, w, path, &body, None, deadline);
+                                s.answer = String::new();
+                                record(s);
+                            }
                         }
                     }
-                    match &w.kind {
-                        WorkloadKind::MultiTurn { document, turns } => {
-                            let k = w.first_index + i;
-                            run_conversation(&mut conn, w, document, *turns, k, &mut record);
-                        }
-                        _ => {
-                            let (path, body) = request_body(w, &mut rng, i);
-                            let mut s = one_request(&mut conn, w, path, &body, None);
-                            s.answer = String::new();
-                            record(s);
-                        }
-                    }
-                }
-                *opened.lock().unwrap_or_else(|e| e.into_inner()) += conn.opened;
-            });
+                    *opened.lock().unwrap_or_else(|e| e.into_inner()) += conn.opened;
+                });
+            if let Err(e) = spawned {
+                // The clients already started find the stop flag once through the gate.
+                stop.store(true, Ordering::Relaxed);
+                open_gate();
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot start client thread {} of {threads}: {e}", c + 1),
+                ));
+            }
         }
-    });
+        Ok(open_gate())
+    })?;
     let duration_s = t0.elapsed().as_secs_f64();
+    let started = next.into_inner().min(n);
     let samples = samples.into_inner().unwrap_or_else(|e| e.into_inner());
     let opened = opened.into_inner().unwrap_or_else(|e| e.into_inner());
-    Ok(summarize(samples, clients, rate, duration_s, opened, slo))
+    Ok(summarize(
+        samples,
+        Level {
+            clients,
+            rate,
+            duration_s,
+            started,
+            connections_opened: opened,
+        },
+        slo,
+    ))
+}
+
+/// Raises the soft limit on open descriptors (`RLIMIT_NOFILE`) to the hard limit when it is
+/// below `needed` (a client holds one connection); returns the soft limit now in force, or
+/// None when it cannot be read.
+pub fn raise_descriptor_limit(needed: u64) -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur >= needed {
+        return Some(lim.rlim_cur);
+    }
+    // The hard limit first; where it is unlimited the kernel may refuse it (its own cap on
+    // open files), so then just what is needed.
+    for want in [lim.rlim_max, needed.min(lim.rlim_max)] {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Some(want);
+        }
+    }
+    Some(lim.rlim_cur)
 }
 
 /// Conversation `k`: `turns` requests in a row on one connection, each sending the history so
@@ -355,6 +546,7 @@ fn run_conversation(
     document: &str,
     turns: usize,
     k: usize,
+    deadline: Option<Instant>,
     record: &mut impl FnMut(Sample),
 ) {
     let session = format!("bench-{:x}-{k}", w.seed);
@@ -365,7 +557,14 @@ fn run_conversation(
             w,
             json!({ "messages": c.messages(), "max_tokens": w.max_tokens }),
         );
-        let mut s = one_request(conn, w, "/v1/chat/completions", &body, Some(&session));
+        let mut s = send_until_answered(
+            conn,
+            w,
+            "/v1/chat/completions",
+            &body,
+            Some(&session),
+            deadline,
+        );
         s.turn = Some(turn);
         let answer = std::mem::take(&mut s.answer);
         let failed = s.error.is_some();
@@ -467,26 +666,79 @@ fn finish_body(w: &Workload, mut body: Value) -> Vec<u8> {
     serde_json::to_vec(&body).expect("a JSON value serializes")
 }
 
+/// Sends one request and, after each 503, resends it as `w.on_503` says until it gets another
+/// answer. Resending stops at `deadline` (a timed level's end) and once `w.timeout` has passed
+/// since the first send: the request then ends as `http_503`, its refusals counted. A wait
+/// that would end past that point is slept until it (so that a client honoring `Retry-After`
+/// sends nothing sooner, and one near the deadline does not start new requests meanwhile).
+fn send_until_answered(
+    conn: &mut Conn,
+    w: &Workload,
+    path: &str,
+    body: &[u8],
+    session_id: Option<&str>,
+    deadline: Option<Instant>,
+) -> Sample {
+    let first = Instant::now();
+    let give_up = deadline.map_or(first + w.timeout, |d| d.min(first + w.timeout));
+    let mut refusals = 0;
+    loop {
+        let sent = Instant::now();
+        let (mut s, refusal) = one_request(conn, w, path, body, session_id, sent);
+        refusals += u64::from(refusal.is_some());
+        let wait = match (refusal, w.on_503) {
+            (None, _) | (Some(_), On503::Fail) => None,
+            (Some(_), On503::Immediate) => Some(Duration::ZERO),
+            (Some(r), On503::Honor) => Some(
+                r.retry_after_s
+                    .map_or(RETRY_AFTER_DEFAULT, Duration::from_secs),
+            ),
+        };
+        let resend_at = wait.map(|d| Instant::now().checked_add(d).unwrap_or(give_up));
+        if let Some(at) = resend_at {
+            if let Some(d) = at.min(give_up).checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+        if resend_at.is_none_or(|at| at >= give_up) {
+            s.refusals = refusals;
+            s.first_send_to_answer_s = (sent - first).as_secs_f64() + s.e2e_s;
+            return s;
+        }
+    }
+}
+
+/// A 503 answer.
+struct Refusal {
+    retry_after_s: Option<u64>,
+}
+
+/// One send of a request, timed from `t0`; a 503 comes back as error `http_503` and a
+/// [`Refusal`].
 fn one_request(
     conn: &mut Conn,
     w: &Workload,
     path: &str,
     body: &[u8],
     session_id: Option<&str>,
-) -> Sample {
-    let t0 = Instant::now();
+    t0: Instant,
+) -> (Sample, Option<Refusal>) {
     let mut s = Sample::default();
     let head = match conn.post(path, body, session_id) {
         Ok(h) => h,
         Err(e) => {
             s.error = Some(io_kind(&e));
-            return s;
+            return (s, None);
         }
     };
     if head.status != 200 {
         let _ = conn.read_body(&head);
         s.error = Some(format!("http_{}", head.status));
-        return s;
+        s.e2e_s = t0.elapsed().as_secs_f64();
+        let refusal = (head.status == 503).then_some(Refusal {
+            retry_after_s: head.retry_after_s,
+        });
+        return (s, refusal);
     }
     let r = if w.stream {
         read_stream(conn, &head, t0, &mut s)
@@ -496,7 +748,7 @@ fn one_request(
     if let Err(e) = r {
         s.error = Some(e);
     }
-    s
+    (s, None)
 }
 
 fn io_kind(e: &std::io::Error) -> String {
@@ -633,14 +885,23 @@ fn handle_event(event: &[u8], s: &mut Sample) -> Result<EventKind, String> {
     Ok(kind)
 }
 
-fn summarize(
-    samples: Vec<Sample>,
+/// What [`summarize`] takes besides the samples.
+struct Level {
     clients: usize,
     rate: Option<f64>,
     duration_s: f64,
+    started: usize,
     connections_opened: u64,
-    slo: &Slo,
-) -> LevelReport {
+}
+
+fn summarize(samples: Vec<Sample>, level: Level, slo: &Slo) -> LevelReport {
+    let Level {
+        clients,
+        rate,
+        duration_s,
+        started,
+        connections_opened,
+    } = level;
     let mut errors = BTreeMap::new();
     for e in samples.iter().filter_map(|s| s.error.as_ref()) {
         *errors.entry(e.clone()).or_insert(0) += 1;
@@ -649,6 +910,7 @@ fn summarize(
     let completion_tokens: u64 = ok.iter().map(|s| s.completion_tokens).sum();
     let prompt_tokens: u64 = ok.iter().map(|s| s.prompt_tokens).sum();
     let cached_prompt_tokens: u64 = ok.iter().map(|s| s.cached_prompt_tokens).sum();
+    let refusals_503: u64 = samples.iter().map(|s| s.refusals).sum();
     let per_s = |n: f64| {
         if duration_s > 0.0 {
             n / duration_s
@@ -660,9 +922,13 @@ fn summarize(
         clients,
         rate,
         duration_s,
+        started,
         completed: ok.len(),
         errors,
         request_throughput: per_s(ok.len() as f64),
+        refusals_503,
+        refusals_per_s: per_s(refusals_503 as f64),
+        answered_2xx_per_s: per_s(ok.len() as f64),
         output_throughput: per_s(completion_tokens as f64),
         prompt_tokens,
         cached_prompt_tokens,
@@ -676,6 +942,9 @@ fn summarize(
         tpot_ms: Dist::of_seconds(ok.iter().filter_map(|s| tpot_s(s)).collect()),
         itl_ms: Dist::of_seconds(ok.iter().flat_map(|s| s.itl_s.iter().copied()).collect()),
         e2el_ms: Dist::of_seconds(ok.iter().map(|s| s.e2e_s).collect()),
+        first_send_to_answer_ms: Dist::of_seconds(
+            ok.iter().map(|s| s.first_send_to_answer_s).collect(),
+        ),
         connections_opened,
         goodput: slo
             .is_set()
@@ -708,6 +977,266 @@ fn turn_reports(samples: &[Sample], ok: &[&Sample]) -> Vec<TurnReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{SocketAddr, TcpListener};
+
+    fn level(clients: usize, duration_s: f64, connections_opened: u64) -> Level {
+        Level {
+            clients,
+            rate: None,
+            duration_s,
+            started: clients,
+            connections_opened,
+        }
+    }
+
+    /// A non-streamed completion of 3 prompt and 2 completion tokens.
+    fn answered() -> Vec<u8> {
+        let body =
+            br#"{"choices":[{"text":"hi"}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#;
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A 503 with `extra` header lines (each ending in CRLF).
+    fn refused(extra: &str) -> Vec<u8> {
+        format!("HTTP/1.1 503 Service Unavailable\r\n{extra}Content-Length: 2\r\n\r\n{{}}")
+            .into_bytes()
+    }
+
+    /// A server on 127.0.0.1 with a thread per connection: the `i`-th request it reads (over
+    /// all connections, from 0) is answered `answer(i)`, and the connection closed after when
+    /// the answer says `Connection: close`. Its threads live as long as the test process.
+    fn fake_server(answer: impl Fn(usize) -> Vec<u8> + Send + Sync + 'static) -> SocketAddr {
+        // A backlog for a thousand connections at once (std's is 128).
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(4096).unwrap();
+        let listener: TcpListener = socket.into();
+        let addr = listener.local_addr().unwrap();
+        let answer = Arc::new(answer);
+        let count = Arc::new(AtomicUsize::new(0));
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { continue };
+                let (answer, count) = (answer.clone(), count.clone());
+                std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        let mut r = BufReader::new(s);
+                        let mut line = String::new();
+                        loop {
+                            let mut len = 0;
+                            loop {
+                                line.clear();
+                                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                    return;
+                                }
+                                if line == "\r\n" {
+                                    break;
+                                }
+                                let l = line.to_ascii_lowercase();
+                                if let Some(v) = l.strip_prefix("content-length:") {
+                                    len = v.trim().parse().unwrap();
+                                }
+                            }
+                            let mut body = vec![0; len];
+                            r.read_exact(&mut body).unwrap();
+                            let out = answer(count.fetch_add(1, Ordering::SeqCst));
+                            if r.get_mut().write_all(&out).is_err() {
+                                return;
+                            }
+                            let head = String::from_utf8_lossy(&out).to_ascii_lowercase();
+                            if head.contains("connection: close") {
+                                return;
+                            }
+                        }
+                    })
+                    .unwrap();
+            }
+        });
+        addr
+    }
+
+    fn plain_workload(on_503: On503) -> Workload {
+        Workload {
+            model: None,
+            prompt_tokens: 3,
+            max_tokens: 2,
+            stream: false,
+            token_range: (10, 20),
+            ignore_eos: true,
+            timeout: Duration::from_secs(10),
+            seed: 1,
+            prompts: None,
+            kind: WorkloadKind::Random,
+            first_index: 0,
+            on_503,
+        }
+    }
+
+    fn url_of(addr: SocketAddr) -> String {
+        format!("http://{addr}")
+    }
+
+    fn closed(addr: SocketAddr, w: &Workload, clients: usize, n: usize) -> LevelReport {
+        let url = url_of(addr);
+        run_level(
+            &url,
+            w,
+            Arrivals::Closed { clients },
+            n,
+            &Slo::default(),
+            &|_| {},
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn honor_waits_retry_after_then_resends_and_keeps_the_sample() {
+        // Refused with Retry-After: 1, then with none (1 s by default), then answered.
+        let addr = fake_server(|i| match i {
+            0 => refused("Retry-After: 1\r\n"),
+            1 => refused("Connection: close\r\n"),
+            _ => answered(),
+        });
+        let r = closed(addr, &plain_workload(On503::Honor), 1, 1);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!((r.started, r.completed, r.refusals_503), (1, 1, 2));
+        assert_eq!(r.completion_tokens, 2);
+        assert_eq!(r.answered_2xx_per_s, r.request_throughput);
+        assert!((r.refusals_per_s - 2.0 / r.duration_s).abs() < 1e-9);
+        // Two waits of a second before the answered send; e2e is of that send alone.
+        let first = r.first_send_to_answer_ms.max;
+        assert!(first >= 2000.0, "{first}");
+        assert!(r.e2el_ms.max < first - 1500.0, "{:?}", r.e2el_ms);
+        assert_eq!(r.connections_opened, 2, "a new connection after the close");
+    }
+
+    #[test]
+    fn immediate_resends_at_once_and_fail_records_the_503() {
+        let addr = fake_server(|i| match i {
+            0..=2 => refused("Retry-After: 30\r\n"),
+            _ => answered(),
+        });
+        let t0 = Instant::now();
+        let r = closed(addr, &plain_workload(On503::Immediate), 1, 2);
+        assert!(t0.elapsed() < Duration::from_secs(5), "Retry-After ignored");
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!((r.completed, r.refusals_503), (2, 3));
+        assert_eq!(r.connections_opened, 1, "keep-alive through the 503s");
+
+        let addr = fake_server(|i| {
+            if i % 2 == 0 {
+                refused("Retry-After: 1\r\n")
+            } else {
+                answered()
+            }
+        });
+        let r = closed(addr, &plain_workload(On503::Fail), 1, 4);
+        assert_eq!(r.errors.get("http_503"), Some(&2));
+        assert_eq!((r.completed, r.refusals_503), (2, 2));
+    }
+
+    #[test]
+    fn refusals_past_the_deadline_or_the_timeout_end_as_503() {
+        // Always refused: resent at once until the level's end, then abandoned.
+        let addr = fake_server(|_| refused("Retry-After: 0\r\n"));
+        let url = format!("http://{addr}");
+        for on_503 in [On503::Immediate, On503::Honor] {
+            let t0 = Instant::now();
+            let w = plain_workload(on_503);
+            let r = run_level_timed(
+                &url,
+                &w,
+                2,
+                Duration::from_millis(300),
+                &Slo::default(),
+                &|_| {},
+            )
+            .unwrap();
+            assert!(t0.elapsed() < Duration::from_secs(3));
+            assert!(r.duration_s >= 0.3, "{}", r.duration_s);
+            assert_eq!(r.completed, 0);
+            assert_eq!(r.errors.get("http_503"), Some(&r.started));
+            assert!(r.started >= 2 && r.refusals_503 > r.started as u64, "{r:?}");
+        }
+        // Without a deadline, a Retry-After beyond the request's timeout is waited out until
+        // the timeout, and the request given up then.
+        let addr = fake_server(|_| refused("Retry-After: 60\r\n"));
+        let mut w = plain_workload(On503::Honor);
+        w.timeout = Duration::from_millis(300);
+        let t0 = Instant::now();
+        let r = closed(addr, &w, 1, 2);
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert_eq!((r.errors.get("http_503"), r.refusals_503), (Some(&2), 2));
+        // With a deadline, a wait past it ends the request there; the client starts no other.
+        let r = run_level_timed(
+            &url_of(addr),
+            &plain_workload(On503::Honor),
+            3,
+            Duration::from_millis(300),
+            &Slo::default(),
+            &|_| {},
+        )
+        .unwrap();
+        assert!(
+            r.duration_s >= 0.3 && r.duration_s < 3.0,
+            "{}",
+            r.duration_s
+        );
+        assert_eq!(r.started, 3, "one request per client: {r:?}");
+        assert_eq!((r.errors.get("http_503"), r.refusals_503), (Some(&3), 3));
+    }
+
+    #[test]
+    fn a_timed_level_sends_until_its_deadline_over_a_thousand_connections() {
+        let addr = fake_server(|_| answered());
+        let url = format!("http://{addr}");
+        let clients = 1000;
+        let r = run_level_timed(
+            &url,
+            &plain_workload(On503::Honor),
+            clients,
+            Duration::from_millis(1500),
+            &Slo::default(),
+            &|_| {},
+        )
+        .unwrap();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.clients, clients);
+        assert_eq!(r.connections_opened, clients as u64, "one keep-alive each");
+        assert!(r.completed > clients, "{}", r.completed);
+        assert_eq!((r.started, r.refusals_503), (r.completed, 0));
+        assert_eq!(r.completion_tokens, 2 * r.completed as u64);
+        assert!(r.duration_s >= 1.5);
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_raised_as_far_as_the_hard_limit_allows() {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct passed.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        let want = (4096 + SPARE_DESCRIPTORS).min(lim.rlim_max);
+        let now = raise_descriptor_limit(want).expect("readable");
+        assert!(now >= want, "{now} < {want}");
+        assert_eq!(raise_descriptor_limit(0), Some(now), "never lowered");
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {
@@ -757,6 +1286,7 @@ mod tests {
             prompts: Some(Arc::new(p)),
             kind: WorkloadKind::Random,
             first_index: 0,
+            on_503: On503::Fail,
         };
         let mut rng = 1;
         let (path, body) = request_body(&w, &mut rng, 4);
@@ -799,6 +1329,7 @@ mod tests {
                 document: document.clone(),
             },
             first_index: 100,
+            on_503: On503::Fail,
         };
         let mut rng = 1;
         let bodies: Vec<Value> = (0..3)
@@ -871,7 +1402,7 @@ mod tests {
             sample(1, 0.4, Some("http_500")),
             sample(2, 0.0, Some("abandoned")),
         ];
-        let r = summarize(samples, 2, None, 1.0, 2, &Slo::default());
+        let r = summarize(samples, level(2, 1.0, 2), &Slo::default());
         assert_eq!(r.completed, 4);
         assert_eq!((r.errors["http_500"], r.errors["abandoned"]), (1, 1));
         assert_eq!(r.turns.len(), 3);
@@ -882,7 +1413,7 @@ mod tests {
         assert_eq!((r.turns[2].turn, r.turns[2].ttft_ms.p50), (3, 300.0));
         assert_eq!((r.prompt_tokens, r.cached_prompt_tokens), (70, 15));
         assert!((r.cached_prompt_share - 15.0 / 70.0).abs() < 1e-12);
-        let plain = summarize(vec![Sample::default()], 1, None, 1.0, 1, &Slo::default());
+        let plain = summarize(vec![Sample::default()], level(1, 1.0, 1), &Slo::default());
         assert!(plain.turns.is_empty());
         assert_eq!(plain.cached_prompt_share, 0.0);
     }

@@ -4,7 +4,11 @@
 //! `--json` writes the whole report and `--svg DIR` draws the charts. `--workload` picks the
 //! requests: random token ids (or `--prompts`), a shared document with a question each
 //! (`shared-prefix`), or conversations resending their history (`multi-turn`, which adds TTFT
-//! by turn to the table and the report).
+//! by turn to the table and the report). For admission and overload tests, `--connections`
+//! (an alias of `--concurrency`) runs up to thousands of keep-alive clients, `--duration-s`
+//! runs each closed-loop level for a fixed time, and `--on-503` says what a refused client
+//! does (record it, resend at once, or resend after `Retry-After`); the table then adds 503s
+//! and answered requests per second.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +21,35 @@ use ryzanstein::bench::conversation::{
     document, DOCUMENT_SEED, DOCUMENT_WORDS_DEFAULT, DOCUMENT_WORDS_MAX,
 };
 use ryzanstein::bench::{
-    chart, parse_prompts, run_level, Arrivals, LevelReport, Slo, Workload, WorkloadKind,
+    chart, parse_prompts, raise_descriptor_limit, run_level, run_level_timed, Arrivals,
+    LevelReport, On503, Slo, Workload, WorkloadKind, SPARE_DESCRIPTORS,
 };
 
 /// Largest prompt file read.
 const PROMPT_FILE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// Most turns a conversation may have: beyond this it is a typo.
 const TURNS_MAX: usize = 1_000;
+
+/// `--on-503`.
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum On503Arg {
+    /// Record the request as error `http_503` and send the next one.
+    Fail,
+    /// Resend the same request at once (as wrk and many HTTP clients do).
+    Immediate,
+    /// Sleep the 503's `Retry-After` seconds (1 when absent), then resend.
+    Honor,
+}
+
+impl From<On503Arg> for On503 {
+    fn from(a: On503Arg) -> On503 {
+        match a {
+            On503Arg::Fail => On503::Fail,
+            On503Arg::Immediate => On503::Immediate,
+            On503Arg::Honor => On503::Honor,
+        }
+    }
+}
 
 /// `--workload`.
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
@@ -56,9 +82,24 @@ pub struct BenchArgs {
     /// Turns per conversation (multi-turn).
     #[arg(long, default_value_t = 8)]
     turns: usize,
-    /// Closed-loop levels: numbers of concurrent clients.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    /// Closed-loop levels: numbers of concurrent clients, each with its own keep-alive
+    /// connection and thread (`--connections` is the same flag).
+    #[arg(
+        long,
+        visible_alias = "connections",
+        value_delimiter = ',',
+        default_value = "1,4,16"
+    )]
     concurrency: Vec<usize>,
+    /// Run each closed-loop level this many seconds instead of a number of requests: clients
+    /// send until then and the requests under way finish.
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// What a client does with a 503: fail (record error http_503, go on), immediate (resend
+    /// at once) or honor (resend after Retry-After). Resending stops at the level's end
+    /// (--duration-s) or --timeout-s after the first send.
+    #[arg(long = "on-503", value_enum, default_value_t = On503Arg::Fail)]
+    on_503: On503Arg,
     /// Open-loop levels: request rates (per second, Poisson); replaces --concurrency.
     #[arg(long, value_delimiter = ',')]
     rate: Vec<f64>,
@@ -66,7 +107,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 256)]
     max_in_flight: usize,
     /// Requests per level (default: 4 per client, at least 8); conversations in multi-turn
-    /// (default: one per client).
+    /// (default: one per client). Not with --duration-s.
     #[arg(long)]
     requests: Option<usize>,
     /// Prompt length in tokens (random ids from --token-range).
@@ -124,6 +165,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .chain(a.compare.as_deref())
         .collect();
     let per_unit = w.kind.requests_per_unit();
+    let duration = a.duration_s.map(Duration::from_secs_f64);
+    let most_clients = levels.iter().map(|(arr, _)| clients_of(*arr)).max();
+    let needed = most_clients.unwrap_or(1) as u64 + SPARE_DESCRIPTORS;
+    if let Some(limit) = raise_descriptor_limit(needed).filter(|&l| l < needed) {
+        eprintln!(
+            "warning: {limit} open files allowed (ulimit -n) for {needed} needed: the \
+             connections beyond fail as `io` errors"
+        );
+    }
     // Warm-up: the first questions (a whole conversation in multi-turn); the levels go on
     // from there, each with questions of its own, the same on both servers.
     let warmup = a.warmup.div_ceil(per_unit);
@@ -142,22 +192,33 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     w.first_index += warmup;
     let mut rows: Vec<Vec<LevelReport>> = vec![Vec::new(); servers.len()];
-    print_header();
+    let mut table = Table {
+        refusals: w.on_503 != On503::Fail,
+    };
+    table.print_header();
     for &(arr, n) in &levels {
         for (si, url) in servers.iter().enumerate() {
-            let bar = progress_bar(n * per_unit, si, arr);
-            let r = run_level(url, &w, arr, n, &slo, &|done| bar.set_position(done as u64))
-                .with_context(|| format!("level {arr:?} against {url}"))?;
+            let bar = progress_bar(duration.map_or(Some(n * per_unit), |_| None), si, arr);
+            let on_done = |done: usize| bar.set_position(done as u64);
+            let r = match duration {
+                Some(d) => run_level_timed(url, &w, clients_of(arr), d, &slo, &on_done),
+                None => run_level(url, &w, arr, n, &slo, &on_done),
+            }
+            .with_context(|| format!("level {arr:?} against {url}"))?;
             bar.finish_and_clear();
-            print_row(si, &r);
+            table.print_row(si, &r);
             rows[si].push(r);
         }
         let last: Vec<&LevelReport> = rows.iter().filter_map(|r| r.last()).collect();
         if let [a, b] = last[..] {
-            print_ratio(a, b);
+            table.print_ratio(a, b);
         }
         print_turns(&last);
-        w.first_index += n;
+        // The next level's questions follow the most any server of this one used.
+        w.first_index += match duration {
+            Some(_) => last.iter().map(|r| r.started).max().unwrap_or(0),
+            None => n,
+        };
     }
     if let Some(path) = &a.json {
         let report = serde_json::json!({
@@ -172,6 +233,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "max_tokens": w.max_tokens,
                 "stream": w.stream,
                 "ignore_eos": w.ignore_eos,
+                "on_503": w.on_503.name(),
+                "level_duration_s": a.duration_s,
             },
             "levels": rows,
         });
@@ -186,15 +249,29 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// A bar on stderr for one level; indicatif hides it when stderr is not a terminal.
-fn progress_bar(n: usize, server: usize, arr: Arrivals) -> ProgressBar {
-    let bar = ProgressBar::new(n as u64);
+fn clients_of(arr: Arrivals) -> usize {
+    match arr {
+        Arrivals::Closed { clients } | Arrivals::Open { clients, .. } => clients,
+    }
+}
+
+/// A bar on stderr for one level of `n` requests (a counter when `n` is not known ahead: a
+/// timed level); indicatif hides it when stderr is not a terminal.
+fn progress_bar(n: Option<usize>, server: usize, arr: Arrivals) -> ProgressBar {
     let level = match arr {
         Arrivals::Closed { clients } => format!("{clients} clients"),
         Arrivals::Open { rate, .. } => format!("{rate} req/s"),
     };
+    let bar = match n {
+        Some(n) => ProgressBar::new(n as u64),
+        None => ProgressBar::no_length(),
+    };
+    let template = match n {
+        Some(_) => "{prefix} [{bar:30}] {pos}/{len} {elapsed}",
+        None => "{prefix} {pos} requests {elapsed}",
+    };
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed}")
+        ProgressStyle::with_template(template)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
@@ -270,13 +347,24 @@ fn workload(a: &BenchArgs) -> Result<Workload> {
         },
         kind,
         first_index: 0,
+        on_503: a.on_503.into(),
     })
 }
 
 /// Most clients or requests a level may ask for: beyond this it is a typo.
 const LEVEL_MAX: usize = 100_000;
+/// Longest timed level: a day.
+const DURATION_S_MAX: f64 = 86_400.0;
 
 fn levels(a: &BenchArgs) -> Result<Vec<(Arrivals, usize)>> {
+    if let Some(d) = a.duration_s {
+        if !(d > 0.0 && d <= DURATION_S_MAX) {
+            bail!("--duration-s must be a positive number of seconds, at most {DURATION_S_MAX}");
+        }
+        if !a.rate.is_empty() || a.requests.is_some() {
+            bail!("--duration-s goes with closed-loop levels only, without --rate or --requests");
+        }
+    }
     let n_for = |clients: usize| match a.workload {
         WorkloadArg::MultiTurn => a.requests.unwrap_or(clients),
         _ => a.requests.unwrap_or((4 * clients).max(8)),
@@ -313,54 +401,109 @@ fn levels(a: &BenchArgs) -> Result<Vec<(Arrivals, usize)>> {
         } else {
             1
         });
-        if !ok || !(1..=LEVEL_MAX).contains(&requests) {
+        // A timed level sends as many requests as its time allows.
+        if !ok || (a.duration_s.is_none() && !(1..=LEVEL_MAX).contains(&requests)) {
             bail!("level {arr:?} with {requests} requests is out of range");
         }
     }
     Ok(out)
 }
 
-fn print_header() {
-    println!(
-        "{:>6} {:>7} {:>6} {:>5} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>5} {:>6}",
-        "server",
-        "clients",
-        "rate",
-        "done",
-        "req/s",
-        "tok/s",
-        "ttft p50",
-        "ttft p99",
-        "itl p50",
-        "itl p99",
-        "tpot p50",
-        "e2e p99",
-        "conns",
-        "err",
-        "cached"
-    );
+/// The printed table of levels.
+struct Table {
+    /// Adds 503s per second and answered requests per second: with `--on-503` resending,
+    /// and from the first level that got a 503 (the header is printed again then).
+    refusals: bool,
 }
 
-fn print_row(server: usize, r: &LevelReport) {
-    let rate = r.rate.map_or("-".to_string(), |x| format!("{x:.1}"));
-    println!(
-        "{:>6} {:>7} {:>6} {:>5} {:>8.2} {:>8.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>5} {:>6}",
-        ["A", "B"][server.min(1)],
-        r.clients,
-        rate,
-        r.completed,
-        r.request_throughput,
-        r.output_throughput,
-        r.ttft_ms.p50,
-        r.ttft_ms.p99,
-        r.itl_ms.p50,
-        r.itl_ms.p99,
-        r.tpot_ms.p50,
-        r.e2el_ms.p99,
-        r.connections_opened,
-        r.errors.values().sum::<usize>(),
-        format!("{:.0}%", r.cached_prompt_share * 100.0),
-    );
+impl Table {
+    fn print_header(&self) {
+        let mut line = format!(
+            "{:>6} {:>7} {:>6} {:>5} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>5} {:>6}",
+            "server",
+            "clients",
+            "rate",
+            "done",
+            "req/s",
+            "tok/s",
+            "ttft p50",
+            "ttft p99",
+            "itl p50",
+            "itl p99",
+            "tpot p50",
+            "e2e p99",
+            "conns",
+            "err",
+            "cached"
+        );
+        if self.refusals {
+            line.push_str(&format!(" {:>8} {:>8}", "503/s", "ans/s"));
+        }
+        println!("{line}");
+    }
+
+    fn print_row(&mut self, server: usize, r: &LevelReport) {
+        if !self.refusals && r.refusals_503 > 0 {
+            self.refusals = true;
+            self.print_header();
+        }
+        let rate = r.rate.map_or("-".to_string(), |x| format!("{x:.1}"));
+        let mut line = format!(
+            "{:>6} {:>7} {:>6} {:>5} {:>8.2} {:>8.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>5} {:>6}",
+            ["A", "B"][server.min(1)],
+            r.clients,
+            rate,
+            r.completed,
+            r.request_throughput,
+            r.output_throughput,
+            r.ttft_ms.p50,
+            r.ttft_ms.p99,
+            r.itl_ms.p50,
+            r.itl_ms.p99,
+            r.tpot_ms.p50,
+            r.e2el_ms.p99,
+            r.connections_opened,
+            r.errors.values().sum::<usize>(),
+            format!("{:.0}%", r.cached_prompt_share * 100.0),
+        );
+        if self.refusals {
+            line.push_str(&format!(
+                " {:>8.2} {:>8.2}",
+                r.refusals_per_s, r.answered_2xx_per_s
+            ));
+        }
+        println!("{line}");
+    }
+
+    /// A÷B of every figure (throughputs: higher is better for A; latencies: lower).
+    fn print_ratio(&self, a: &LevelReport, b: &LevelReport) {
+        let mut line = format!(
+            "{:>6} {:>7} {:>6} {:>5} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            "A÷B",
+            "",
+            "",
+            "",
+            div(a.request_throughput, b.request_throughput),
+            div(a.output_throughput, b.output_throughput),
+            div(a.ttft_ms.p50, b.ttft_ms.p50),
+            div(a.ttft_ms.p99, b.ttft_ms.p99),
+            div(a.itl_ms.p50, b.itl_ms.p50),
+            div(a.itl_ms.p99, b.itl_ms.p99),
+            div(a.tpot_ms.p50, b.tpot_ms.p50),
+            div(a.e2el_ms.p99, b.e2el_ms.p99),
+        );
+        if self.refusals {
+            line.push_str(&format!(
+                " {:>6} {:>5} {:>6} {:>8.2} {:>8.2}",
+                "",
+                "",
+                "",
+                div(a.refusals_per_s, b.refusals_per_s),
+                div(a.answered_2xx_per_s, b.answered_2xx_per_s),
+            ));
+        }
+        println!("{line}");
+    }
 }
 
 fn div(x: f64, y: f64) -> f64 {
@@ -369,25 +512,6 @@ fn div(x: f64, y: f64) -> f64 {
     } else {
         f64::NAN
     }
-}
-
-/// A/B for throughputs (higher is better for A) and B/A... printed plainly as A÷B.
-fn print_ratio(a: &LevelReport, b: &LevelReport) {
-    println!(
-        "{:>6} {:>7} {:>6} {:>5} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-        "A÷B",
-        "",
-        "",
-        "",
-        div(a.request_throughput, b.request_throughput),
-        div(a.output_throughput, b.output_throughput),
-        div(a.ttft_ms.p50, b.ttft_ms.p50),
-        div(a.ttft_ms.p99, b.ttft_ms.p99),
-        div(a.itl_ms.p50, b.itl_ms.p50),
-        div(a.itl_ms.p99, b.itl_ms.p99),
-        div(a.tpot_ms.p50, b.tpot_ms.p50),
-        div(a.e2el_ms.p99, b.e2el_ms.p99),
-    );
 }
 
 /// Multi-turn: TTFT p50 of each turn index for the level just run, a line per server (and
