@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Ryzanstein beside llama.cpp's llama-server: the same model file, the same threads, one run.
 #
-#   scripts/compare.sh [--overhead | --prefix-only] [--model FILE] [--threads N] [--out DIR]
-#                      [--tiny-requests N] [--latency-requests N] [--token-range LO..HI]
+#   scripts/compare.sh [--overhead | --prefix-only | --connections-only] [--model FILE]
+#                      [--threads N] [--out DIR] [--tiny-requests N] [--latency-requests N]
+#                      [--token-range LO..HI] [--conn-duration S]
 #
 # Default (full) mode prints one table: single-stream prefill and decode (`ryzanstein
 # bench-model` beside `llama-bench`), aggregate generated tokens/s at 1, 4, 8, 16 and 32 streams
@@ -10,13 +11,18 @@
 # p50/p99, the latency at 8 streams again over more requests (--latency-requests, default 128:
 # with the 4 per client of the levels above, a p99 is simply the worst request; from 101 on it is
 # not), tiny-request throughput (max_tokens 1, 5-token prompt, 64 keep-alive connections),
-# each server's peak resident memory (VmHWM), then the prefix-cache workloads: shared prefix
-# (every chat request's system message is one ~1,050-token document, then a question of its
+# each server's peak resident memory (VmHWM), then many connections (the same tiny requests in
+# timed closed-loop levels of 64, 256 and 1,000 keep-alive connections, --conn-duration s each,
+# default 15; one pass resending a 503 at once, one honouring its Retry-After; at 256 and 1,000:
+# 2xx requests/s, also as % of the server's own 64-connection peak (the better pass), 503s/s,
+# answered and first-send-to-answer p99, socket errors), then the prefix-cache workloads: shared
+# prefix (every chat request's system message is one ~1,050-token document, then a question of its
 # own; 4 concurrent clients, 32 requests, 8 new tokens) and multi-turn (4 conversations of 8
 # turns, each turn resending the history with the answers, 24 new tokens a turn; one
 # conversation at a time, then all 4 at once; TTFT p50 at turns 1 and 8). `--overhead` runs
 # only the tiny-request part: the serving overhead, best on tests/data/fixtures/tiny-llama.gguf.
-# `--prefix-only` runs only the prefix-cache workloads.
+# `--prefix-only` runs only the prefix-cache workloads, `--connections-only` only the
+# many-connections part (admission and overload).
 #
 # The load comes from `ryzanstein bench --compare`, which alternates the two servers level by
 # level. llama-server runs as `-m MODEL -t THREADS -c 8192 -np 16`; for the prefix-cache
@@ -39,17 +45,21 @@ LATENCY_REQUESTS=128
 TOKEN_RANGE=1000..30000
 PEER_CTX=8192
 PREFIX_PEER_CTX=32768
+CONN_DURATION=15
+CONN_LEVELS=64,256,1000
 while [ $# -gt 0 ]; do
   case "$1" in
     --overhead) MODE=overhead ;;
     --prefix-only) MODE=prefix ;;
+    --connections-only) MODE=connections ;;
     --model) MODEL="$2"; shift ;;
     --threads) THREADS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --tiny-requests) TINY_REQUESTS="$2"; shift ;;
     --latency-requests) LATENCY_REQUESTS="$2"; shift ;;
     --token-range) TOKEN_RANGE="$2"; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    --conn-duration) CONN_DURATION="$2"; shift ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -140,6 +150,10 @@ peer_template_args() {
   esac
 }
 
+if [ "$MODE" = full ] || [ "$MODE" = connections ]; then
+  # 1,000 connections need as many descriptors in each server (the bench raises its own).
+  ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
+fi
 OURS_PORT="$(free_port)"
 PEER_PORT="$(free_port)"
 OURS="http://127.0.0.1:$OURS_PORT"
@@ -172,7 +186,7 @@ if [ "$MODE" = full ]; then
 fi
 OURS_RSS=""
 PEER_RSS=""
-if [ "$MODE" != prefix ]; then
+if [ "$MODE" = full ] || [ "$MODE" = overhead ]; then
   echo "tiny requests: max_tokens 1, 5-token prompt, 64 keep-alive connections ..." >&2
   "$BIN" bench --url "$OURS" --compare "$PEER" --concurrency 64 --requests "$TINY_REQUESTS" \
     --prompt-tokens 5 --max-tokens 1 --no-stream --warmup 8 --json "$OUT/tiny.json" \
@@ -182,7 +196,20 @@ if [ "$MODE" != prefix ]; then
   PEER_RSS="$(peak_rss_kib "$PEER_PID")"
 fi
 
-if [ "$MODE" != overhead ]; then
+if [ "$MODE" = full ] || [ "$MODE" = connections ]; then
+  # After the memory reading above, so that its row stays that of the runs before. Each pass
+  # alternates the two servers level by level, as everywhere here.
+  for on503 in immediate honor; do
+    echo "many connections: ${CONN_LEVELS//,/, } keep-alive connections," \
+      "${CONN_DURATION} s a level, 503s resent $on503 ..." >&2
+    "$BIN" bench --url "$OURS" --compare "$PEER" --connections "$CONN_LEVELS" \
+      --duration-s "$CONN_DURATION" --on-503 "$on503" --prompt-tokens 5 --max-tokens 1 \
+      --no-stream --warmup 8 --json "$OUT/connections-$on503.json" \
+      | tee "$OUT/connections-$on503.txt"
+  done
+fi
+
+if [ "$MODE" = full ] || [ "$MODE" = prefix ]; then
   if [ "$PEER_CTX" != "$PREFIX_PEER_CTX" ]; then
     echo "restarting llama-server with -c $PREFIX_PEER_CTX for the prefix-cache workloads ..." >&2
     kill "$PEER_PID"
@@ -217,6 +244,8 @@ def row(name, ours, peer, fmt="{:.1f}", lower_better=False):
 def errors(name, a, b):
     if sum(a["errors"].values()) + sum(b["errors"].values()):
         rows.append(f"| {name}: errors (ours / peer) | {a['errors']} | {b['errors']} | |")
+def plain(name, ours, peer, fmt="{:.1f}"):
+    rows.append(f"| {name} | {fmt.format(ours)} | {fmt.format(peer)} | |")
 def cached(name, a, b):
     rows.append(f"| {name}: cached prompt tokens | {100 * a['cached_prompt_share']:.0f}% "
                 f"| {100 * b['cached_prompt_share']:.0f}% | |")
@@ -242,7 +271,7 @@ if mode == "full":
             row(f"{n8}: {name} {q}, ms", a[key][q], b[key][q], lower_better=True)
     for a, b in [*zip(*s["levels"]), (a, b)]:
         errors(f"{a['clients']} streams", a, b)
-if mode != "prefix":
+if mode in ("full", "overhead"):
     t = json.load(open(f"{out}/tiny.json"))
     a, b = t["levels"][0][0], t["levels"][1][0]
     row("tiny requests (64 conns): requests/s", a["request_throughput"], b["request_throughput"])
@@ -251,7 +280,29 @@ if mode != "prefix":
     row("tiny requests: TCP connections opened", a["connections_opened"], b["connections_opened"], "{:.0f}", lower_better=True)
     errors("tiny requests", a, b)
     row("peak RSS (VmHWM), MiB", int(ours_rss) / 1024, int(peer_rss) / 1024, lower_better=True)
-if mode != "overhead":
+if mode in ("full", "connections"):
+    # Per pass, each server's levels by connections; the 64-connection peak is the better of
+    # the two passes' 64-connection levels (no 503 is expected there, so they measure the same).
+    passes = {}
+    for on503 in ("immediate", "honor"):
+        c = json.load(open(f"{out}/connections-{on503}.json"))
+        passes[on503] = (c["workload"]["level_duration_s"],
+                         *({l["clients"]: l for l in side} for side in c["levels"]))
+    peak = [max(p[side][64]["answered_2xx_per_s"] for p in passes.values()) or 1e-9 for side in (1, 2)]
+    for on503, (secs, ours, peer) in passes.items():
+        for n in (256, 1000):
+            a, b = ours[n], peer[n]
+            name = f"{n} conns, 503 resent {on503}"
+            row(f"{name} ({secs:g} s, max_tokens 1): 2xx requests/s", a["answered_2xx_per_s"], b["answered_2xx_per_s"])
+            row(f"{name}: 2xx requests/s as % of own 64-conn peak",
+                100 * a["answered_2xx_per_s"] / peak[0], 100 * b["answered_2xx_per_s"] / peak[1], "{:.0f}%")
+            plain(f"{name}: 503s/s", a["refusals_per_s"], b["refusals_per_s"])
+            row(f"{name}: answered p99, ms", a["e2el_ms"]["p99"], b["e2el_ms"]["p99"], lower_better=True)
+            row(f"{name}: first send to answer p99, ms", a["first_send_to_answer_ms"]["p99"],
+                b["first_send_to_answer_ms"]["p99"], lower_better=True)
+            sock = lambda l: sum(v for k, v in l["errors"].items() if k != "http_503")
+            plain(f"{name}: socket errors (not http_503)", sock(a), sock(b), "{:.0f}")
+if mode in ("full", "prefix"):
     sp = json.load(open(f"{out}/shared-prefix.json"))
     a, b = sp["levels"][0][0], sp["levels"][1][0]
     tokens = a["prompt_tokens"] // max(a["completed"], 1)
