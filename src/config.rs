@@ -30,7 +30,8 @@ pub struct ServeSettings {
     /// Compute threads (0 = one per core) [default: 0].
     #[arg(short, long, env = "RYZANSTEIN_THREADS")]
     pub threads: Option<usize>,
-    /// HTTP worker threads; each serves one request at a time [default: max_concurrent_requests + 8].
+    /// Most HTTP worker threads, each serving one request at a time; they start as requests
+    /// need them [default: max_concurrent_requests + 8].
     #[arg(long, env = "RYZANSTEIN_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
     /// Require `Authorization: Bearer KEY` (or `x-api-key: KEY`) on /v1/*, /tokenize and
@@ -56,7 +57,8 @@ pub struct ServeSettings {
     /// Largest request body in bytes [default: 1048576].
     #[arg(long, env = "RYZANSTEIN_BODY_BYTES_MAX")]
     pub body_bytes_max: Option<usize>,
-    /// Generation requests in flight at once; past it 503 at once [default: 64].
+    /// Generation requests in flight at once, each on a worker thread; more wait for one,
+    /// counted by admission [default: 2 x max_batch_size].
     #[arg(long, env = "RYZANSTEIN_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
     /// Largest max_tokens a request may ask for [default: 4096].
@@ -118,7 +120,8 @@ pub struct ServeSettings {
     /// Most tokens in one forward pass [default: 512].
     #[arg(long, env = "RYZANSTEIN_MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,
-    /// Requests waiting for admission; past it 503 at once [default: 256].
+    /// Requests waiting for a slot, per model; past it 503 at once [default:
+    /// max_concurrent_requests].
     #[arg(long, env = "RYZANSTEIN_QUEUE_DEPTH")]
     pub queue_depth: Option<usize>,
     /// Bytes of the KV-cache pool (0 = every slot's whole context) [default: 0].
@@ -137,6 +140,11 @@ pub struct ServeSettings {
     /// Events buffered per sequence; a client this far behind is cancelled [default: 256].
     #[arg(long, env = "RYZANSTEIN_EVENT_BUFFER")]
     pub event_buffer: Option<usize>,
+    /// A request whose predicted wait for a slot (from the work queued ahead of it and the
+    /// model's measured step times) exceeds this gets 503 with a Retry-After of when it would
+    /// fit (0 = admit while the queue has room) [default: 10000].
+    #[arg(long, env = "RYZANSTEIN_MAX_QUEUE_WAIT_MS")]
+    pub max_queue_wait_ms: Option<u64>,
     /// Keep the KV blocks of finished prompts and answers, and reuse them for later prompts
     /// that start the same way (`false`: prefill every prompt whole) [default: true].
     #[arg(long, env = "RYZANSTEIN_PREFIX_CACHE")]
@@ -242,8 +250,11 @@ pub struct Limits {
     /// A JSON request needs kilobytes; a megabyte leaves room for long prompts and caps memory
     /// per worker.
     pub body_bytes_max: usize,
-    /// Each generation request holds an HTTP worker until it ends; the cap keeps workers free
-    /// for /health, /metrics and fast 503s.
+    /// Generation requests on worker threads at once (each holds one, and its event buffer,
+    /// until it ends): a memory bound, not a throughput limiter. Requests past it wait for a
+    /// worker in a queue that admission by expected wait counts and bounds (each connection
+    /// carries one request at a time, so `max_connections` bounds that queue); nothing is
+    /// refused for it. Twice the batch: the running batch and one queued to refill it.
     pub max_concurrent_requests: usize,
     pub max_tokens_cap: usize,
     pub max_tokens_default: usize,
@@ -297,6 +308,8 @@ pub struct EngineKnobs {
     /// The prefix cache: whole KV blocks of earlier sequences are reused by prompts that
     /// start with the same tokens.
     pub prefix_cache: bool,
+    /// 0: no limit. See docs/OPERATIONS.md § Admission for how the default was measured.
+    pub max_queue_wait_ms: u64,
 }
 
 impl Default for Limits {
@@ -330,13 +343,14 @@ impl Default for EngineKnobs {
             n_ctx: 4096,
             max_batch_size: 32,
             max_batch_tokens: 512,
-            queue_depth: 256,
+            queue_depth: 64,
             kv_pool_bytes: 0,
             batch_window_ms: 0,
             itl_factor: 2.5,
             whole_prompt_tokens: 64,
             event_buffer: 256,
             prefix_cache: true,
+            max_queue_wait_ms: MAX_QUEUE_WAIT_MS,
         }
     }
 }
@@ -354,6 +368,15 @@ pub const SPARE_HTTP_WORKERS: usize = 8;
 pub const HTTP_WORKERS_MAX: usize = 4096;
 /// Most loader threads: loads are disk- and memory-bound, a few threads saturate both.
 pub const LOADER_THREADS_MAX: usize = 64;
+
+/// Generation requests in flight per engine slot by default: the running batch and one
+/// batch queued in the engine to refill it. More only adds threads (each waits for its
+/// request's tokens): with 1,000 connections on the tiny model, 64 in flight served 104% of
+/// the 64-connection peak, 1,024 in flight 66-85% (docs/OPERATIONS.md § Admission).
+pub const IN_FLIGHT_PER_SLOT: usize = 2;
+
+/// Default of `max_queue_wait_ms`: see docs/OPERATIONS.md § Admission for the measurement.
+pub const MAX_QUEUE_WAIT_MS: u64 = 10_000;
 
 /// Default of `drain_timeout_ms`.
 pub const DRAIN_TIMEOUT_MS: u64 = 25_000;
@@ -456,6 +479,7 @@ impl ServeSettings {
             whole_prompt_tokens,
             event_buffer,
             prefix_cache,
+            max_queue_wait_ms,
             models_dir,
             models_manifest,
             loader_threads,
@@ -476,9 +500,12 @@ impl ServeConfig {
         let (dl, de) = (Limits::default(), EngineKnobs::default());
         let limits = Limits {
             body_bytes_max: s.body_bytes_max.unwrap_or(dl.body_bytes_max),
-            max_concurrent_requests: s
-                .max_concurrent_requests
-                .unwrap_or(dl.max_concurrent_requests),
+            max_concurrent_requests: s.max_concurrent_requests.unwrap_or_else(|| {
+                let slots = s
+                    .max_batch_size
+                    .unwrap_or(EngineKnobs::default().max_batch_size);
+                IN_FLIGHT_PER_SLOT * slots
+            }),
             max_tokens_cap: s.max_tokens_cap.unwrap_or(dl.max_tokens_cap),
             max_tokens_default: s.max_tokens_default.unwrap_or(dl.max_tokens_default),
             prompt_tokens_max: s.prompt_tokens_max.unwrap_or(dl.prompt_tokens_max),
@@ -501,13 +528,14 @@ impl ServeConfig {
             n_ctx: s.n_ctx.unwrap_or(de.n_ctx),
             max_batch_size: s.max_batch_size.unwrap_or(de.max_batch_size),
             max_batch_tokens: s.max_batch_tokens.unwrap_or(de.max_batch_tokens),
-            queue_depth: s.queue_depth.unwrap_or(de.queue_depth),
+            queue_depth: s.queue_depth.unwrap_or(limits.max_concurrent_requests),
             kv_pool_bytes: s.kv_pool_bytes.unwrap_or(de.kv_pool_bytes),
             batch_window_ms: s.batch_window_ms.unwrap_or(de.batch_window_ms),
             itl_factor: s.itl_factor.unwrap_or(de.itl_factor),
             whole_prompt_tokens: s.whole_prompt_tokens.unwrap_or(de.whole_prompt_tokens),
             event_buffer: s.event_buffer.unwrap_or(de.event_buffer),
             prefix_cache: s.prefix_cache.unwrap_or(de.prefix_cache),
+            max_queue_wait_ms: s.max_queue_wait_ms.unwrap_or(de.max_queue_wait_ms),
         };
         let dm = ModelsKnobs::default();
         let when_full_fail = match s.models_when_full.as_deref() {
@@ -684,6 +712,7 @@ impl ServeConfig {
             whole_prompt_tokens: Some(e.whole_prompt_tokens),
             event_buffer: Some(e.event_buffer),
             prefix_cache: Some(e.prefix_cache),
+            max_queue_wait_ms: Some(e.max_queue_wait_ms),
             models_dir: m.dir.clone(),
             models_manifest: m.manifest.clone(),
             loader_threads: Some(m.loader_threads),
@@ -715,6 +744,8 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:9", "file over default");
         assert_eq!(c.engine.n_ctx, 1024);
         assert_eq!(c.engine.max_batch_size, 32, "default");
+        assert_eq!(c.limits.max_concurrent_requests, c.limits.max_connections);
+        assert_eq!(c.engine.queue_depth, c.limits.max_concurrent_requests);
         assert_eq!(c.http_workers, 64 + SPARE_HTTP_WORKERS);
     }
 

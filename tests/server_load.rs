@@ -159,11 +159,15 @@ fn a_client_that_disconnects_frees_its_sequence() {
     server.shutdown();
 }
 
+/// Two long streams fill the two slots of an engine whose queue wait is capped at 200 ms: a
+/// third request would wait seconds, and is refused on its connection's thread at once with
+/// the Retry-After of when it would fit. Resent at once on the same connection, it is held
+/// until then.
 #[test]
 fn overload_is_a_fast_503_with_retry_after() {
     let mut cfg = test_config();
-    cfg.limits.max_concurrent_requests = 2;
-    cfg.http_workers = 4;
+    cfg.engine.max_batch_size = 2;
+    cfg.engine.max_queue_wait_ms = 200;
     cfg.api_key = Some("k-cap".into());
     let server = start(cfg, false);
     let addr = server.local_addr();
@@ -182,8 +186,10 @@ fn overload_is_a_fast_503_with_retry_after() {
         let _ = c.read_head();
         busy.push(c);
     }
-    // At the cap a refusal is answered on the connection's own thread (routes::early), through
-    // the same checks as on a worker: a missing key is still a 401, not a 503.
+    // A few steps, so the engine has measured what one costs.
+    std::thread::sleep(Duration::from_millis(300));
+    // A refusal is answered on the connection's own thread (routes::early), through the same
+    // checks as on a worker: a missing key is still a 401, not a 503.
     let hi = json!({"prompt": "Hi", "max_tokens": 1}).to_string();
     let mut c = Conn::open(addr);
     let r = c.request("POST", "/v1/completions", &[], hi.as_bytes());
@@ -192,18 +198,41 @@ fn overload_is_a_fast_503_with_retry_after() {
     let r = c.request("POST", "/v1/completions", &[key], hi.as_bytes());
     let took = t0.elapsed();
     assert_eq!(r.status, 503, "{}", r.text());
-    assert_eq!(r.header("retry-after"), Some("1"));
+    let retry_after: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert_eq!(r.json()["error"]["type"], "server_error");
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(
-        message.contains("limit of 2 generation requests"),
-        "{message}"
-    );
+    assert!(message.contains("would wait about"), "{message}");
     assert!(took < Duration::from_millis(500), "503 took {took:?}");
-    // The connection stays usable, and health and metrics still answer at the cap.
+    let page = get(addr, "/metrics").text();
+    assert!(
+        page.contains(
+            "ryzanstein_requests_refused_total{reason=\"wait\",model=\"gemma-3-270m-q4_k_m\"} 1"
+        ),
+        "{page}"
+    );
+    // Resent at once on the same connection: held until the Retry-After, then decided again
+    // (the streams still run: refused again).
+    let t1 = Instant::now();
+    let again = c.request("POST", "/v1/completions", &[key], hi.as_bytes());
+    let held = t1.elapsed();
+    assert_eq!(again.status, 503, "{}", again.text());
+    assert!(
+        held >= Duration::from_secs(retry_after) - Duration::from_millis(100),
+        "held {held:?}, Retry-After {retry_after} s"
+    );
+    let page = get(addr, "/metrics").text();
+    assert!(
+        page.contains("ryzanstein_requests_held_retries_total 1"),
+        "{page}"
+    );
+    // The connection stays usable, and health and metrics still answer meanwhile.
     assert_eq!(c.request("GET", "/health", &[], b"").status, 200);
     assert_eq!(get(addr, "/health").status, 200);
-    eprintln!("503 in {took:?} with the concurrency cap reached");
+    eprintln!("503 in {took:?}, Retry-After {retry_after} s; the early retry held {held:?}");
     drop(busy);
     server.shutdown();
 }
@@ -213,6 +242,10 @@ fn a_full_engine_queue_is_a_fast_503() {
     let mut cfg = test_config();
     cfg.engine.max_batch_size = 1;
     cfg.engine.queue_depth = 1;
+    // No wait limit and workers enough for the queue to fill.
+    cfg.engine.max_queue_wait_ms = 0;
+    cfg.limits.max_concurrent_requests = 4;
+    cfg.http_workers = 8;
     let server = start(cfg, false);
     let addr = server.local_addr();
     let long = json!({"prompt": "Tell me a story.", "max_tokens": 300, "stream": true,
@@ -233,7 +266,13 @@ fn a_full_engine_queue_is_a_fast_503() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (took, headers) = rejected.expect("a 503 once the queue is full");
-    assert!(headers.iter().any(|(k, v)| k == "retry-after" && v == "1"));
+    // When the queue ahead will have drained: seconds of 300-token answers.
+    let retry_after: u64 = headers
+        .iter()
+        .find(|(k, _)| k == "retry-after")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert!(took < Duration::from_millis(500), "503 took {took:?}");
     drop(held);
     server.shutdown();

@@ -37,9 +37,10 @@ use crate::model::sampler::Sampler;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{BatchToken, Model, ModelError, ModelOptions, State};
 
+use super::admission::{self, Costs, Gauge, Published, Verdict};
 use super::panic_message;
 use super::policy::{self, Budgets, SeqView, Slice};
-use super::request::{Event, GenerationRequest, Queued, Stream, SubmitError, TokenEvent};
+use super::request::{Event, GenerationRequest, Queued, Stream, SubmitError, Ticket, TokenEvent};
 
 /// Limits and knobs of one model's engine.
 #[derive(Clone, Debug)]
@@ -70,6 +71,9 @@ pub struct EngineOptions {
     /// With the prefix cache: a prompt whose next block another running sequence is about to
     /// compute waits for it instead of computing it too.
     pub prefix_wait: bool,
+    /// Admission by expected wait: a request whose predicted wait for a slot exceeds this is
+    /// refused by `submit` (`SubmitError::Overloaded`); `None` admits while the queue has room.
+    pub max_queue_wait: Option<Duration>,
 }
 
 impl Default for EngineOptions {
@@ -86,6 +90,7 @@ impl Default for EngineOptions {
             event_buffer: 4096,
             prefix_cache: true,
             prefix_wait: true,
+            max_queue_wait: None,
         }
     }
 }
@@ -134,6 +139,14 @@ pub struct EngineStats {
     pub prefix_cached_bytes: AtomicUsize,
     /// Cached blocks evicted for new contents.
     pub prefix_evictions: AtomicU64,
+    /// The predicted wait of each request at its admission decision (admitted or not).
+    pub predicted_wait_seconds: Histogram,
+    /// Requests refused because their predicted wait exceeded `max_queue_wait`.
+    pub refused_wait: AtomicU64,
+    /// Requests refused because the queue was full.
+    pub refused_queue_full: AtomicU64,
+    /// The predicted wait of the latest admission decision, in microseconds.
+    pub predicted_wait_last_us: AtomicU64,
 }
 
 impl EngineStats {
@@ -158,6 +171,10 @@ impl EngineStats {
             prefix_cached_blocks: AtomicUsize::new(0),
             prefix_cached_bytes: AtomicUsize::new(0),
             prefix_evictions: AtomicU64::new(0),
+            predicted_wait_seconds: Histogram::new(LATENCY_BOUNDS_S),
+            refused_wait: AtomicU64::new(0),
+            refused_queue_full: AtomicU64::new(0),
+            predicted_wait_last_us: AtomicU64::new(0),
         }
     }
 }
@@ -171,6 +188,10 @@ pub struct ModelHandle {
     opts: EngineOptions,
     tx: Sender<Queued>,
     stats: Arc<EngineStats>,
+    /// What admission by expected wait reads: the work ahead and the step costs.
+    gauge: Arc<Gauge>,
+    /// Positions of the full-attention KV pool: a longer sequence can never run.
+    pool_positions: usize,
     draining: Arc<AtomicBool>,
     /// Set once if the dispatcher panicked: why. The engine serves nothing more.
     failure: Arc<OnceLock<String>>,
@@ -212,6 +233,8 @@ impl ModelHandle {
             Ordering::Relaxed,
         );
         let (tx, rx) = bounded(opts.queue_depth.max(1));
+        let gauge = Arc::new(Gauge::new(opts.max_batch_size));
+        let pool_positions = state.kv.total_blocks() * BLOCK_POSITIONS;
         let draining = Arc::new(AtomicBool::new(false));
         let failure = Arc::new(OnceLock::new());
         let abort = Arc::new(OnceLock::new());
@@ -224,6 +247,10 @@ impl ModelHandle {
             opts: opts.clone(),
             rx,
             stats: stats.clone(),
+            gauge: gauge.clone(),
+            completion_share: 1.0,
+            mean_prompt_tokens: 0.0,
+            calibration: 1.0,
             draining: draining.clone(),
             pool,
             running: Vec::new(),
@@ -251,6 +278,8 @@ impl ModelHandle {
             opts,
             tx,
             stats,
+            gauge,
+            pool_positions,
             draining,
             failure,
             abort,
@@ -292,12 +321,76 @@ impl ModelHandle {
         &self.stats
     }
 
-    /// Queues a request, or fails at once (full queue, draining, invalid request).
+    /// The admission figures (work ahead, step costs) of this engine.
+    pub fn gauge(&self) -> &Gauge {
+        &self.gauge
+    }
+
+    /// [`ModelHandle::gauge`], shared: for a [`super::Ticket`] that outlives this borrow.
+    pub fn gauge_arc(&self) -> &Arc<Gauge> {
+        &self.gauge
+    }
+
+    /// Whether a request arriving now would be admitted by expected wait: `Ok` with the
+    /// predicted wait in seconds, or `SubmitError::Overloaded` (counted in the stats). Cheap:
+    /// a few atomic loads, so the server asks it before parsing a request. `waited_s`: how
+    /// long the request has already waited (counted in its wait).
+    pub fn admit_now(&self, waited_s: f64) -> Result<f64, SubmitError> {
+        let wait_s = self.gauge.predicted_wait_s() + waited_s;
+        self.stats
+            .predicted_wait_last_us
+            .store((wait_s * 1e6) as u64, Ordering::Relaxed);
+        let Some(max) = self.opts.max_queue_wait else {
+            return Ok(wait_s);
+        };
+        let max_wait_s = max.as_secs_f64();
+        match admission::decide(wait_s, max_wait_s) {
+            Verdict::Admit => Ok(wait_s),
+            Verdict::Refuse { retry_after_s } => {
+                self.stats.predicted_wait_seconds.observe(wait_s);
+                self.stats.refused_wait.fetch_add(1, Ordering::Relaxed);
+                Err(SubmitError::Overloaded {
+                    model: self.id.clone(),
+                    predicted_wait_s: wait_s,
+                    max_wait_s,
+                    retry_after_s,
+                })
+            }
+        }
+    }
+
+    /// Queues a request, or fails at once (full queue, predicted wait over the limit,
+    /// draining, invalid request).
     pub fn submit(&self, req: GenerationRequest) -> Result<Stream, SubmitError> {
+        self.submit_with(req, None)
+    }
+
+    /// [`ModelHandle::submit`]; `admitted`: the ticket of a request already admitted by
+    /// expected wait (`admit_now`, its place held since): it has waited its turn and is not
+    /// refused for the wait again, and its wait counts from that admission.
+    pub fn submit_with(
+        &self,
+        req: GenerationRequest,
+        admitted: Option<&Ticket>,
+    ) -> Result<Stream, SubmitError> {
         self.check(&req)?;
         if self.draining.load(Ordering::Relaxed) {
             return Err(SubmitError::ShuttingDown(self.id.clone()));
         }
+        let steps = admission::expected_steps(req.max_tokens, self.gauge.completion_share());
+        let prompt = req.prompt.len() as u64;
+        let ticket = match admitted {
+            Some(t) => {
+                let mut own = self.gauge.enqueue_predicted(prompt, steps, t.predicted_s);
+                own.issued_at = t.issued_at;
+                own
+            }
+            None => {
+                let wait_s = self.admit_now(0.0)?;
+                self.stats.predicted_wait_seconds.observe(wait_s);
+                self.gauge.enqueue_predicted(prompt, steps, wait_s)
+            }
+        };
         let (etx, erx) = bounded(self.opts.event_buffer.max(4));
         let cancel = Arc::new(AtomicBool::new(false));
         let now = Instant::now();
@@ -306,6 +399,7 @@ impl ModelHandle {
             tx: etx,
             cancel: cancel.clone(),
             submitted_at: now,
+            ticket: Some(ticket),
         };
         match self.tx.try_send(q) {
             Ok(()) => {
@@ -316,7 +410,12 @@ impl ModelHandle {
                     submitted_at: now,
                 })
             }
-            Err(TrySendError::Full(_)) => Err(SubmitError::QueueFull(self.id.clone())),
+            Err(TrySendError::Full(_)) => {
+                self.stats
+                    .refused_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(SubmitError::QueueFull(self.id.clone()))
+            }
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::ShuttingDown(self.id.clone())),
         }
     }
@@ -330,6 +429,14 @@ impl ModelHandle {
             return Err(SubmitError::PromptTooLong {
                 n_prompt: req.prompt.len(),
                 n_ctx: self.opts.n_ctx,
+            });
+        }
+        let pool_positions = self.pool_positions;
+        if req.prompt.len() + 1 > pool_positions {
+            // Its KV memory could never be reserved, however long it waited.
+            return Err(SubmitError::TooLargeForPool {
+                n_prompt: req.prompt.len(),
+                pool_positions,
             });
         }
         if let Some(&id) = req.prompt.iter().find(|&&t| t as usize >= n_vocab) {
@@ -524,6 +631,14 @@ struct Dispatcher {
     views: Vec<SeqView>,
     batch: Vec<BatchToken>,
     costs: StepCosts,
+    /// What admission by expected wait reads; published after every step.
+    gauge: Arc<Gauge>,
+    /// Moving average of the share of `max_tokens` that ended sequences generated.
+    completion_share: f64,
+    /// Moving average of the prompt tokens of admitted requests.
+    mean_prompt_tokens: f64,
+    /// Observed over predicted waits (`admission::calibrate`).
+    calibration: f64,
     /// The key the model's block chains start from.
     root: BlockKey,
     /// Prompt blocks a running sequence will compute and name, by key: the sequence's
@@ -533,6 +648,9 @@ struct Dispatcher {
     /// one's [`tail_key`] and tokens (entries whose block was evicted are pruned lazily).
     tails: HashMap<BlockKey, Vec<(BlockKey, Vec<u32>)>>,
 }
+
+/// Weight of each ended sequence in the moving average of the share of `max_tokens` used.
+const COMPLETION_SHARE_ALPHA: f64 = 0.05;
 
 /// Partial blocks kept per parent block (the newest).
 const TAILS_PER_PARENT: usize = 8;
@@ -782,7 +900,18 @@ impl Dispatcher {
         }
     }
 
-    fn admit_new(&mut self, q: Queued, keys: Vec<BlockKey>, hit: Hit, no: &mut u64) {
+    fn admit_new(&mut self, mut q: Queued, keys: Vec<BlockKey>, hit: Hit, no: &mut u64) {
+        // Out of the queue: its work now counts as running.
+        if let Some(t) = q.ticket.take() {
+            let observed_s = t.issued_at.elapsed().as_secs_f64();
+            let raw_s = t.predicted_s / self.calibration;
+            self.calibration = admission::calibrate(self.calibration, raw_s, observed_s);
+        }
+        let n = q.req.prompt.len() as f64;
+        self.mean_prompt_tokens = match self.mean_prompt_tokens {
+            0.0 => n,
+            m => m + COMPLETION_SHARE_ALPHA * (n - m),
+        };
         let sampler = match Sampler::new(q.req.sampling.clone(), self.model.config().n_vocab) {
             Ok(s) => s,
             Err(e) => {
@@ -852,6 +981,9 @@ impl Dispatcher {
             .fetch_add((s.n_prompt - s.cached_tokens) as u64, Ordering::Relaxed);
         match reason {
             Some(reason) => {
+                let share = s.n_generated as f64 / s.q.req.max_tokens.max(1) as f64;
+                self.completion_share +=
+                    COMPLETION_SHARE_ALPHA * (share.min(1.0) - self.completion_share);
                 send_held(&mut s);
                 let _ = s.q.tx.try_send(Event::Finished {
                     reason,
@@ -1102,6 +1234,41 @@ impl Dispatcher {
         }
     }
 
+    /// The running work and step costs that admission by expected wait reads.
+    fn admission_figures(&self) -> Published {
+        let share = self.completion_share;
+        let mut p = Published {
+            running: self.running.len() + self.preempted.len(),
+            completion_share: share,
+            mean_prompt_tokens: self.mean_prompt_tokens.round() as u64,
+            calibration: self.calibration,
+            ..Published::default()
+        };
+        let mut blocks = 0;
+        for s in self.running.iter().chain(&self.preempted) {
+            let total = admission::expected_steps(s.q.req.max_tokens, share) + 1;
+            let left = if s.n_generated == 0 {
+                total - 1
+            } else {
+                total.saturating_sub(s.n_generated as u64).max(1)
+            };
+            p.running_steps += left;
+            p.running_prompt_tokens += s.n_prompt.saturating_sub(s.n_cached) as u64;
+            blocks += (s.n_prompt + total as usize).div_ceil(BLOCK_POSITIONS);
+        }
+        // The KV pool may hold fewer sequences of this mix than there are slots.
+        let kv_seqs = match blocks {
+            0 => usize::MAX,
+            b => self.state.kv.total_blocks() * p.running / b,
+        };
+        p.costs = Costs {
+            slots: self.opts.max_batch_size.min(kv_seqs).max(1),
+            decode_step_s: self.costs.decode_step_s,
+            prefill_token_s: self.costs.prefill_token_s,
+        };
+        p
+    }
+
     fn publish(&self) {
         let st = &self.stats;
         let kv = &self.state.kv;
@@ -1113,6 +1280,7 @@ impl Dispatcher {
         st.prefix_cached_bytes
             .store(p.cached_bytes, Ordering::Relaxed);
         st.prefix_evictions.store(p.evictions, Ordering::Relaxed);
+        self.gauge.publish(&self.admission_figures());
         // The pools' bookkeeping, every step of every debug build (the tests).
         debug_assert_eq!(kv.audit(), Ok(()));
     }

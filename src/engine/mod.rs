@@ -10,6 +10,7 @@
 //! [`Registry::acquire`]s a [`Lease`] on its model (loading it on a `load-N` thread first if
 //! needed), and the registry evicts least recently used idle models to stay within its bounds.
 
+pub mod admission;
 pub mod catalog;
 mod dispatcher;
 mod loader;
@@ -23,7 +24,7 @@ pub use registry::{
     AcquireError, AdminError, Lease, LoadedModel, ModelEvent, ModelState, ModelStatus, Phase,
     Progress, Registry, RegistryOptions, Subscription, WhenFull,
 };
-pub use request::{Event, GenerationRequest, Stream, SubmitError, TokenEvent};
+pub use request::{Event, GenerationRequest, Stream, SubmitError, Ticket, TokenEvent};
 
 /// The message of a caught panic (a `&str` or `String` payload; anything else is "unknown").
 pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {

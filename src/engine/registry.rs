@@ -389,9 +389,13 @@ impl Drop for Lease {
         let s = &mut g.slots[self.index];
         s.leases -= 1;
         s.last_used = tick;
+        let idle = s.leases == 0;
         drop(g);
-        // An unload may be waiting for this lease, or a load for room.
-        self.registry.work.notify_all();
+        // An unload may be waiting for the model's last lease, or a load for room (which an
+        // idle model may give). Not at every lease: each wakes every loader thread.
+        if idle {
+            self.registry.work.notify_all();
+        }
     }
 }
 
@@ -733,6 +737,12 @@ impl Registry {
         indices
             .iter()
             .all(|&i| g.slots[i].state == ModelState::Loaded)
+    }
+
+    /// Model `i` if it is loaded right now; holding it does not count as a lease (for a look
+    /// at its engine's admission figures).
+    pub fn loaded_model(&self, i: usize) -> Option<Arc<LoadedModel>> {
+        self.lock().slots.get(i)?.loaded.clone()
     }
 
     /// The loaded models right now (for `/metrics`); holding them does not count as a lease.

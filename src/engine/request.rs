@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+pub use super::admission::Ticket;
 use crate::model::generate::FinishReason;
 use crate::model::sampler::{SamplingParams, TokenLogprob};
 
@@ -79,6 +80,26 @@ pub enum SubmitError {
     BadToken { id: u32, n_vocab: usize },
     #[error("{0}")]
     Sampling(String),
+    /// The predicted wait for a slot exceeds the limit (`EngineOptions::max_queue_wait`).
+    #[error(
+        "model '{model}' is busy: a request now would wait about {predicted_wait_s:.1} s for a \
+         slot, over the limit of {max_wait_s:.1} s; retry in {retry_after_s} s"
+    )]
+    Overloaded {
+        model: String,
+        predicted_wait_s: f64,
+        max_wait_s: f64,
+        retry_after_s: u64,
+    },
+    /// The prompt needs more KV memory than the whole pool holds.
+    #[error(
+        "the prompt has {n_prompt} tokens; the KV pool of this server holds {pool_positions} \
+         positions"
+    )]
+    TooLargeForPool {
+        n_prompt: usize,
+        pool_positions: usize,
+    },
 }
 
 /// The receiving end of one request. Dropping it (or calling [`Stream::cancel`]) cancels the
@@ -135,6 +156,10 @@ pub(crate) struct Queued {
     pub tx: Sender<Event>,
     pub cancel: Arc<AtomicBool>,
     pub submitted_at: Instant,
+    /// The request's share of the queued work in its engine's admission gauge, given back
+    /// when it gets a slot (or leaves the queue any other way); it also says when the
+    /// request was admitted and what wait was predicted then (to calibrate predictions).
+    pub ticket: Option<Ticket>,
 }
 
 impl Queued {

@@ -19,7 +19,8 @@ use crossbeam_channel::Select;
 
 use crate::api::response::{Choice, Endpoint, Header, LogprobEntry, TokenText, Usage};
 use crate::api::ApiError;
-use crate::engine::{Event, GenerationRequest, Stream, SubmitError, TokenEvent};
+use crate::engine::admission::RETRY_AFTER_MAX_S;
+use crate::engine::{Event, GenerationRequest, Stream, SubmitError, Ticket, TokenEvent};
 use crate::model::detokenizer::IncrementalDecoder;
 use crate::model::generate::FinishReason;
 use crate::model::sampler::SamplingParams;
@@ -62,14 +63,25 @@ impl<'a> InFlight<'a> {
         Ok(InFlight(&st.in_flight))
     }
 
-    /// The answer to a generation request past the cap: 503 with `Retry-After`.
+    /// The answer to a generation request past the cap: 503 with a `Retry-After` of when the
+    /// default model's queue will have drained (the configured `retry_after_s` if it is not
+    /// loaded).
     pub(crate) fn refusal(st: &State) -> ApiError {
+        st.metrics.refused_in_flight.fetch_add(1, Ordering::Relaxed);
+        let drained_s = st
+            .registry
+            .resolve(None)
+            .ok()
+            .and_then(|i| st.registry.loaded_model(i))
+            .map(|m| m.handle.gauge().predicted_wait_s().ceil() as u64);
         ApiError::unavailable(
             format!(
                 "the server is serving its limit of {} generation requests; retry later",
                 st.cfg().limits.max_concurrent_requests
             ),
-            st.cfg().limits.retry_after_s,
+            drained_s.map_or(st.cfg().limits.retry_after_s, |s| {
+                s.clamp(1, RETRY_AFTER_MAX_S)
+            }),
         )
     }
 }
@@ -270,24 +282,40 @@ fn token_group(plan: &Plan) -> usize {
     }
 }
 
-fn submit_error(e: SubmitError, retry_after_s: u64) -> ApiError {
+/// The API error for a request the engine did not queue. A refusal's `Retry-After` comes
+/// from the engine's predicted wait: when the wait would fit again (`Overloaded`), or when
+/// the queue ahead will have drained (`QueueFull`).
+fn submit_error(e: SubmitError, m: &Loaded, retry_after_s: u64) -> ApiError {
     match e {
         SubmitError::QueueFull(_) => {
-            ApiError::unavailable("the request queue is full; retry later", retry_after_s)
+            let drained_s = m.handle.gauge().predicted_wait_s().ceil() as u64;
+            ApiError::unavailable(
+                "the request queue is full; retry later",
+                drained_s.clamp(1, RETRY_AFTER_MAX_S),
+            )
+        }
+        SubmitError::Overloaded { retry_after_s, .. } => {
+            ApiError::unavailable(e.to_string(), retry_after_s)
         }
         SubmitError::ShuttingDown(_) => {
             ApiError::unavailable("the server is shutting down", retry_after_s)
         }
         SubmitError::EmptyPrompt
         | SubmitError::PromptTooLong { .. }
-        | SubmitError::BadToken { .. } => ApiError::invalid("prompt", e.to_string()),
+        | SubmitError::BadToken { .. }
+        | SubmitError::TooLargeForPool { .. } => ApiError::invalid("prompt", e.to_string()),
         SubmitError::Sampling(m) => ApiError::invalid("sampling", m),
     }
 }
 
 /// Submits every choice (prompt-major: choice `p * n + j`). On any failure the choices
 /// already submitted are dropped, which cancels them.
-fn submit_all(st: &State, m: &Loaded, plan: &Plan) -> Result<Vec<ChoiceRun>, ApiError> {
+fn submit_all(
+    st: &State,
+    m: &Loaded,
+    plan: &Plan,
+    admitted: Option<&Ticket>,
+) -> Result<Vec<ChoiceRun>, ApiError> {
     let limits = &st.cfg().limits;
     let mut runs = Vec::with_capacity(plan.prompts.len() * plan.n);
     for prompt in &plan.prompts {
@@ -296,16 +324,17 @@ fn submit_all(st: &State, m: &Loaded, plan: &Plan) -> Result<Vec<ChoiceRun>, Api
                 seed: plan.sampling.seed.wrapping_add(j as u64),
                 ..plan.sampling.clone()
             };
+            let gen = GenerationRequest {
+                prompt: prompt.clone(),
+                max_tokens: plan.max_tokens,
+                sampling,
+                ignore_eos: plan.ignore_eos,
+                token_group: token_group(plan),
+            };
             let stream = m
                 .handle
-                .submit(GenerationRequest {
-                    prompt: prompt.clone(),
-                    max_tokens: plan.max_tokens,
-                    sampling,
-                    ignore_eos: plan.ignore_eos,
-                    token_group: token_group(plan),
-                })
-                .map_err(|e| submit_error(e, limits.retry_after_s))?;
+                .submit_with(gen, admitted)
+                .map_err(|e| submit_error(e, m, limits.retry_after_s))?;
             let stops = StopStrings::new(&plan.stop, limits.stop_max, limits.stop_bytes_max)
                 .map_err(|e| ApiError::invalid("stop", e.to_string()))?;
             runs.push(ChoiceRun {
@@ -365,7 +394,11 @@ pub(crate) fn run(
     plan: Plan,
     log: &mut Log,
 ) -> Result<Reply, ApiError> {
-    let mut runs = submit_all(st, m, &plan)?;
+    // Admitted on arrival by expected wait (its place held in the queue count since): hand
+    // its place to the engine's own count, and do not refuse it for the wait again.
+    let admitted = log.admitted.take();
+    let mut runs = submit_all(st, m, &plan, admitted.as_ref())?;
+    drop(admitted);
     let cx = Ctx {
         st,
         tok: &m.tokenizer,

@@ -201,6 +201,12 @@ impl HttpRequest {
             .map(|h| h.value.as_str())
     }
 
+    /// The whole body, when the connection's thread has read it and nothing has read it
+    /// since (vendored tiny_http patch #12): for an early look that leaves it in place.
+    pub fn prefetched_body(&self) -> Option<&[u8]> {
+        self.inner.as_ref()?.prefetched_body()
+    }
+
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.inner.as_ref().and_then(|r| r.remote_addr().copied())
     }

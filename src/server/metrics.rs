@@ -28,6 +28,10 @@ pub struct ServerMetrics {
     pub panics: AtomicU64,
     /// Generation requests cancelled at `request_deadline_ms`.
     pub deadlines_exceeded: AtomicU64,
+    /// Generation requests refused at `max_concurrent_requests`.
+    pub refused_in_flight: AtomicU64,
+    /// Requests resent before their refusal's `Retry-After`, held until it.
+    pub held_retries: AtomicU64,
 }
 
 /// Figures that live elsewhere and are read when the page is rendered.
@@ -56,6 +60,8 @@ impl Default for ServerMetrics {
             client_disconnects: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             deadlines_exceeded: AtomicU64::new(0),
+            refused_in_flight: AtomicU64::new(0),
+            held_retries: AtomicU64::new(0),
         }
     }
 }
@@ -88,6 +94,7 @@ impl ServerMetrics {
         self.render_http(&mut out, live);
         self.render_latency(&mut out);
         render_engines(&mut out, &live.engines);
+        self.render_refusals(&mut out, live);
         render_models(&mut out, live.registry);
         scalar(
             &mut out,
@@ -106,6 +113,39 @@ impl ServerMetrics {
             );
         }
         out
+    }
+
+    /// Generation requests refused (503), by reason: the predicted wait over
+    /// `max_queue_wait_ms` and a full queue (per model), `max_concurrent_requests`, and
+    /// connections past `max_connections` (each answered once and closed).
+    fn render_refusals(&self, out: &mut String, live: &Live) {
+        let name = "ryzanstein_requests_refused_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Requests refused with 503, by reason.",
+        );
+        for (model, st) in &live.engines {
+            let by_model = [
+                ("wait", st.refused_wait.load(Ordering::Relaxed)),
+                ("queue_full", st.refused_queue_full.load(Ordering::Relaxed)),
+            ];
+            for (reason, n) in by_model {
+                let _ = writeln!(out, "{name}{{reason=\"{reason}\",model=\"{model}\"}} {n}");
+            }
+        }
+        let in_flight = self.refused_in_flight.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{reason=\"in_flight\"}} {in_flight}");
+        let conns = live.connections_rejected;
+        let _ = writeln!(out, "{name}{{reason=\"connections\"}} {conns}");
+        scalar(
+            out,
+            "ryzanstein_requests_held_retries_total",
+            "counter",
+            "Requests resent on a connection before its last refusal's Retry-After, held until it.",
+            self.held_retries.load(Ordering::Relaxed),
+        );
     }
 
     fn render_http(&self, out: &mut String, live: &Live) {
@@ -305,7 +345,14 @@ fn render_models(out: &mut String, reg: &Registry) {
 /// Per-model engine figures, each metric's lines grouped under one header.
 fn render_engines(out: &mut String, engines: &[(&str, &EngineStats)]) {
     type Scalar = fn(&EngineStats) -> u64;
-    let scalars: [(&str, &str, &str, Scalar); 14] = [
+    let scalars: [(&str, &str, &str, Scalar); 15] = [
+        (
+            "ryzanstein_admission_predicted_wait_seconds_last",
+            "gauge",
+            "The predicted wait for a slot of the latest request to arrive (seconds).",
+            // Reported in microseconds internally; rendered below as seconds.
+            |s| s.predicted_wait_last_us.load(Ordering::Relaxed),
+        ),
         (
             "ryzanstein_sequences_running",
             "gauge",
@@ -397,11 +444,21 @@ fn render_engines(out: &mut String, engines: &[(&str, &EngineStats)]) {
     for (name, kind, help, get) in scalars {
         header(out, name, kind, help);
         for (model, st) in engines {
-            let _ = writeln!(out, "{name}{{model=\"{model}\"}} {}", get(st));
+            let v = get(st);
+            if name.ends_with("_seconds_last") {
+                let _ = writeln!(out, "{name}{{model=\"{model}\"}} {}", v as f64 / 1e6);
+            } else {
+                let _ = writeln!(out, "{name}{{model=\"{model}\"}} {v}");
+            }
         }
     }
     type Hist = fn(&EngineStats) -> &Histogram;
-    let hists: [(&str, &str, Hist); 4] = [
+    let hists: [(&str, &str, Hist); 5] = [
+        (
+            "ryzanstein_admission_predicted_wait_seconds",
+            "The predicted wait for a slot of each request at its admission decision.",
+            |s| &s.predicted_wait_seconds,
+        ),
         (
             "ryzanstein_request_queue_time_seconds",
             "From submission to admission into the running batch.",

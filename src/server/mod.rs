@@ -30,18 +30,98 @@ mod routes;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Select, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ServeConfig;
-use crate::engine::{Catalog, EngineOptions, ModelState, Registry, RegistryOptions, WhenFull};
+use crate::engine::{
+    Catalog, EngineOptions, ModelState, Registry, RegistryOptions, Ticket, WhenFull,
+};
 
-use self::http::HttpServer;
+use self::http::{HttpRequest, HttpServer};
 use self::metrics::ServerMetrics;
 
-/// How long an idle worker waits for a request before checking for shutdown.
-const WORKER_POLL: Duration = Duration::from_millis(100);
+/// How long an idle worker waits for a request before checking for shutdown (a shutdown
+/// wakes them sooner: [`Server::stop`]). Long, because a pool grown by a burst keeps every
+/// worker, and each poll is a wake-up that takes a core from the compute threads.
+const WORKER_POLL: Duration = Duration::from_millis(1000);
+
+/// Generation workers started with the server; more start as requests find none idle, up to
+/// `max_concurrent_requests`.
+const GEN_WORKERS_AT_START: usize = 16;
+
+/// A generation request admitted on its connection's thread, waiting for a worker.
+struct QueuedGen {
+    req: HttpRequest,
+    /// Its place in its model's queue count (`None`: not decided on arrival).
+    ticket: Option<Ticket>,
+}
+
+/// Generation requests taken on their connection's thread ([`routes::early`]), waiting for a
+/// generation worker: one queue per catalog model and one for those not decided there. A
+/// worker takes from whichever has a request (crossbeam `Select`), so a model with a long
+/// queue does not hold back another model's requests by more than one request's service.
+/// Unbounded channels: each connection carries one request at a time, so `max_connections`
+/// bounds them.
+pub(crate) struct GenQueues {
+    tx: Vec<Sender<QueuedGen>>,
+    rx: Vec<Receiver<QueuedGen>>,
+    /// Dropped at shutdown: wakes every idle generation worker at once.
+    wake_tx: Mutex<Option<Sender<()>>>,
+    wake_rx: Receiver<()>,
+}
+
+impl GenQueues {
+    fn new(n_models: usize) -> GenQueues {
+        let (tx, rx) = (0..=n_models).map(|_| unbounded()).unzip();
+        let (wake_tx, wake_rx) = bounded(1);
+        GenQueues {
+            tx,
+            rx,
+            wake_tx: Mutex::new(Some(wake_tx)),
+            wake_rx,
+        }
+    }
+
+    /// Queues a request for model `model` (a catalog index; `None`: undecided).
+    pub(crate) fn push(&self, model: Option<usize>, req: HttpRequest, ticket: Option<Ticket>) {
+        let last = self.tx.len() - 1;
+        let i = model.map_or(last, |m| m.min(last));
+        // Cannot fail: `self.rx` keeps every queue open.
+        let _ = self.tx[i].send(QueuedGen { req, ticket });
+    }
+
+    /// The next request of any queue, waiting at most `timeout`; after [`GenQueues::wake_all`]
+    /// only what is already queued.
+    fn pop(&self, timeout: Duration) -> Option<QueuedGen> {
+        let mut sel = Select::new();
+        for rx in &self.rx {
+            sel.recv(rx);
+        }
+        let wake = sel.recv(&self.wake_rx);
+        match sel.select_timeout(timeout) {
+            Ok(op) if op.index() == wake => {
+                let _ = op.recv(&self.wake_rx);
+                self.rx.iter().find_map(|rx| rx.try_recv().ok())
+            }
+            Ok(op) => {
+                let i = op.index();
+                op.recv(&self.rx[i]).ok()
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn wake_all(&self) {
+        self.wake_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}
 
 /// What `serve` needs besides the configuration.
 #[derive(Debug, Clone)]
@@ -68,6 +148,15 @@ pub(crate) struct State {
     pub single: bool,
     pub metrics: ServerMetrics,
     pub in_flight: AtomicUsize,
+    /// Every worker started (general and generation).
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Generation workers started, and those waiting for a request (the pool grows when
+    /// none waits).
+    gen_workers: AtomicUsize,
+    idle_gen_workers: AtomicUsize,
+    /// General workers waiting for a request.
+    idle_workers: AtomicUsize,
+    pub(crate) gen: GenQueues,
     pub shutting_down: AtomicBool,
     pub http: Arc<HttpServer>,
     /// Request counter, for ids and seeds.
@@ -113,7 +202,7 @@ pub(crate) fn unix_now() -> u64 {
 /// A running server. [`Server::shutdown`] stops it; dropping it without does the same.
 pub struct Server {
     state: Arc<State>,
-    workers: Vec<JoinHandle<()>>,
+    stopped: bool,
 }
 
 /// The engine options the configuration asks for.
@@ -133,6 +222,8 @@ pub fn engine_options(cfg: &ServeConfig) -> EngineOptions {
         // Hidden switch for the A/B of docs/BENCHMARKS.md: `RYZANSTEIN_PREFIX_WAIT=0` lets
         // requests with the same new prefix compute it side by side instead of one waiting.
         prefix_wait: std::env::var("RYZANSTEIN_PREFIX_WAIT").map_or(true, |v| v != "0"),
+        max_queue_wait: (e.max_queue_wait_ms > 0)
+            .then(|| Duration::from_millis(e.max_queue_wait_ms)),
     }
 }
 
@@ -192,6 +283,7 @@ impl Server {
             .thread_name(|i| format!("compute-{i}"))
             .build()
             .map_err(|e| std::io::Error::other(format!("cannot start the compute threads: {e}")))?;
+        let n_models = catalog.len();
         let registry = Registry::start(catalog, registry_options(cfg), Arc::new(pool))?;
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -203,6 +295,11 @@ impl Server {
             single,
             metrics: ServerMetrics::default(),
             in_flight: AtomicUsize::new(0),
+            workers: Mutex::new(Vec::new()),
+            gen_workers: AtomicUsize::new(0),
+            idle_gen_workers: AtomicUsize::new(0),
+            idle_workers: AtomicUsize::new(0),
+            gen: GenQueues::new(n_models),
             shutting_down: AtomicBool::new(false),
             http,
             next_id: AtomicU64::new(0),
@@ -213,23 +310,24 @@ impl Server {
         state
             .http
             .set_early_answer(move |req| routes::early(&weak, req));
-        let mut workers = Vec::with_capacity(state.cfg().http_workers);
-        for i in 0..state.cfg().http_workers {
-            let st = state.clone();
-            workers.push(
-                std::thread::Builder::new()
-                    .name(format!("http-{i}"))
-                    .spawn(move || worker(&st))?,
-            );
+        let general = state.cfg().http_workers - state.cfg().limits.max_concurrent_requests;
+        for _ in 0..general {
+            spawn_worker(&state, Kind::General)?;
+        }
+        for _ in 0..GEN_WORKERS_AT_START.min(state.cfg().limits.max_concurrent_requests) {
+            spawn_worker(&state, Kind::Generation)?;
         }
         state.registry.preload();
         tracing::info!(
             addr = %state.http.local_addr(),
-            workers = workers.len(),
+            workers_max = state.cfg().http_workers,
             models = state.registry.catalog().len(),
             "listening"
         );
-        Ok(Server { state, workers })
+        Ok(Server {
+            state,
+            stopped: false,
+        })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
@@ -285,22 +383,26 @@ impl Server {
     }
 
     fn stop(&mut self) {
+        self.stopped = true;
         let st = &self.state;
         st.http.stop_accepting();
         st.shutting_down.store(true, Ordering::SeqCst);
-        for _ in 0..self.workers.len() {
+        // No worker starts once shutting down: the list is final.
+        let workers = std::mem::take(&mut *st.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for _ in 0..workers.len() {
             st.http.unblock();
         }
+        st.gen.wake_all();
         let drain = Duration::from_millis(st.cfg().drain_timeout_ms);
-        if !all_finished(&self.workers, Instant::now() + drain) {
-            let busy = self.workers.iter().filter(|w| !w.is_finished()).count();
+        if !all_finished(st, &workers, Instant::now() + drain) {
+            let busy = workers.iter().filter(|w| !w.is_finished()).count();
             tracing::warn!(
                 busy,
                 "the drain deadline passed: ending the requests in flight"
             );
             st.registry.abort_requests(SHUTDOWN_REASON);
         }
-        for w in self.workers.drain(..) {
+        for w in workers {
             let _ = w.join();
         }
         st.registry.shutdown();
@@ -308,17 +410,99 @@ impl Server {
     }
 }
 
+/// The two kinds of HTTP worker.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// Takes what the connections' threads queue in tiny_http: health, metrics, models,
+    /// tokenize; a fixed pool of `http_workers - max_concurrent_requests`.
+    General,
+    /// Takes generation requests from [`GenQueues`]; up to `max_concurrent_requests`,
+    /// started as needed.
+    Generation,
+}
+
+/// Starts one more worker of `kind`, unless the server is shutting down or (generation) the
+/// pool is at `max_concurrent_requests`.
+fn spawn_worker(st: &Arc<State>, kind: Kind) -> std::io::Result<()> {
+    let mut workers = st.workers.lock().unwrap_or_else(|e| e.into_inner());
+    if st.shutting_down.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let name = match kind {
+        Kind::General => format!("http-{}", workers.len()),
+        Kind::Generation => {
+            let n = st.gen_workers.load(Ordering::SeqCst);
+            if n >= st.cfg().limits.max_concurrent_requests {
+                return Ok(());
+            }
+            st.gen_workers.store(n + 1, Ordering::SeqCst);
+            format!("gen-{n}")
+        }
+    };
+    let me = st.clone();
+    let handle = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || match kind {
+            Kind::General => worker(&me),
+            Kind::Generation => gen_worker(&me),
+        });
+    match handle {
+        Ok(h) => workers.push(h),
+        Err(e) => {
+            if kind == Kind::Generation {
+                st.gen_workers.fetch_sub(1, Ordering::SeqCst);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// A generation worker: one generation request at a time, from any model's queue, until
+/// shutdown (then what is still queued is answered 503). When it takes the last idle
+/// worker's request it starts another, so a request never waits for a worker that could
+/// exist.
+fn gen_worker(st: &Arc<State>) {
+    loop {
+        st.idle_gen_workers.fetch_add(1, Ordering::SeqCst);
+        let got = st.gen.pop(WORKER_POLL);
+        let idle_left = st.idle_gen_workers.fetch_sub(1, Ordering::SeqCst) - 1;
+        match got {
+            Some(q) => {
+                if idle_left == 0 {
+                    if let Err(e) = spawn_worker(st, Kind::Generation) {
+                        tracing::warn!("cannot start another generation worker: {e}");
+                    }
+                }
+                routes::serve_generation(st, q.req, q.ticket);
+            }
+            None if st.shutting_down.load(Ordering::SeqCst) => return,
+            None => {}
+        }
+    }
+}
+
 /// What a request cut by the drain deadline is told.
 const SHUTDOWN_REASON: &str = "the server is shutting down";
 
-/// Waits until every worker has returned (true) or `deadline` passes (false).
-fn all_finished(workers: &[JoinHandle<()>], deadline: Instant) -> bool {
+/// Waits until every worker has returned (true) or `deadline` passes (false). Wakes the idle
+/// ones again every so often: a worker that finished a request after the first wake-ups
+/// would otherwise sleep out its poll.
+fn all_finished(st: &State, workers: &[JoinHandle<()>], deadline: Instant) -> bool {
+    let mut wake_at = Instant::now();
     loop {
         if workers.iter().all(JoinHandle::is_finished) {
             return true;
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return false;
+        }
+        if now >= wake_at {
+            for _ in 0..st.idle_workers.load(Ordering::SeqCst) {
+                st.http.unblock();
+            }
+            wake_at = now + Duration::from_millis(50);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -326,7 +510,7 @@ fn all_finished(workers: &[JoinHandle<()>], deadline: Instant) -> bool {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if !self.workers.is_empty() {
+        if !self.stopped {
             self.stop();
         }
     }
@@ -394,10 +578,13 @@ fn raise_descriptor_limit(max_connections: usize) {
 
 /// An `http-N` worker: one request at a time until shutdown. Once the drain began it answers
 /// what is still queued (503) and returns when the queue is empty.
-fn worker(st: &State) {
+fn worker(st: &Arc<State>) {
     loop {
         let draining = st.shutting_down.load(Ordering::Relaxed);
-        match st.http.recv_timeout(WORKER_POLL) {
+        st.idle_workers.fetch_add(1, Ordering::SeqCst);
+        let got = st.http.recv_timeout(WORKER_POLL);
+        st.idle_workers.fetch_sub(1, Ordering::SeqCst);
+        match got {
             Ok(Some(req)) => routes::serve(st, req),
             Ok(None) | Err(_) if draining => return,
             Ok(None) => {}

@@ -1,6 +1,8 @@
 //! Routing, authentication, the small endpoints, and the per-request guard: a handler that
 //! panics is answered 500 and the worker lives on; every request is counted and logged once.
 
+use std::cell::Cell;
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
@@ -16,7 +18,8 @@ use crate::api::ApiError;
 use crate::api::{parse_and_validate, ParsedBody};
 use crate::model::sampler::SamplingParams;
 
-use crate::engine::{AcquireError, Lease, LoadedModel as Loaded};
+use crate::engine::admission;
+use crate::engine::{AcquireError, Lease, LoadedModel as Loaded, SubmitError, Ticket};
 
 use super::generate::{self, InFlight, Plan};
 use super::http::{BodyError, HttpRequest};
@@ -46,6 +49,9 @@ pub(crate) struct Log {
     pub note: Option<&'static str>,
     /// The model that served it (empty if none).
     pub model: String,
+    /// A generation request admitted on arrival by expected wait: its place in the model's
+    /// queue count, held until it is submitted.
+    pub admitted: Option<Ticket>,
 }
 
 /// The routes that generate, each holding one of `max_concurrent_requests` slots.
@@ -88,12 +94,13 @@ fn allowed_methods(route: &str) -> Vec<&'static str> {
     fixed.chain(per_model).collect()
 }
 
-/// Called on a request's connection thread before it is queued for a worker: a generation
-/// request that arrives while every `max_concurrent_requests` slot is taken is answered right
-/// there, through the same auth, routing and log line as on a worker, so a refusal costs no
-/// hand-off to a worker and back. It is refused even if a slot frees up meanwhile (it arrived
-/// at the cap). Anything else is returned to be queued. Weak: the server's `State` owns the
-/// listener that calls this.
+/// Called on a request's connection thread before it is queued for a worker. A generation
+/// request is decided here, by expected wait ([`crate::engine::admission`]): refused at once
+/// (503 through the same auth, routing and log line as on a worker, with no hand-off), or
+/// admitted with its place counted in its model's queue and queued for a generation worker
+/// ([`super::GenQueues`]). Either way it is taken (`None`). Anything else is returned to be
+/// queued for the general workers, so health checks never wait behind generations. Weak:
+/// the server's `State` owns the listener that calls this.
 pub(crate) fn early(st: &Weak<State>, req: HttpRequest) -> Option<HttpRequest> {
     if req.method() != "POST" || !is_generation(req.path()) {
         return Some(req);
@@ -101,22 +108,152 @@ pub(crate) fn early(st: &Weak<State>, req: HttpRequest) -> Option<HttpRequest> {
     let Some(st) = st.upgrade() else {
         return Some(req);
     };
-    if st.in_flight.load(Ordering::Relaxed) < st.cfg().limits.max_concurrent_requests {
-        return Some(req);
+    if st.shutting_down.load(Ordering::SeqCst) {
+        // The workers may be gone: answer (503) here.
+        serve_as(&st, req, None, None);
+        return None;
     }
-    serve_as(&st, req, true);
+    if auth::check(&st, &req, route_label(&st, req.path())).is_err() {
+        // Its 401 here (dispatch checks the key before anything else); not an admission.
+        serve_as(&st, req, None, None);
+        return None;
+    }
+    let held_s = hold_early_retry(&st, &req);
+    match admit(&st, &req, held_s) {
+        Admission::Refused(e) => {
+            let (peer, retry_after_s) = (req.remote_addr(), e.retry_after_s.unwrap_or(1));
+            // Answered through auth and routing first: remembered only if it was the 503.
+            if serve_as(&st, req, Some(e), None) == 503 {
+                remember_refusal(peer, retry_after_s);
+            }
+        }
+        Admission::Admitted { model, ticket } => st.gen.push(model, req, Some(ticket)),
+        Admission::Undecided => st.gen.push(None, req, None),
+    }
     None
+}
+
+thread_local! {
+    /// The last refusal on this connection's thread (tiny_http serves a connection on one
+    /// thread for its life): the peer, and when its `Retry-After` runs out.
+    static REFUSED: Cell<Option<(SocketAddr, Instant)>> = const { Cell::new(None) };
+}
+
+/// Longest hold of an early retry (a `Retry-After` is at most a minute).
+const HOLD_MAX: Duration = Duration::from_secs(60);
+
+fn remember_refusal(peer: Option<SocketAddr>, retry_after_s: u64) {
+    if let Some(peer) = peer {
+        let until = Instant::now() + Duration::from_secs(retry_after_s);
+        REFUSED.with(|r| r.set(Some((peer, until))));
+    }
+}
+
+/// A client that resends a refused request before its `Retry-After` (as wrk and many HTTP
+/// libraries do) is held here, on its connection's thread, until that time, and the hold
+/// counts in its wait: otherwise such clients resend as fast as the server refuses, and the
+/// refusals take the cores the admitted requests need. A held connection costs a sleeping
+/// thread. Returns the seconds held.
+fn hold_early_retry(st: &State, req: &HttpRequest) -> f64 {
+    let Some((peer, until)) = REFUSED.with(Cell::take) else {
+        return 0.0;
+    };
+    let now = Instant::now();
+    if req.remote_addr() != Some(peer) || until <= now {
+        return 0.0;
+    }
+    let until = until.min(now + HOLD_MAX);
+    while Instant::now() < until && !st.shutting_down.load(Ordering::Relaxed) {
+        // Whole seconds: a thousand held connections waking every 100 ms would cost the
+        // compute threads more than the refusals they replace.
+        std::thread::sleep((until - Instant::now()).min(Duration::from_secs(1)));
+    }
+    st.metrics.held_retries.fetch_add(1, Ordering::Relaxed);
+    now.elapsed().as_secs_f64()
+}
+
+/// What the connection's thread decided for a generation request.
+enum Admission {
+    Refused(ApiError),
+    /// Queued for model `model` (a catalog index), its place held by `ticket`.
+    Admitted {
+        model: Option<usize>,
+        ticket: Ticket,
+    },
+    /// No loaded model to ask, or a body that does not parse: the worker decides (a load,
+    /// a 400), and `submit` checks the wait then.
+    Undecided,
+}
+
+/// Decides a generation request by its model's predicted wait. Reads only the body's `model`
+/// and `max_tokens` fields; the request's prompt is not tokenized yet, so its place counts
+/// the model's mean prompt.
+fn admit(st: &State, req: &HttpRequest, held_s: f64) -> Admission {
+    #[derive(serde::Deserialize)]
+    struct Fields {
+        model: Option<String>,
+        max_tokens: Option<usize>,
+        max_completion_tokens: Option<usize>,
+    }
+    let Some(f) = req
+        .prefetched_body()
+        .and_then(|b| serde_json::from_slice::<Fields>(b).ok())
+    else {
+        return Admission::Undecided;
+    };
+    let Some(i) = st.registry.resolve(f.model.as_deref()).ok() else {
+        return Admission::Undecided;
+    };
+    let Some(loaded) = st.registry.loaded_model(i) else {
+        return Admission::Undecided;
+    };
+    let h = &loaded.handle;
+    match h.admit_now(held_s) {
+        Ok(wait_s) => {
+            h.stats().predicted_wait_seconds.observe(wait_s);
+            let limits = &st.cfg().limits;
+            let max_tokens = f
+                .max_completion_tokens
+                .or(f.max_tokens)
+                .unwrap_or(limits.max_tokens_default)
+                .min(limits.max_tokens_cap);
+            let g = h.gauge_arc();
+            let steps = admission::expected_steps(max_tokens, g.completion_share());
+            Admission::Admitted {
+                model: Some(i),
+                ticket: g.enqueue(g.mean_prompt_tokens(), steps),
+            }
+        }
+        Err(e) => {
+            let retry_after_s = match &e {
+                SubmitError::Overloaded { retry_after_s, .. } => *retry_after_s,
+                _ => st.cfg().limits.retry_after_s,
+            };
+            Admission::Refused(ApiError::unavailable(e.to_string(), retry_after_s))
+        }
+    }
 }
 
 /// Serves one request end to end; never panics.
 pub(crate) fn serve(st: &State, req: HttpRequest) {
-    serve_as(st, req, false);
+    serve_as(st, req, None, None);
 }
 
-/// [`serve`], refusing a generation instead of running it if `refuse_generation` (on a
-/// connection's thread, whose stack is small and which should not hold the connection's
-/// reads, a generation never runs).
-fn serve_as(st: &State, mut req: HttpRequest, refuse_generation: bool) {
+/// Serves a generation request taken from a generation queue (with its place in its model's
+/// queue count, if it was admitted on arrival).
+pub(crate) fn serve_generation(st: &State, req: HttpRequest, admitted: Option<Ticket>) {
+    serve_as(st, req, None, admitted);
+}
+
+/// [`serve`], answering a generation with `refusal` instead of running it if one is given
+/// (on a connection's thread, whose stack is small and which should not hold the
+/// connection's reads, a generation never runs).
+fn serve_as(
+    st: &State,
+    mut req: HttpRequest,
+    refusal: Option<ApiError>,
+    admitted: Option<Ticket>,
+) -> u16 {
     let mut log = Log {
         id: st.next_u64(),
         start: Instant::now(),
@@ -126,6 +263,7 @@ fn serve_as(st: &State, mut req: HttpRequest, refuse_generation: bool) {
         ttft: None,
         note: None,
         model: String::new(),
+        admitted,
     };
     let route = route_label(st, req.path());
     let result = if st.shutting_down.load(Ordering::Relaxed) {
@@ -138,7 +276,7 @@ fn serve_as(st: &State, mut req: HttpRequest, refuse_generation: bool) {
         )))
     } else {
         catch_unwind(AssertUnwindSafe(|| {
-            dispatch(st, route, &mut req, &mut log, refuse_generation)
+            dispatch(st, route, &mut req, &mut log, refusal)
         }))
     };
     // Each answer is counted just before it is written, so a client that has its response
@@ -172,6 +310,7 @@ fn serve_as(st: &State, mut req: HttpRequest, refuse_generation: bool) {
         note = log.note.unwrap_or(""),
         "request"
     );
+    status
 }
 
 /// Writes a handler's answer (counted first); returns its status.
@@ -230,7 +369,7 @@ fn dispatch(
     route: &'static str,
     req: &mut HttpRequest,
     log: &mut Log,
-    refuse_generation: bool,
+    refusal: Option<ApiError>,
 ) -> Result<Reply, ApiError> {
     auth::check(st, req, route)?;
     if route == "other" {
@@ -256,7 +395,7 @@ fn dispatch(
         "/metrics" => Ok(Reply::Text(metrics_page(st), "text/plain; version=0.0.4")),
         "/v1/models" => Ok(Reply::Json(models::list(st))),
         "/v1/completions" | "/v1/chat/completions" | "/tokenize" | "/detokenize" => {
-            with_body(st, route, req, log, refuse_generation)
+            with_body(st, route, req, log, refusal)
         }
         "/debug/panic" => panic!("a panic requested through /debug/panic"),
         _ => Err(ApiError::not_found(req.path())),
@@ -302,14 +441,15 @@ fn with_body(
     route: &str,
     req: &mut HttpRequest,
     log: &mut Log,
-    refuse_generation: bool,
+    refusal: Option<ApiError>,
 ) -> Result<Reply, ApiError> {
     // A generation takes its concurrency slot first: past the cap the 503 costs no parsing
     // (the body is already in memory, read by the connection's thread). Held to the end.
     let _slot = if !is_generation(route) {
         None
-    } else if refuse_generation {
-        return Err(InFlight::refusal(st));
+    } else if let Some(e) = refusal {
+        log.note = Some("refused");
+        return Err(e);
     } else {
         Some(InFlight::acquire(st)?)
     };

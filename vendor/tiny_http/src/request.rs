@@ -51,6 +51,10 @@ pub struct Request {
     // where to read the body from
     data_reader: Option<Box<dyn Read + Send + 'static>>,
 
+    // Ryzanstein patch (PATCHES.md #12): a whole body read by `prefetch_body`, readable in
+    // place until the first read of the body turns it into `data_reader`.
+    prefetched: Option<Vec<u8>>,
+
     // if this writer is empty, then the request has been answered
     response_writer: Option<Box<dyn Write + Send + 'static>>,
 
@@ -228,6 +232,7 @@ where
 
     Ok(Request {
         data_reader: Some(reader),
+        prefetched: None,
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
@@ -373,7 +378,22 @@ impl Request {
             self.must_send_continue = false;
         }
 
+        self.unpark_body();
         self.data_reader.as_mut().unwrap()
+    }
+
+    /// The whole body, when the connection's thread has read it (Ryzanstein patch,
+    /// PATCHES.md #12) and nothing has read it since: lets an early answer look at it without
+    /// taking it.
+    pub fn prefetched_body(&self) -> Option<&[u8]> {
+        self.prefetched.as_deref()
+    }
+
+    /// Turns a prefetched body back into the body reader (PATCHES.md #12).
+    fn unpark_body(&mut self) {
+        if let Some(buf) = self.prefetched.take() {
+            self.data_reader = Some(Box::new(Cursor::new(buf)));
+        }
     }
 
     /// Turns the `Request` into a writer.
@@ -412,16 +432,20 @@ impl Request {
             return Err(IoError::new(ErrorKind::ConnectionAborted, info));
         }
         let rest = self.data_reader.take();
-        self.data_reader = Some(match rest {
-            Some(rest) if buf.len() > limit => Box::new(Cursor::new(buf).chain(rest)),
-            _ => Box::new(Cursor::new(buf)),
-        });
+        match rest {
+            Some(rest) if buf.len() > limit => {
+                self.data_reader = Some(Box::new(Cursor::new(buf).chain(rest)));
+            }
+            // Whole: kept in place (readable by `prefetched_body`) until first read.
+            _ => self.prefetched = Some(buf),
+        }
         Ok(())
     }
 
     /// Takes the body reader out (Ryzanstein patch, PATCHES.md #7): a rejected request is
     /// answered first and its unread body drained after, when the caller drops it.
     pub(crate) fn take_body(&mut self) -> Option<Box<dyn Read + Send + 'static>> {
+        self.unpark_body();
         self.data_reader.take()
     }
 
@@ -458,6 +482,7 @@ impl Request {
     fn extract_reader_impl(&mut self) -> Box<dyn Read + Send + 'static> {
         use std::mem;
 
+        self.unpark_body();
         assert!(self.data_reader.is_some());
 
         let mut reader = None;
