@@ -744,7 +744,7 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:9", "file over default");
         assert_eq!(c.engine.n_ctx, 1024);
         assert_eq!(c.engine.max_batch_size, 32, "default");
-        assert_eq!(c.limits.max_concurrent_requests, c.limits.max_connections);
+        assert_eq!(c.limits.max_concurrent_requests, 2 * 32, "twice the batch");
         assert_eq!(c.engine.queue_depth, c.limits.max_concurrent_requests);
         assert_eq!(c.http_workers, 64 + SPARE_HTTP_WORKERS);
     }

@@ -33,9 +33,9 @@ use server_support::*;
 /// `max_batch_size` (32), so the batch stays full and nothing is refused.
 const PEAK_CLIENTS: usize = 48;
 const OVERLOAD_FACTOR: f64 = 4.0;
-/// Sender threads of the open loop: enough for every admitted request plus the refused ones
-/// in flight at once.
-const SENDERS: usize = 160;
+/// Sender threads of the open loop: enough for every admitted request (the running batch
+/// and `max_queue_wait_ms` of queue at the peak) plus the refused ones in flight at once.
+const SENDERS: usize = 400;
 
 /// One workload: the request every client sends, and how long its phases run.
 struct Load {
@@ -45,6 +45,12 @@ struct Load {
     expected: String,
     rounds: u64,
     phase_s: f64,
+    /// The server's `max_queue_wait_ms`: short enough that a phase at four times the peak is
+    /// mostly refused (the open loop's senders keep up with the arrivals only while what is
+    /// admitted stays short), long enough for the closed loop's burst of half again the batch
+    /// (its last requests wait for the first wave to end: same-length requests started
+    /// together end together; on the default model with debug assertions, seconds).
+    max_queue_wait_ms: u64,
     /// Rates are counted from this far into a phase: the batch (re)fills (a phase starts with
     /// the previous one drained).
     edge_s: f64,
@@ -53,6 +59,8 @@ struct Load {
 /// One answer as the client saw it.
 struct Outcome {
     status: u16,
+    /// The body of a refusal (for the assertion messages).
+    refusal: Option<String>,
     latency: Duration,
     retry_after: Option<String>,
     /// A 200 whose text, finish reason and usage are the expected ones.
@@ -70,6 +78,7 @@ fn send(c: &mut Conn, load: &Load) -> Outcome {
             && v["usage"]["completion_tokens"] == load.max_tokens
     };
     Outcome {
+        refusal: (r.status == 503).then(|| r.text()),
         status: r.status,
         latency: start.elapsed(),
         retry_after: r.header("retry-after").map(str::to_string),
@@ -130,7 +139,19 @@ fn closed_loop(addr: SocketAddr, load: &Load, clients: usize, seconds: f64) -> W
                 let mut c = Conn::open(addr);
                 while Instant::now() < end {
                     let o = send(&mut c, load);
-                    assert!(o.correct, "closed loop: status {}", o.status);
+                    if !o.correct {
+                        let page = get(addr, "/metrics").text();
+                        let admission: Vec<&str> = page
+                            .lines()
+                            .filter(|l| l.starts_with("ryzanstein_admission_"))
+                            .collect();
+                        panic!(
+                            "closed loop: status {} {:?}\n{}",
+                            o.status,
+                            o.refusal,
+                            admission.join("\n")
+                        );
+                    }
                 }
             });
         }
@@ -318,10 +339,9 @@ fn overload(server: &Server, name: &str, mut load: Load) -> (f64, f64) {
     (peak, goodput)
 }
 
-/// The queue-wait limit of a load's server: a quarter of a phase, so a phase at four times
-/// the peak is mostly refused once the queue holds that much.
+/// The queue-wait limit of a load's server (`Load::max_queue_wait_ms`).
 fn max_queue_wait_ms(load: &Load) -> u64 {
-    (load.phase_s * 250.0) as u64
+    load.max_queue_wait_ms
 }
 
 /// The two tests share the machine's two cores: one at a time.
@@ -335,6 +355,7 @@ fn tiny_load() -> Load {
         expected: String::new(),
         rounds: 6,
         phase_s: 2.0,
+        max_queue_wait_ms: 500,
         edge_s: 0.3,
     }
 }
@@ -371,6 +392,7 @@ fn gemma_load() -> Load {
         expected: String::new(),
         rounds: 3,
         phase_s: 10.0,
+        max_queue_wait_ms: 8000,
         edge_s: 3.0,
     }
 }

@@ -5,26 +5,30 @@
 //! benchmarked alone; [`super::dispatcher`] keeps the snapshot current ([`Gauge`]) and the
 //! server asks it before it queues a request.
 //!
-//! The model is a fluid one. A sequence takes a slot for its prompt's prefill and then one
-//! decode step per token after the first. With `slots` sequences decoding side by side, a
-//! decode step of the full batch (`decode_step_s`) retires `slots` sequence-steps, and every
-//! prompt token ahead costs `prefill_token_s` of the engine's time. A request arriving now
-//! gets a slot at once if one is free; otherwise when `ahead - slots + 1` of the sequences
-//! ahead of it have finished. With FIFO admission and similar requests, that is that share
-//! of the decode work ahead spread over the slots, plus the prefill of every prompt ahead.
-//! A sequence's decode steps are not known in advance: `max_tokens` bounds them, and the
-//! share of it that finished sequences actually used (`completion_share`, measured) scales
-//! the bound.
+//! A sequence takes a slot for its prompt's prefill step and then one decode step per token
+//! after the first. A request arriving now gets a slot at once if one is free; otherwise at
+//! the `ahead - slots + 1`-th slot release (admission is FIFO). Among the running sequences
+//! the releases come in the order of their steps left; past them the queued sequences ahead
+//! release `slots` at a time per the steps each takes. Those steps cost a full decode step
+//! each, and every prompt token ahead its own time on top ([`StepFit`] splits a step's time
+//! into a fixed part and a part per token). A sequence's decode steps are not known in
+//! advance: `max_tokens` bounds them, and the share of it that ended sequences actually used
+//! (`completion_share`, measured) scales the bound. The result is scaled by the observed
+//! over predicted waits ([`calibrate`]), within bounds.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// The work ahead of a request arriving now.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Backlog {
     /// Sequences holding a slot (or preempted, to resume first).
     pub running: usize,
     /// Their expected decode steps left, summed.
     pub running_steps: u64,
+    /// The steps each has left (its prefill step included while prefilling), ascending: the
+    /// order in which they free their slots.
+    pub running_left: Vec<u32>,
     /// Sequences queued for a slot.
     pub queued: usize,
     /// Their expected decode steps, summed.
@@ -39,24 +43,97 @@ pub struct Costs {
     /// Sequences that decode side by side: the batch size, or fewer if the KV pool holds
     /// fewer sequences of the current mix.
     pub slots: usize,
-    /// Seconds of a decode step (moving average over decode-only steps).
+    /// Seconds of a step of `slots` decode tokens.
     pub decode_step_s: f64,
-    /// Seconds per prompt token (moving average, net of the decode part of mixed steps).
+    /// Seconds per prompt token: the marginal cost of a token in a step.
     pub prefill_token_s: f64,
 }
 
-/// The predicted wait for a slot, in seconds, of a request arriving now.
+/// A step's time as a fixed part plus a part per token, fitted to the steps run (least
+/// squares over exponentially weighted moments). A CPU step streams every weight once
+/// whatever its batch, so the fixed part is large: a cost per token taken from the average
+/// step would make a small step's cost look like a large one's per-token cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepFit {
+    n: u64,
+    mean_tokens: f64,
+    mean_s: f64,
+    mean_tokens2: f64,
+    mean_tokens_s: f64,
+}
+
+impl StepFit {
+    /// Weight of each new step.
+    const ALPHA: f64 = 0.05;
+
+    /// Adds a step of `tokens` tokens that took `secs`.
+    pub fn record(&mut self, tokens: usize, secs: f64) {
+        let x = tokens as f64;
+        let a = if self.n == 0 { 1.0 } else { Self::ALPHA };
+        self.n += 1;
+        self.mean_tokens += a * (x - self.mean_tokens);
+        self.mean_s += a * (secs - self.mean_s);
+        self.mean_tokens2 += a * (x * x - self.mean_tokens2);
+        self.mean_tokens_s += a * (x * secs - self.mean_tokens_s);
+    }
+
+    /// (fixed seconds per step, seconds per token); zeros before any step.
+    pub fn coefficients(&self) -> (f64, f64) {
+        if self.n == 0 || self.mean_tokens <= 0.0 {
+            return (0.0, 0.0);
+        }
+        let var = self.mean_tokens2 - self.mean_tokens * self.mean_tokens;
+        let cov = self.mean_tokens_s - self.mean_tokens * self.mean_s;
+        // Steps all of one size say nothing of the split: all of it per token.
+        if var < 1.0 {
+            return (0.0, self.mean_s / self.mean_tokens);
+        }
+        let per_token = (cov / var).clamp(0.0, self.mean_s / self.mean_tokens);
+        let fixed = (self.mean_s - per_token * self.mean_tokens).max(0.0);
+        (fixed, per_token)
+    }
+
+    /// The costs for `slots` sequences decoding side by side.
+    pub fn costs(&self, slots: usize) -> Costs {
+        let (fixed, per_token) = self.coefficients();
+        Costs {
+            slots,
+            decode_step_s: fixed + per_token * slots as f64,
+            prefill_token_s: per_token,
+        }
+    }
+}
+
+/// The predicted wait for a slot, in seconds, of a request arriving now. With a slot free it
+/// is admitted at the next step: no wait (the prompts ahead of it share its steps, which is
+/// service time, not waiting).
 pub fn predicted_wait_s(b: &Backlog, c: &Costs) -> f64 {
     let slots = c.slots.max(1);
-    let prefill_s = b.prompt_tokens as f64 * c.prefill_token_s;
     let ahead = b.running + b.queued;
     if ahead < slots {
-        return prefill_s;
+        return 0.0;
     }
-    let must_finish = (ahead - slots + 1) as f64;
-    let steps_ahead = (b.running_steps + b.queued_steps) as f64;
-    let decode_s = must_finish / ahead as f64 * steps_ahead / slots as f64 * c.decode_step_s;
-    prefill_s + decode_s
+    let prefill_s = b.prompt_tokens as f64 * c.prefill_token_s;
+    steps_to_slot(b, slots) * c.decode_step_s + prefill_s
+}
+
+/// Full steps until the `ahead - slots + 1`-th slot release, the one a request arriving now
+/// waits for. Within the running sequences that is the one with that many steps left (same
+/// length requests started together end together: the wait is a whole wave, not a share of
+/// it); past them the queued sequences ahead release `slots` per the steps each takes.
+fn steps_to_slot(b: &Backlog, slots: usize) -> f64 {
+    let releases = b.running + b.queued - slots + 1;
+    let left = &b.running_left;
+    if releases <= left.len() {
+        return f64::from(left[releases - 1]);
+    }
+    let wave = left.last().map_or(0.0, |&s| f64::from(s));
+    // Each queued sequence: its decode steps and its prefill step.
+    let per_queued = match b.queued {
+        0 => 1.0,
+        q => b.queued_steps as f64 / q as f64 + 1.0,
+    };
+    wave + (releases - left.len()) as f64 / slots as f64 * per_queued
 }
 
 /// Decode steps a request of `max_tokens` is expected to take: the share of `max_tokens` that
@@ -104,6 +181,9 @@ pub struct Gauge {
     queued_steps: AtomicU64,
     queued_prompt_tokens: AtomicU64,
     slots: AtomicUsize,
+    /// `Backlog::running_left` of the last step (a short sorted list; the lock is held for a
+    /// copy).
+    running_left: Mutex<Vec<u32>>,
     mean_prompt_tokens: AtomicU64,
     /// Observed over predicted waits (moving average): scales the prediction.
     calibration: AtomicF64,
@@ -127,10 +207,12 @@ impl AtomicF64 {
 }
 
 /// What the dispatcher publishes after a step.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Published {
     pub running: usize,
     pub running_steps: u64,
+    /// Ascending (see [`Backlog::running_left`]).
+    pub running_left: Vec<u32>,
     pub running_prompt_tokens: u64,
     pub costs: Costs,
     pub completion_share: f64,
@@ -155,6 +237,10 @@ impl Gauge {
     pub fn publish(&self, p: &Published) {
         self.running.store(p.running, Ordering::Relaxed);
         self.running_steps.store(p.running_steps, Ordering::Relaxed);
+        let mut left = self.left();
+        left.clear();
+        left.extend_from_slice(&p.running_left);
+        drop(left);
         self.running_prompt_tokens
             .store(p.running_prompt_tokens, Ordering::Relaxed);
         self.slots.store(p.costs.slots, Ordering::Relaxed);
@@ -166,6 +252,11 @@ impl Gauge {
         self.calibration.store(p.calibration);
     }
 
+    /// The running sequences' steps left (a poisoned lock still holds a valid list).
+    fn left(&self) -> MutexGuard<'_, Vec<u32>> {
+        self.running_left.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn mean_prompt_tokens(&self) -> u64 {
         self.mean_prompt_tokens.load(Ordering::Relaxed)
     }
@@ -174,6 +265,7 @@ impl Gauge {
         Backlog {
             running: self.running.load(Ordering::Relaxed),
             running_steps: self.running_steps.load(Ordering::Relaxed),
+            running_left: self.left().clone(),
             queued: self.queued.load(Ordering::Relaxed),
             queued_steps: self.queued_steps.load(Ordering::Relaxed),
             prompt_tokens: self.running_prompt_tokens.load(Ordering::Relaxed)
@@ -187,6 +279,11 @@ impl Gauge {
             decode_step_s: self.decode_step_s.load(),
             prefill_token_s: self.prefill_token_s.load(),
         }
+    }
+
+    /// The calibration factor in force (observed over predicted waits).
+    pub fn calibration(&self) -> f64 {
+        self.calibration.load()
     }
 
     pub fn completion_share(&self) -> f64 {
@@ -251,7 +348,7 @@ impl Drop for Ticket {
 pub const CALIBRATION_MIN_S: f64 = 0.05;
 /// The correction stays within these factors: a prediction off by more is a bug to fix, not
 /// to hide.
-pub const CALIBRATION_RANGE: (f64, f64) = (0.5, 4.0);
+pub const CALIBRATION_RANGE: (f64, f64) = (0.5, 2.0);
 const CALIBRATION_ALPHA: f64 = 0.05;
 
 /// The calibration after a request predicted to wait `predicted_s` (uncalibrated, i.e.
@@ -278,37 +375,57 @@ mod tests {
     };
 
     #[test]
-    fn a_free_slot_waits_only_for_the_prefill_ahead() {
+    fn a_free_slot_means_no_wait() {
         let b = Backlog {
             running: 2,
             running_steps: 1000,
+            running_left: vec![400, 600],
             queued: 1,
             queued_steps: 500,
             prompt_tokens: 30,
         };
-        assert!((predicted_wait_s(&b, &COSTS) - 0.030).abs() < 1e-12);
+        assert_eq!(predicted_wait_s(&b, &COSTS), 0.0);
         assert_eq!(predicted_wait_s(&Backlog::default(), &COSTS), 0.0);
     }
 
     #[test]
-    fn with_every_slot_taken_the_wait_is_the_share_of_decode_work_that_must_finish() {
-        // 4 running, 4 queued, 10 steps each: the new one needs 5 of the 8 to finish.
+    fn within_the_running_wave_the_wait_is_the_release_it_needs() {
+        // 4 slots taken, with 3, 5, 9 and 12 steps left; one queued ahead: the new request
+        // needs the second release (5 steps), plus the queued prompt.
         let b = Backlog {
             running: 4,
-            running_steps: 40,
-            queued: 4,
-            queued_steps: 40,
-            prompt_tokens: 0,
+            running_steps: 29,
+            running_left: vec![3, 5, 9, 12],
+            queued: 1,
+            queued_steps: 10,
+            prompt_tokens: 20,
         };
-        let want = 5.0 / 8.0 * 80.0 / 4.0 * 0.010;
+        let want = 5.0 * 0.010 + 20.0 * 0.001;
         assert!((predicted_wait_s(&b, &COSTS) - want).abs() < 1e-12);
-        // One slot's worth: exactly one wave of 10 steps less the overlap.
-        let full = Backlog {
+        // Same-length requests started together end together: a whole wave to wait.
+        let wave = Backlog {
             running: 4,
-            running_steps: 40,
+            running_steps: 60,
+            running_left: vec![15; 4],
             ..Backlog::default()
         };
-        assert!((predicted_wait_s(&full, &COSTS) - 1.0 / 4.0 * 40.0 / 4.0 * 0.010).abs() < 1e-12);
+        assert!((predicted_wait_s(&wave, &COSTS) - 15.0 * 0.010).abs() < 1e-12);
+    }
+
+    #[test]
+    fn past_the_running_wave_queued_sequences_release_slots_per_their_steps() {
+        // 4 running (longest 12 steps left), 12 queued of 9 decode steps (+1 prefill) each:
+        // the new request needs release 13, i.e. 9 past the running ones: 9/4 waves of 10.
+        let b = Backlog {
+            running: 4,
+            running_steps: 29,
+            running_left: vec![3, 5, 9, 12],
+            queued: 12,
+            queued_steps: 12 * 9,
+            prompt_tokens: 0,
+        };
+        let want = (12.0 + 9.0 / 4.0 * 10.0) * 0.010;
+        assert!((predicted_wait_s(&b, &COSTS) - want).abs() < 1e-12);
     }
 
     #[test]
@@ -318,6 +435,7 @@ mod tests {
             let b = Backlog {
                 running: 4,
                 running_steps: 4 * 15,
+                running_left: vec![2, 6, 11, 15],
                 queued,
                 queued_steps: queued as u64 * 15,
                 prompt_tokens: queued as u64 * 20,
@@ -334,15 +452,19 @@ mod tests {
     }
 
     #[test]
-    fn one_token_requests_wait_for_prefill_alone() {
+    fn one_token_requests_wait_for_their_prefill_steps_and_tokens() {
+        // Running ones with 1 step left (their prefill); 100 queued one-token requests: 97
+        // releases past the running ones, 4 per step.
         let b = Backlog {
             running: 4,
             running_steps: 0,
+            running_left: vec![1; 4],
             queued: 100,
             queued_steps: 0,
             prompt_tokens: 2000,
         };
-        assert!((predicted_wait_s(&b, &COSTS) - 2.0).abs() < 1e-9);
+        let want = (1.0 + 97.0 / 4.0) * 0.010 + 2.0;
+        assert!((predicted_wait_s(&b, &COSTS) - want).abs() < 1e-9);
     }
 
     #[test]
@@ -370,6 +492,24 @@ mod tests {
     }
 
     #[test]
+    fn the_step_fit_splits_fixed_and_per_token_costs() {
+        let mut f = StepFit::default();
+        assert_eq!(f.coefficients(), (0.0, 0.0));
+        f.record(20, 0.020);
+        assert_eq!(f.coefficients(), (0.0, 0.001), "one size: all per token");
+        for i in 0..400 {
+            let tokens = [1, 8, 32, 300][i % 4];
+            f.record(tokens, 0.010 + 0.0001 * tokens as f64);
+        }
+        let (fixed, per_token) = f.coefficients();
+        assert!((fixed - 0.010).abs() < 1e-4, "{fixed}");
+        assert!((per_token - 0.0001).abs() < 1e-6, "{per_token}");
+        let c = f.costs(32);
+        assert!((c.decode_step_s - (0.010 + 32.0 * 0.0001)).abs() < 1e-4);
+        assert_eq!(c.slots, 32);
+    }
+
+    #[test]
     fn calibration_follows_observed_waits_within_bounds() {
         let mut c = 1.0;
         for _ in 0..200 {
@@ -389,6 +529,7 @@ mod tests {
         g.publish(&Published {
             running: 4,
             running_steps: 40,
+            running_left: vec![10; 4],
             running_prompt_tokens: 5,
             costs: COSTS,
             completion_share: 0.5,
@@ -402,6 +543,7 @@ mod tests {
             Backlog {
                 running: 4,
                 running_steps: 40,
+                running_left: vec![10; 4],
                 queued: 2,
                 queued_steps: 10,
                 prompt_tokens: 55,

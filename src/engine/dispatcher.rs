@@ -37,7 +37,7 @@ use crate::model::sampler::Sampler;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{BatchToken, Model, ModelError, ModelOptions, State};
 
-use super::admission::{self, Costs, Gauge, Published, Verdict};
+use super::admission::{self, Gauge, Published, StepFit, Verdict};
 use super::panic_message;
 use super::policy::{self, Budgets, SeqView, Slice};
 use super::request::{Event, GenerationRequest, Queued, Stream, SubmitError, Ticket, TokenEvent};
@@ -145,8 +145,6 @@ pub struct EngineStats {
     pub refused_wait: AtomicU64,
     /// Requests refused because the queue was full.
     pub refused_queue_full: AtomicU64,
-    /// The predicted wait of the latest admission decision, in microseconds.
-    pub predicted_wait_last_us: AtomicU64,
 }
 
 impl EngineStats {
@@ -174,7 +172,6 @@ impl EngineStats {
             predicted_wait_seconds: Histogram::new(LATENCY_BOUNDS_S),
             refused_wait: AtomicU64::new(0),
             refused_queue_full: AtomicU64::new(0),
-            predicted_wait_last_us: AtomicU64::new(0),
         }
     }
 }
@@ -251,6 +248,7 @@ impl ModelHandle {
             completion_share: 1.0,
             mean_prompt_tokens: 0.0,
             calibration: 1.0,
+            step_fit: StepFit::default(),
             draining: draining.clone(),
             pool,
             running: Vec::new(),
@@ -337,9 +335,6 @@ impl ModelHandle {
     /// long the request has already waited (counted in its wait).
     pub fn admit_now(&self, waited_s: f64) -> Result<f64, SubmitError> {
         let wait_s = self.gauge.predicted_wait_s() + waited_s;
-        self.stats
-            .predicted_wait_last_us
-            .store((wait_s * 1e6) as u64, Ordering::Relaxed);
         let Some(max) = self.opts.max_queue_wait else {
             return Ok(wait_s);
         };
@@ -639,6 +634,8 @@ struct Dispatcher {
     mean_prompt_tokens: f64,
     /// Observed over predicted waits (`admission::calibrate`).
     calibration: f64,
+    /// Step time against tokens, for admission's predictions.
+    step_fit: StepFit,
     /// The key the model's block chains start from.
     root: BlockKey,
     /// Prompt blocks a running sequence will compute and name, by key: the sequence's
@@ -1198,6 +1195,7 @@ impl Dispatcher {
         let n_decode = self.plan.iter().filter(|sl| sl.n_tokens == 1).count();
         let n_prefill = self.batch.len() - n_decode;
         self.costs.record(n_decode, n_prefill, secs);
+        self.step_fit.record(self.batch.len(), secs);
         let st = &self.stats;
         st.steps.fetch_add(1, Ordering::Relaxed);
         st.batch_tokens.observe(self.batch.len() as f64);
@@ -1253,19 +1251,21 @@ impl Dispatcher {
                 total.saturating_sub(s.n_generated as u64).max(1)
             };
             p.running_steps += left;
+            let prefilling = u64::from(s.n_generated == 0);
+            p.running_left
+                .push((left + prefilling).min(u64::from(u32::MAX)) as u32);
             p.running_prompt_tokens += s.n_prompt.saturating_sub(s.n_cached) as u64;
             blocks += (s.n_prompt + total as usize).div_ceil(BLOCK_POSITIONS);
         }
+        p.running_left.sort_unstable();
         // The KV pool may hold fewer sequences of this mix than there are slots.
         let kv_seqs = match blocks {
             0 => usize::MAX,
             b => self.state.kv.total_blocks() * p.running / b,
         };
-        p.costs = Costs {
-            slots: self.opts.max_batch_size.min(kv_seqs).max(1),
-            decode_step_s: self.costs.decode_step_s,
-            prefill_token_s: self.costs.prefill_token_s,
-        };
+        p.costs = self
+            .step_fit
+            .costs(self.opts.max_batch_size.min(kv_seqs).max(1));
         p
     }
 

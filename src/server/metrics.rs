@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::engine::admission::Gauge;
 use crate::engine::{EngineStats, ModelState, Registry};
 use crate::metrics::{Histogram, LATENCY_BOUNDS_S};
 
@@ -38,6 +39,8 @@ pub struct ServerMetrics {
 pub struct Live<'a> {
     /// (model id, engine figures) of every loaded model.
     pub engines: Vec<(&'a str, &'a EngineStats)>,
+    /// (model id, admission gauge) of every loaded model.
+    pub gauges: Vec<(&'a str, &'a Gauge)>,
     pub registry: &'a Registry,
     pub ready: bool,
     pub in_flight: usize,
@@ -95,6 +98,7 @@ impl ServerMetrics {
         self.render_latency(&mut out);
         render_engines(&mut out, &live.engines);
         self.render_refusals(&mut out, live);
+        render_admission(&mut out, &live.gauges);
         render_models(&mut out, live.registry);
         scalar(
             &mut out,
@@ -342,17 +346,65 @@ fn render_models(out: &mut String, reg: &Registry) {
     }
 }
 
+/// What admission by expected wait reads, per model: the work ahead, the fitted step costs
+/// and the calibration (how a prediction is made is in docs/OPERATIONS.md § Admission).
+fn render_admission(out: &mut String, gauges: &[(&str, &Gauge)]) {
+    type Figure = fn(&Gauge) -> f64;
+    let figures: [(&str, &str, Figure); 7] = [
+        (
+            "ryzanstein_admission_predicted_wait_seconds_now",
+            "The predicted wait for a slot of a request arriving now.",
+            |g| g.predicted_wait_s(),
+        ),
+        (
+            "ryzanstein_admission_queued_sequences",
+            "Sequences admitted and waiting for a slot (on a worker or not yet).",
+            |g| g.backlog().queued as f64,
+        ),
+        (
+            "ryzanstein_admission_decode_steps_ahead",
+            "Expected decode steps left of the running and queued sequences.",
+            |g| {
+                let b = g.backlog();
+                (b.running_steps + b.queued_steps) as f64
+            },
+        ),
+        (
+            "ryzanstein_admission_prompt_tokens_ahead",
+            "Prompt tokens left to prefill of the running and queued sequences.",
+            |g| g.backlog().prompt_tokens as f64,
+        ),
+        (
+            "ryzanstein_admission_decode_step_seconds",
+            "Fitted seconds of a step of a full batch of decode tokens.",
+            |g| g.costs().decode_step_s,
+        ),
+        (
+            "ryzanstein_admission_token_seconds",
+            "Fitted seconds per token of a step (the marginal cost of a prompt token).",
+            |g| g.costs().prefill_token_s,
+        ),
+        (
+            "ryzanstein_admission_calibration",
+            "Observed over predicted waits (moving average, 0.5 to 2): scales predictions.",
+            |g| g.calibration(),
+        ),
+    ];
+    if gauges.is_empty() {
+        return;
+    }
+    for (name, help, get) in figures {
+        header(out, name, "gauge", help);
+        for (model, g) in gauges {
+            let _ = writeln!(out, "{name}{{model=\"{model}\"}} {}", get(g));
+        }
+    }
+}
+
 /// Per-model engine figures, each metric's lines grouped under one header.
 fn render_engines(out: &mut String, engines: &[(&str, &EngineStats)]) {
     type Scalar = fn(&EngineStats) -> u64;
-    let scalars: [(&str, &str, &str, Scalar); 15] = [
-        (
-            "ryzanstein_admission_predicted_wait_seconds_last",
-            "gauge",
-            "The predicted wait for a slot of the latest request to arrive (seconds).",
-            // Reported in microseconds internally; rendered below as seconds.
-            |s| s.predicted_wait_last_us.load(Ordering::Relaxed),
-        ),
+    let scalars: [(&str, &str, &str, Scalar); 14] = [
         (
             "ryzanstein_sequences_running",
             "gauge",
@@ -444,12 +496,7 @@ fn render_engines(out: &mut String, engines: &[(&str, &EngineStats)]) {
     for (name, kind, help, get) in scalars {
         header(out, name, kind, help);
         for (model, st) in engines {
-            let v = get(st);
-            if name.ends_with("_seconds_last") {
-                let _ = writeln!(out, "{name}{{model=\"{model}\"}} {}", v as f64 / 1e6);
-            } else {
-                let _ = writeln!(out, "{name}{{model=\"{model}\"}} {v}");
-            }
+            let _ = writeln!(out, "{name}{{model=\"{model}\"}} {}", get(st));
         }
     }
     type Hist = fn(&EngineStats) -> &Histogram;

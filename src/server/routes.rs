@@ -424,6 +424,10 @@ fn metrics_page(st: &State) -> String {
             .iter()
             .map(|m| (m.id.as_str(), m.handle.stats()))
             .collect(),
+        gauges: loaded
+            .iter()
+            .map(|m| (m.id.as_str(), m.handle.gauge()))
+            .collect(),
         registry: &st.registry,
         ready: st.registry.all_loaded(&st.ready_models),
         in_flight: st.in_flight.load(Ordering::Relaxed),
