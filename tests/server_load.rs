@@ -214,16 +214,27 @@ fn overload_is_a_fast_503_with_retry_after() {
         ),
         "{page}"
     );
-    // Resent at once on the same connection: held until the Retry-After, then decided again
-    // (the streams still run: refused again).
+    // Resent at once on the same connection: held until the Retry-After, then answered 503
+    // without a decision ("resend now"); the resend after that is decided afresh.
     let t1 = Instant::now();
     let again = c.request("POST", "/v1/completions", &[key], hi.as_bytes());
     let held = t1.elapsed();
     assert_eq!(again.status, 503, "{}", again.text());
+    assert!(again.text().contains("resend now"), "{}", again.text());
     assert!(
         held >= Duration::from_secs(retry_after) - Duration::from_millis(100),
         "held {held:?}, Retry-After {retry_after} s"
     );
+    // That resend is decided as a new arrival (at once: refused again, the streams still run).
+    let t2 = Instant::now();
+    let third = c.request("POST", "/v1/completions", &[key], hi.as_bytes());
+    assert_eq!(third.status, 503, "{}", third.text());
+    assert!(
+        third.text().contains("would wait about"),
+        "{}",
+        third.text()
+    );
+    assert!(t2.elapsed() < Duration::from_millis(500));
     let page = get(addr, "/metrics").text();
     assert!(
         page.contains("ryzanstein_requests_held_retries_total 1"),

@@ -118,8 +118,17 @@ pub(crate) fn early(st: &Weak<State>, req: HttpRequest) -> Option<HttpRequest> {
         serve_as(&st, req, None, None);
         return None;
     }
-    let held_s = hold_early_retry(&st, &req);
-    match admit(&st, &req, held_s) {
+    if hold_early_retry(&st, &req) {
+        // Paced, not decided: its resend (no longer early) is decided afresh, so that every
+        // admitted request's wait counts from its own arrival.
+        let e = ApiError::unavailable(
+            "resent before the Retry-After of its refusal: held until then; resend now",
+            1,
+        );
+        serve_as(&st, req, Some(e), None);
+        return None;
+    }
+    match admit(&st, &req) {
         Admission::Refused(e) => {
             let (peer, retry_after_s) = (req.remote_addr(), e.retry_after_s.unwrap_or(1));
             // Answered through auth and routing first: remembered only if it was the 503.
@@ -150,17 +159,19 @@ fn remember_refusal(peer: Option<SocketAddr>, retry_after_s: u64) {
 }
 
 /// A client that resends a refused request before its `Retry-After` (as wrk and many HTTP
-/// libraries do) is held here, on its connection's thread, until that time, and the hold
-/// counts in its wait: otherwise such clients resend as fast as the server refuses, and the
-/// refusals take the cores the admitted requests need. A held connection costs a sleeping
-/// thread. Returns the seconds held.
-fn hold_early_retry(st: &State, req: &HttpRequest) -> f64 {
+/// libraries do) is held here, on its connection's thread, until that time, and then
+/// answered 503 again without a decision (its next resend is decided as a new arrival):
+/// otherwise such clients resend as fast as the server refuses, and the refusals take the
+/// cores the admitted requests need. A held connection costs a sleeping thread. Counting the
+/// hold in the request's wait instead would push such a client's next Retry-After further
+/// each round, until none of its requests could be admitted. Returns whether it held.
+fn hold_early_retry(st: &State, req: &HttpRequest) -> bool {
     let Some((peer, until)) = REFUSED.with(Cell::take) else {
-        return 0.0;
+        return false;
     };
     let now = Instant::now();
     if req.remote_addr() != Some(peer) || until <= now {
-        return 0.0;
+        return false;
     }
     let until = until.min(now + HOLD_MAX);
     while Instant::now() < until && !st.shutting_down.load(Ordering::Relaxed) {
@@ -169,7 +180,7 @@ fn hold_early_retry(st: &State, req: &HttpRequest) -> f64 {
         std::thread::sleep((until - Instant::now()).min(Duration::from_secs(1)));
     }
     st.metrics.held_retries.fetch_add(1, Ordering::Relaxed);
-    now.elapsed().as_secs_f64()
+    true
 }
 
 /// What the connection's thread decided for a generation request.
@@ -188,7 +199,7 @@ enum Admission {
 /// Decides a generation request by its model's predicted wait. Reads only the body's `model`
 /// and `max_tokens` fields; the request's prompt is not tokenized yet, so its place counts
 /// the model's mean prompt.
-fn admit(st: &State, req: &HttpRequest, held_s: f64) -> Admission {
+fn admit(st: &State, req: &HttpRequest) -> Admission {
     #[derive(serde::Deserialize)]
     struct Fields {
         model: Option<String>,
@@ -208,7 +219,7 @@ fn admit(st: &State, req: &HttpRequest, held_s: f64) -> Admission {
         return Admission::Undecided;
     };
     let h = &loaded.handle;
-    match h.admit_now(held_s) {
+    match h.admit_now(0.0) {
         Ok(wait_s) => {
             h.stats().predicted_wait_seconds.observe(wait_s);
             let limits = &st.cfg().limits;
