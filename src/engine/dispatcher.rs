@@ -37,7 +37,7 @@ use crate::model::sampler::Sampler;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{BatchToken, Model, ModelError, ModelOptions, State};
 
-use super::admission::{self, Gauge, Published, StepFit, Verdict};
+use super::admission::{self, Gauge, Published, ReleaseRate, StepFit, Verdict};
 use super::panic_message;
 use super::policy::{self, Budgets, SeqView, Slice};
 use super::request::{Event, GenerationRequest, Queued, Stream, SubmitError, Ticket, TokenEvent};
@@ -141,6 +141,9 @@ pub struct EngineStats {
     pub prefix_evictions: AtomicU64,
     /// The predicted wait of each request at its admission decision (admitted or not).
     pub predicted_wait_seconds: Histogram,
+    /// The wait of each admitted request, from its admission to its slot (the wait it was
+    /// admitted on, observed).
+    pub admission_wait_seconds: Histogram,
     /// Requests refused because their predicted wait exceeded `max_queue_wait`.
     pub refused_wait: AtomicU64,
     /// Requests refused because the queue was full.
@@ -170,6 +173,7 @@ impl EngineStats {
             prefix_cached_bytes: AtomicUsize::new(0),
             prefix_evictions: AtomicU64::new(0),
             predicted_wait_seconds: Histogram::new(LATENCY_BOUNDS_S),
+            admission_wait_seconds: Histogram::new(LATENCY_BOUNDS_S),
             refused_wait: AtomicU64::new(0),
             refused_queue_full: AtomicU64::new(0),
         }
@@ -247,8 +251,9 @@ impl ModelHandle {
             gauge: gauge.clone(),
             completion_share: 1.0,
             mean_prompt_tokens: 0.0,
-            calibration: 1.0,
             step_fit: StepFit::default(),
+            last_step_end: None,
+            release_rate: ReleaseRate::default(),
             draining: draining.clone(),
             pool,
             running: Vec::new(),
@@ -331,15 +336,16 @@ impl ModelHandle {
 
     /// Whether a request arriving now would be admitted by expected wait: `Ok` with the
     /// predicted wait in seconds, or `SubmitError::Overloaded` (counted in the stats). Cheap:
-    /// a few atomic loads, so the server asks it before parsing a request. `waited_s`: how
-    /// long the request has already waited (counted in its wait).
-    pub fn admit_now(&self, waited_s: f64) -> Result<f64, SubmitError> {
-        let wait_s = self.gauge.predicted_wait_s() + waited_s;
+    /// a few atomic loads, so the server asks it before parsing a request. `spread` (0 to 1,
+    /// drawn per request) spreads the `Retry-After` of a refusal over the wait limit
+    /// (`admission::decide`).
+    pub fn admit_now(&self, spread: f64) -> Result<f64, SubmitError> {
+        let wait_s = self.gauge.predicted_wait_s();
         let Some(max) = self.opts.max_queue_wait else {
             return Ok(wait_s);
         };
         let max_wait_s = max.as_secs_f64();
-        match admission::decide(wait_s, max_wait_s) {
+        match admission::decide(wait_s, max_wait_s, spread) {
             Verdict::Admit => Ok(wait_s),
             Verdict::Refuse { retry_after_s } => {
                 self.stats.predicted_wait_seconds.observe(wait_s);
@@ -381,7 +387,11 @@ impl ModelHandle {
                 own
             }
             None => {
-                let wait_s = self.admit_now(0.0)?;
+                // Sub-second clock digits: a spread that differs from request to request.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let wait_s = self.admit_now(f64::from(nanos) / 1e9)?;
                 self.stats.predicted_wait_seconds.observe(wait_s);
                 self.gauge.enqueue_predicted(prompt, steps, wait_s)
             }
@@ -632,10 +642,12 @@ struct Dispatcher {
     completion_share: f64,
     /// Moving average of the prompt tokens of admitted requests.
     mean_prompt_tokens: f64,
-    /// Observed over predicted waits (`admission::calibrate`).
-    calibration: f64,
     /// Step time against tokens, for admission's predictions.
     step_fit: StepFit,
+    /// When the last step ended.
+    last_step_end: Option<Instant>,
+    /// Sequences ended per second while requests waited, for admission's predictions.
+    release_rate: ReleaseRate,
     /// The key the model's block chains start from.
     root: BlockKey,
     /// Prompt blocks a running sequence will compute and name, by key: the sequence's
@@ -900,9 +912,8 @@ impl Dispatcher {
     fn admit_new(&mut self, mut q: Queued, keys: Vec<BlockKey>, hit: Hit, no: &mut u64) {
         // Out of the queue: its work now counts as running.
         if let Some(t) = q.ticket.take() {
-            let observed_s = t.issued_at.elapsed().as_secs_f64();
-            let raw_s = t.predicted_s / self.calibration;
-            self.calibration = admission::calibrate(self.calibration, raw_s, observed_s);
+            let waited_s = t.issued_at.elapsed().as_secs_f64();
+            self.stats.admission_wait_seconds.observe(waited_s);
         }
         let n = q.req.prompt.len() as f64;
         self.mean_prompt_tokens = match self.mean_prompt_tokens {
@@ -996,6 +1007,7 @@ impl Dispatcher {
     }
 
     fn step(&mut self) {
+        let started = Instant::now();
         self.announce();
         self.follow_prefixes();
         if self.plan_step() == 0 {
@@ -1036,6 +1048,7 @@ impl Dispatcher {
             &mut self.done,
         );
         self.record_step(secs);
+        self.record_for_admission(started);
         self.name_blocks();
         let mut done = std::mem::take(&mut self.done);
         for &i in done.iter().rev() {
@@ -1190,12 +1203,33 @@ impl Dispatcher {
         }
     }
 
+    /// What admission's predictions learn from a step that began at `started`: its whole time
+    /// (planning, forward pass, sampling, sending the tokens: not the forward pass alone)
+    /// against its tokens, and the sequences it ended over the time since the
+    /// previous step ended, if requests are waiting for a slot (busy).
+    fn record_for_admission(&mut self, started: Instant) {
+        let now = Instant::now();
+        let step = now - started;
+        self.step_fit.record(self.batch.len(), step.as_secs_f64());
+        let since_last = self.last_step_end.map_or(step, |t| now - t);
+        self.last_step_end = Some(now);
+        // After an idle spell the gap is idleness, not the cost of a step.
+        let period = if since_last > step * 4 + Duration::from_millis(50) {
+            step
+        } else {
+            since_last
+        };
+        let saturated = !self.held.is_empty() || self.gauge.backlog_queued() > 0;
+        self.release_rate
+            .record(period.as_secs_f64(), self.done.len(), saturated);
+    }
+
     fn record_step(&mut self, secs: f64) {
         // Sequences that were decoding before this step carried exactly one token.
         let n_decode = self.plan.iter().filter(|sl| sl.n_tokens == 1).count();
         let n_prefill = self.batch.len() - n_decode;
         self.costs.record(n_decode, n_prefill, secs);
-        self.step_fit.record(self.batch.len(), secs);
+
         let st = &self.stats;
         st.steps.fetch_add(1, Ordering::Relaxed);
         st.batch_tokens.observe(self.batch.len() as f64);
@@ -1239,7 +1273,6 @@ impl Dispatcher {
             running: self.running.len() + self.preempted.len(),
             completion_share: share,
             mean_prompt_tokens: self.mean_prompt_tokens.round() as u64,
-            calibration: self.calibration,
             ..Published::default()
         };
         let mut blocks = 0;
@@ -1266,6 +1299,7 @@ impl Dispatcher {
         p.costs = self
             .step_fit
             .costs(self.opts.max_batch_size.min(kv_seqs).max(1));
+        p.costs.release_rate = self.release_rate.per_s();
         p
     }
 

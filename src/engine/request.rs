@@ -158,7 +158,7 @@ pub(crate) struct Queued {
     pub submitted_at: Instant,
     /// The request's share of the queued work in its engine's admission gauge, given back
     /// when it gets a slot (or leaves the queue any other way); it also says when the
-    /// request was admitted and what wait was predicted then (to calibrate predictions).
+    /// request was admitted and what wait was predicted then.
     pub ticket: Option<Ticket>,
 }
 

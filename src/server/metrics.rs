@@ -347,10 +347,15 @@ fn render_models(out: &mut String, reg: &Registry) {
 }
 
 /// What admission by expected wait reads, per model: the work ahead, the fitted step costs
-/// and the calibration (how a prediction is made is in docs/OPERATIONS.md § Admission).
+/// and the release rate (how a prediction is made is in docs/OPERATIONS.md § Admission).
 fn render_admission(out: &mut String, gauges: &[(&str, &Gauge)]) {
     type Figure = fn(&Gauge) -> f64;
     let figures: [(&str, &str, Figure); 7] = [
+        (
+            "ryzanstein_admission_release_rate",
+            "Sequences ended per second while requests waited for a slot (0 until measured).",
+            |g| g.costs().release_rate,
+        ),
         (
             "ryzanstein_admission_predicted_wait_seconds_now",
             "The predicted wait for a slot of a request arriving now.",
@@ -383,11 +388,6 @@ fn render_admission(out: &mut String, gauges: &[(&str, &Gauge)]) {
             "ryzanstein_admission_token_seconds",
             "Fitted seconds per token of a step (the marginal cost of a prompt token).",
             |g| g.costs().prefill_token_s,
-        ),
-        (
-            "ryzanstein_admission_calibration",
-            "Observed over predicted waits (moving average, 0.5 to 2): scales predictions.",
-            |g| g.calibration(),
         ),
     ];
     if gauges.is_empty() {
@@ -500,7 +500,12 @@ fn render_engines(out: &mut String, engines: &[(&str, &EngineStats)]) {
         }
     }
     type Hist = fn(&EngineStats) -> &Histogram;
-    let hists: [(&str, &str, Hist); 5] = [
+    let hists: [(&str, &str, Hist); 6] = [
+        (
+            "ryzanstein_admission_wait_seconds",
+            "The wait of each admitted request from its admission to its slot.",
+            |s| &s.admission_wait_seconds,
+        ),
         (
             "ryzanstein_admission_predicted_wait_seconds",
             "The predicted wait for a slot of each request at its admission decision.",

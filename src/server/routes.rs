@@ -219,7 +219,9 @@ fn admit(st: &State, req: &HttpRequest) -> Admission {
         return Admission::Undecided;
     };
     let h = &loaded.handle;
-    match h.admit_now(0.0) {
+    // Uniform in [0, 1): the top 53 bits of a fresh random value.
+    let spread = (st.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    match h.admit_now(spread) {
         Ok(wait_s) => {
             h.stats().predicted_wait_seconds.observe(wait_s);
             let limits = &st.cfg().limits;
