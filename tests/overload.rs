@@ -392,7 +392,7 @@ fn gemma_load() -> Load {
         expected: String::new(),
         rounds: 3,
         phase_s: 10.0,
-        max_queue_wait_ms: 8000,
+        max_queue_wait_ms: 15_000,
         edge_s: 3.0,
     }
 }

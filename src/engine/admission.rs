@@ -14,7 +14,7 @@
 //! into a fixed part and a part per token). A sequence's decode steps are not known in
 //! advance: `max_tokens` bounds them, and the share of it that ended sequences actually used
 //! (`completion_share`, measured) scales the bound. Past the running sequences, once the
-//! engine has been busy for a second, the measured rate at which it frees slots
+//! engine has been busy for two seconds, the measured rate at which it frees slots
 //! ([`ReleaseRate`]) replaces the step model. No correction is learned from the waits
 //! observed: one tried swung between half and twice the prediction with the load's lag and
 //! doubled the tail of the waits.
@@ -64,6 +64,9 @@ pub struct ReleaseRate {
     window_s: f64,
     window_ended: u64,
     rate: f64,
+    /// Windows closed in this busy spell: the first of a spell is skipped (a burst into an
+    /// idle engine spends it prefilling the whole batch, and ends few sequences).
+    spell_windows: u64,
 }
 
 impl ReleaseRate {
@@ -74,17 +77,23 @@ impl ReleaseRate {
     /// waiting for a slot (`saturated`).
     pub fn record(&mut self, secs: f64, ended: usize, saturated: bool) {
         if !saturated {
+            self.spell_windows = 0;
+            self.window_s = 0.0;
+            self.window_ended = 0;
             return;
         }
         self.window_s += secs;
         self.window_ended += ended as u64;
         if self.window_s >= Self::WINDOW_S - 1e-9 {
             let r = self.window_ended as f64 / self.window_s;
-            self.rate = if self.rate == 0.0 {
-                r
-            } else {
-                self.rate + Self::ALPHA * (r - self.rate)
-            };
+            self.spell_windows += 1;
+            if self.spell_windows > 1 {
+                self.rate = if self.rate == 0.0 {
+                    r
+                } else {
+                    self.rate + Self::ALPHA * (r - self.rate)
+                };
+            }
             self.window_s = 0.0;
             self.window_ended = 0;
         }
@@ -499,6 +508,12 @@ mod tests {
         let mut r = ReleaseRate::default();
         r.record(5.0, 100, false);
         assert_eq!(r.per_s(), 0.0, "idle time says nothing of capacity");
+        r.record(1.0, 2, true);
+        assert_eq!(
+            r.per_s(),
+            0.0,
+            "a busy spell's first second is its burst's prefill"
+        );
         for _ in 0..10 {
             r.record(0.1, 3, true);
         }
