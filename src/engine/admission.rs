@@ -255,6 +255,10 @@ pub struct Gauge {
     /// `Backlog::running_left` of the last step (a short sorted list; the lock is held for a
     /// copy).
     running_left: Mutex<Vec<u32>>,
+    /// Held while a request is decided and, if admitted, counted: otherwise requests
+    /// arriving together (clients whose Retry-After ends in the same second) all see the
+    /// same queue, all fit, and together overfill it.
+    deciding: Mutex<()>,
     mean_prompt_tokens: AtomicU64,
     decode_step_s: AtomicF64,
     prefill_token_s: AtomicF64,
@@ -361,6 +365,27 @@ impl Gauge {
     /// The predicted wait of a request arriving now.
     pub fn predicted_wait_s(&self) -> f64 {
         predicted_wait_s(&self.backlog(), &self.costs())
+    }
+
+    /// Decides a request of `prompt_tokens` and `steps` expected decode steps arriving now
+    /// (`decide` with `max_wait_s` and `spread`; no limit: admitted) and, if admitted,
+    /// counts it as queued, in one step. `Ok((ticket, predicted wait))`, or
+    /// `Err((predicted wait, retry_after_s))`.
+    pub fn admit(
+        self: &std::sync::Arc<Self>,
+        prompt_tokens: u64,
+        steps: u64,
+        max_wait_s: Option<f64>,
+        spread: f64,
+    ) -> Result<(Ticket, f64), (f64, u64)> {
+        let _one_at_a_time = self.deciding.lock().unwrap_or_else(|e| e.into_inner());
+        let wait_s = self.predicted_wait_s();
+        if let Some(max) = max_wait_s {
+            if let Verdict::Refuse { retry_after_s } = decide(wait_s, max, spread) {
+                return Err((wait_s, retry_after_s));
+            }
+        }
+        Ok((self.enqueue_predicted(prompt_tokens, steps, wait_s), wait_s))
     }
 
     /// Counts a request of `prompt_tokens` and `steps` expected decode steps as queued until
@@ -611,6 +636,36 @@ mod tests {
         let c = f.costs(32);
         assert!((c.decode_step_s - (0.010 + 32.0 * 0.0001)).abs() < 1e-4);
         assert_eq!(c.slots, 32);
+    }
+
+    #[test]
+    fn admission_counts_the_admitted_at_once() {
+        let g = Arc::new(Gauge::new(4));
+        g.publish(&Published {
+            running: 4,
+            running_steps: 40,
+            running_left: vec![10; 4],
+            costs: COSTS,
+            completion_share: 1.0,
+            ..Published::default()
+        });
+        // Each admission lengthens the queue the next one sees, until the limit refuses.
+        let mut admitted = Vec::new();
+        let refused = loop {
+            match g.admit(0, 9, Some(0.5), 0.0) {
+                Ok((t, wait_s)) => {
+                    assert!(wait_s <= 0.5);
+                    admitted.push(t);
+                }
+                Err((wait_s, retry_after_s)) => break (wait_s, retry_after_s),
+            }
+            assert!(admitted.len() < 100, "the queue never filled");
+        };
+        assert!(refused.0 > 0.5 && refused.1 >= 1, "{refused:?}");
+        assert_eq!(g.backlog().queued, admitted.len());
+        drop(admitted);
+        assert_eq!(g.backlog().queued, 0);
+        assert!(g.admit(0, 9, None, 0.0).is_ok(), "no limit: admitted");
     }
 
     #[test]

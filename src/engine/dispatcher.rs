@@ -37,7 +37,7 @@ use crate::model::sampler::Sampler;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{BatchToken, Model, ModelError, ModelOptions, State};
 
-use super::admission::{self, Gauge, Published, ReleaseRate, StepFit, Verdict};
+use super::admission::{self, Gauge, Published, ReleaseRate, StepFit};
 use super::panic_message;
 use super::policy::{self, Budgets, SeqView, Slice};
 use super::request::{Event, GenerationRequest, Queued, Stream, SubmitError, Ticket, TokenEvent};
@@ -329,31 +329,28 @@ impl ModelHandle {
         &self.gauge
     }
 
-    /// [`ModelHandle::gauge`], shared: for a [`super::Ticket`] that outlives this borrow.
-    pub fn gauge_arc(&self) -> &Arc<Gauge> {
-        &self.gauge
-    }
-
-    /// Whether a request arriving now would be admitted by expected wait: `Ok` with the
-    /// predicted wait in seconds, or `SubmitError::Overloaded` (counted in the stats). Cheap:
-    /// a few atomic loads, so the server asks it before parsing a request. `spread` (0 to 1,
-    /// drawn per request) spreads the `Retry-After` of a refusal over the wait limit
-    /// (`admission::decide`).
-    pub fn admit_now(&self, spread: f64) -> Result<f64, SubmitError> {
-        let wait_s = self.gauge.predicted_wait_s();
-        let Some(max) = self.opts.max_queue_wait else {
-            return Ok(wait_s);
-        };
-        let max_wait_s = max.as_secs_f64();
-        match admission::decide(wait_s, max_wait_s, spread) {
-            Verdict::Admit => Ok(wait_s),
-            Verdict::Refuse { retry_after_s } => {
+    /// Decides a request arriving now by expected wait and, if admitted, counts it as queued
+    /// (one step: see `Gauge::admit`); refusals are counted in the stats.
+    pub fn admit(
+        &self,
+        prompt_tokens: u64,
+        steps: u64,
+        spread: f64,
+    ) -> Result<Ticket, SubmitError> {
+        let max_wait_s = self.opts.max_queue_wait.map(|d| d.as_secs_f64());
+        let verdict = self.gauge.admit(prompt_tokens, steps, max_wait_s, spread);
+        match verdict {
+            Ok((ticket, wait_s)) => {
+                self.stats.predicted_wait_seconds.observe(wait_s);
+                Ok(ticket)
+            }
+            Err((wait_s, retry_after_s)) => {
                 self.stats.predicted_wait_seconds.observe(wait_s);
                 self.stats.refused_wait.fetch_add(1, Ordering::Relaxed);
                 Err(SubmitError::Overloaded {
                     model: self.id.clone(),
                     predicted_wait_s: wait_s,
-                    max_wait_s,
+                    max_wait_s: max_wait_s.unwrap_or(0.0),
                     retry_after_s,
                 })
             }
@@ -391,9 +388,7 @@ impl ModelHandle {
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.subsec_nanos());
-                let wait_s = self.admit_now(f64::from(nanos) / 1e9)?;
-                self.stats.predicted_wait_seconds.observe(wait_s);
-                self.gauge.enqueue_predicted(prompt, steps, wait_s)
+                self.admit(prompt, steps, f64::from(nanos) / 1e9)?
             }
         };
         let (etx, erx) = bounded(self.opts.event_buffer.max(4));

@@ -221,22 +221,19 @@ fn admit(st: &State, req: &HttpRequest) -> Admission {
     let h = &loaded.handle;
     // Uniform in [0, 1): the top 53 bits of a fresh random value.
     let spread = (st.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    match h.admit_now(spread) {
-        Ok(wait_s) => {
-            h.stats().predicted_wait_seconds.observe(wait_s);
-            let limits = &st.cfg().limits;
-            let max_tokens = f
-                .max_completion_tokens
-                .or(f.max_tokens)
-                .unwrap_or(limits.max_tokens_default)
-                .min(limits.max_tokens_cap);
-            let g = h.gauge_arc();
-            let steps = admission::expected_steps(max_tokens, g.completion_share());
-            Admission::Admitted {
-                model: Some(i),
-                ticket: g.enqueue(g.mean_prompt_tokens(), steps),
-            }
-        }
+    let limits = &st.cfg().limits;
+    let max_tokens = f
+        .max_completion_tokens
+        .or(f.max_tokens)
+        .unwrap_or(limits.max_tokens_default)
+        .min(limits.max_tokens_cap);
+    let g = h.gauge();
+    let steps = admission::expected_steps(max_tokens, g.completion_share());
+    match h.admit(g.mean_prompt_tokens(), steps, spread) {
+        Ok(ticket) => Admission::Admitted {
+            model: Some(i),
+            ticket,
+        },
         Err(e) => {
             let retry_after_s = match &e {
                 SubmitError::Overloaded { retry_after_s, .. } => *retry_after_s,
